@@ -1,0 +1,150 @@
+"""Cost models: seconds for each piece of work the engine schedules (no simpy here).
+
+The engine asks a cost model for six kinds of time, all in seconds and vectorised with numpy:
+
+  step_fixed(n, c, m)  GPU work of one forward outside the MoE layers: per-step overhead, the dense layers
+                       (attention + dense MLP) and lm_head over m tokens. n tokens forwarded, c context keys.
+  moe_pre(n, c)        GPU work of one MoE layer before its routed experts: attention, router, shared expert.
+  gpu_experts(counts)  one layer's batch of resident routed experts; counts[..., E] token-assignments.
+  cpu_experts(counts)  the same experts computed on the host CPU.
+  h2d(bytes), d2h(bytes)  one batch of copies over the host link.
+
+:class:`RooflineCostModel` derives them from a :class:`~sim.model_spec.ModelSpec` and a
+:class:`~sim.hardware.HardwareProfile`: an operator takes max(FLOPs / rate, bytes / bandwidth) plus a fixed
+launch overhead; a measured table in the profile replaces the roofline for its operator. Routed experts run
+one GEMM group per expert, so a batch costs the sum over active experts (e: n_e > 0):
+
+  T_gpu = sum_e max(6 n_e h i / R_gpu, b (3 h i + 2 n_e h) / BW_hbm) + 3 * launch
+  T_cpu = sum_e [max(6 n_e h i / R_cpu, b (3 h i + 2 n_e h) / BW_dram) + expert_overhead]
+  T_copy(B) = latency + B / BW_link   (0 when B = 0)
+
+:class:`ConstantCostModel` gives fixed times per unit of work, for hand-computed tests.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from sim.hardware import HardwareProfile
+from sim.model_spec import ModelSpec, OpCost
+
+# Kernel launches per operator group in an eager PyTorch forward (calibration absorbs the rest).
+_LAUNCH = {"attention": 8, "router": 4, "shared": 3, "dense_mlp": 3, "experts": 3, "lm_head": 1, "norms": 4}
+
+
+class CostModel(Protocol):
+    expert_bytes: int
+    token_bytes: int
+
+    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray: ...
+    def moe_pre(self, n: Any, c: Any) -> np.ndarray: ...
+    def gpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
+    def cpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
+    def h2d(self, nbytes: Any) -> np.ndarray: ...
+    def d2h(self, nbytes: Any) -> np.ndarray: ...
+
+
+def _roofline(cost: OpCost, tflops: float, gbps: float) -> np.ndarray:
+    return np.maximum(np.asarray(cost.flops) / (tflops * 1e12), np.asarray(cost.bytes) / (gbps * 1e9))
+
+
+@dataclass(frozen=True)
+class RooflineCostModel:
+    model: ModelSpec
+    hw: HardwareProfile
+
+    @property
+    def expert_bytes(self) -> int:
+        return self.model.expert_bytes
+
+    @property
+    def token_bytes(self) -> int:
+        return self.model.token_bytes
+
+    def _gpu(self, cost: OpCost, launches: int) -> np.ndarray:
+        return _roofline(cost, self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps) + launches * self.hw.gpu.kernel_overhead_us * 1e-6
+
+    def attention(self, n: Any, c: Any) -> np.ndarray:
+        table = self.hw.tables.get("attention")
+        if table is not None:
+            return table(n, c)
+        return self._gpu(self.model.attention_cost(n, c), _LAUNCH["attention"] + _LAUNCH["norms"])
+
+    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
+        dense_layers = self.model.first_k_dense_replace
+        dense = self.attention(n, c) + self._gpu(self.model.dense_mlp_cost(n), _LAUNCH["dense_mlp"])
+        head = self._gpu(self.model.lm_head_cost(m), _LAUNCH["lm_head"])
+        return self.hw.step_overhead_us * 1e-6 + dense_layers * dense + head
+
+    def moe_pre(self, n: Any, c: Any) -> np.ndarray:
+        m = self.model
+        return (self.attention(n, c) + self._gpu(m.router_cost(n), _LAUNCH["router"])
+                + self._gpu(m.shared_expert_cost(n), _LAUNCH["shared"]) * (m.num_shared_experts > 0))
+
+    def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        counts = np.asarray(counts)
+        table = self.hw.tables.get("gpu_expert")
+        per = table(counts) if table is not None else _roofline(self.model.expert_cost(counts), self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps)
+        per = np.where(counts > 0, per, 0.0)
+        launches = np.any(counts > 0, axis=-1) * _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6
+        return per.sum(axis=-1) + launches
+
+    def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        counts = np.asarray(counts)
+        table = self.hw.tables.get("cpu_expert")
+        if table is not None:
+            per = table(counts)
+        else:
+            per = _roofline(self.model.expert_cost(counts), self.hw.cpu.matmul_tflops, self.hw.cpu.dram_gbps)
+            per = per + self.hw.cpu.expert_overhead_us * 1e-6
+        return np.where(counts > 0, per, 0.0).sum(axis=-1)
+
+    def _copy(self, nbytes: Any, table_name: str, gbps: float) -> np.ndarray:
+        nbytes = np.asarray(nbytes, dtype=np.float64)
+        table = self.hw.tables.get(table_name)
+        t = table(nbytes) if table is not None else self.hw.link.latency_us * 1e-6 + nbytes / (gbps * 1e9)
+        return np.where(nbytes > 0, t, 0.0)
+
+    def h2d(self, nbytes: Any) -> np.ndarray:
+        return self._copy(nbytes, "copy_h2d", self.hw.link.h2d_gbps)
+
+    def d2h(self, nbytes: Any) -> np.ndarray:
+        return self._copy(nbytes, "copy_d2h", self.hw.link.d2h_gbps)
+
+
+@dataclass(frozen=True)
+class ConstantCostModel:
+    """Fixed times per unit of work, so tests can compute the expected makespan by hand.
+
+    step_fixed = step_s per forward; moe_pre = pre_s per MoE layer; gpu_experts = gpu_expert_s per active
+    resident expert; cpu_experts = cpu_expert_s per active CPU expert; copies = per_byte_s * bytes.
+    """
+
+    step_s: float = 1.0
+    pre_s: float = 1.0
+    gpu_expert_s: float = 0.1
+    cpu_expert_s: float = 1.0
+    h2d_per_byte_s: float = 0.01
+    d2h_per_byte_s: float = 0.01
+    expert_bytes: int = 100
+    token_bytes: int = 1
+
+    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
+        return np.full(np.shape(n), self.step_s)
+
+    def moe_pre(self, n: Any, c: Any) -> np.ndarray:
+        return np.full(np.shape(n), self.pre_s)
+
+    def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        return (np.asarray(counts) > 0).sum(axis=-1) * self.gpu_expert_s
+
+    def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        return (np.asarray(counts) > 0).sum(axis=-1) * self.cpu_expert_s
+
+    def h2d(self, nbytes: Any) -> np.ndarray:
+        return np.asarray(nbytes, dtype=np.float64) * self.h2d_per_byte_s
+
+    def d2h(self, nbytes: Any) -> np.ndarray:
+        return np.asarray(nbytes, dtype=np.float64) * self.d2h_per_byte_s

@@ -1,0 +1,129 @@
+"""The policy interface shared by the simulator and the runtime.
+
+A policy decides, for every MoE layer of every forward pass, which routed experts are resident on the GPU.
+Both executors (``sim.engine`` and the runtime's expert store) call it the same way:
+
+1. ``initial_placement(ctx)`` once, before timing starts: a bool array [L, E] of experts loaded up front
+   (at most ``ctx.budget[l]`` per layer).
+2. ``decide(view)`` once per (step, MoE layer), *after that layer's router ran for this step* and *before its
+   routed experts run*. The view holds exactly what a real runtime knows at that moment: the step's metadata,
+   this layer's token-assignment counts for this step, and the current residency. Nothing about later steps.
+   A policy keeps any history it wants in its own state (it sees every view in order).
+
+The returned :class:`LayerDecision` says:
+
+- ``demote``: resident experts of this layer dropped now (freeing slots), before the promotions;
+- ``promote``: non-resident experts of this layer copied to the GPU *before* this layer's experts run (the
+  GPU waits for them), resident afterwards;
+- ``stream``: non-resident experts fetched for this layer's use only, computed on the GPU and dropped after
+  it (they pass through slots already used in this layer, so they never count against the budget);
+- ``prefetch``: asynchronous copies for any layer, issued now on the copy engine without blocking; a
+  prefetched expert is resident (holds a slot) at once, and a GPU computation that uses it waits until its copy
+  lands;
+- ``overlap_cpu``: whether the CPU's share of this layer runs concurrently with the GPU's share (False: the
+  GPU computes its experts, then waits for the CPU's).
+
+Every active expert (count > 0) that is resident or streamed runs on the GPU; every other active expert runs
+on the CPU, with its token activations copied to the host and the results back.
+
+Causality: ``ctx.trace`` (the whole future) is given only to policies that declare ``causal = False``; those
+run in the simulator only.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+_EMPTY.setflags(write=False)
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy may know before the first step."""
+
+    num_moe_layers: int
+    num_experts: int
+    top_k: int
+    budget: np.ndarray  # [L] experts resident at most, per MoE layer
+    expert_bytes: int
+    block_length: int
+    mode: str
+    cost: Any = None    # a sim.cost.CostModel for cost-aware policies (the runtime passes its calibrated one)
+    trace: Any = None   # the whole trace: given to non-causal policies only
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    index: int            # forward pass number, from 0
+    block: int            # generated block index from 0 (-1: prompt prefill)
+    step_in_block: int    # denoising step within the block
+    kind: int             # traces.schema KIND_*: 0 denoise, 1 commit, 2 prefill, 3 decode
+    tokens_forwarded: int
+
+    @property
+    def first_block(self) -> bool:
+        return self.block == 0
+
+
+@dataclass(frozen=True)
+class LayerView:
+    step: StepInfo
+    layer: int
+    counts: np.ndarray    # [E] token-assignments of this step at this layer (read-only)
+    resident: np.ndarray  # [E] bool, residency before this decision (read-only)
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    layer: int
+    promote: np.ndarray
+    demote: np.ndarray = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True)
+class LayerDecision:
+    promote: np.ndarray = field(default_factory=lambda: _EMPTY)
+    demote: np.ndarray = field(default_factory=lambda: _EMPTY)
+    stream: np.ndarray = field(default_factory=lambda: _EMPTY)
+    prefetch: tuple[Prefetch, ...] = ()
+    overlap_cpu: bool = False
+
+
+KEEP = LayerDecision()
+
+
+def ids(x: Any) -> np.ndarray:
+    """Expert ids as a 1-D int64 array."""
+    return np.asarray(x, dtype=np.int64).reshape(-1)
+
+
+class Policy(ABC):
+    """Base class; subclasses set ``name`` and implement :meth:`decide`."""
+
+    name: ClassVar[str] = "policy"
+    causal: ClassVar[bool] = True
+    needs_budget: ClassVar[bool] = True
+
+    def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
+        """Default (as TIDE's code): experts 0..B-1 of every layer."""
+        self.ctx = ctx
+        placement = np.zeros((ctx.num_moe_layers, ctx.num_experts), dtype=bool)
+        for layer, b in enumerate(ctx.budget):
+            placement[layer, : int(b)] = True
+        return placement
+
+    @abstractmethod
+    def decide(self, view: LayerView) -> LayerDecision:
+        ...
+
+    def params(self) -> dict[str, Any]:
+        """Parameters that reproduce this policy (recorded with results and in recommended-policy files)."""
+        return {}
+
+    def label(self) -> str:
+        p = self.params()
+        return self.name + ("(" + ", ".join(f"{k}={v}" for k, v in p.items()) + ")" if p else "")

@@ -1,0 +1,95 @@
+"""Baseline policies: all-gpu (the ceiling), cpu-route (static placement), fetch-lru (on-demand swap).
+
+- all-gpu: every expert resident; nothing moves; nothing runs on the CPU.
+- cpu-route: a fixed resident set (experts 0..B-1 as TIDE's code, or with ``initial="first-step"`` the B most
+  used experts of each layer at the first step, loaded then); non-resident experts always run on the CPU
+  (Fiddler, llama.cpp ``--n-cpu-moe``; TIDE's "CPU routing").
+- fetch-lru: every active non-resident expert is copied to the GPU before use; least-recently-used eviction
+  within the budget (mixtral-offloading, MoE-Infinity on demand; TIDE's "full swap"). When a layer needs more
+  experts than its free slots, the busiest missing experts take the slots and the rest are streamed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, ids
+
+
+class AllGpu(Policy):
+    name = "all-gpu"
+    needs_budget = False
+
+    def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
+        self.ctx = ctx
+        return np.ones((ctx.num_moe_layers, ctx.num_experts), dtype=bool)
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        return KEEP
+
+
+def top_b(counts: np.ndarray, b: int) -> np.ndarray:
+    """The (at most) b experts with the most assignments, count > 0; ties by lower id (stable)."""
+    order = np.argsort(-counts, kind="stable")[:b]
+    return order[counts[order] > 0]
+
+
+class CpuRoute(Policy):
+    name = "cpu-route"
+
+    def __init__(self, initial: str = "first-experts") -> None:
+        if initial not in ("first-experts", "first-step"):
+            raise ValueError(f"cpu-route initial must be 'first-experts' or 'first-step', got {initial!r}")
+        self.initial = initial
+
+    def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
+        self._placed = np.zeros(ctx.num_moe_layers, dtype=bool)
+        return super().initial_placement(ctx)
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        if self.initial == "first-step" and not self._placed[view.layer]:
+            self._placed[view.layer] = True
+            target = np.zeros_like(view.resident)
+            target[top_b(view.counts, int(self.ctx.budget[view.layer]))] = True
+            promote = np.flatnonzero(target & ~view.resident)
+            demote = np.flatnonzero(view.resident & ~target)[: len(promote)]
+            return LayerDecision(promote=promote, demote=demote)
+        return KEEP
+
+    def params(self) -> dict[str, Any]:
+        return {} if self.initial == "first-experts" else {"initial": self.initial}
+
+
+class FetchLru(Policy):
+    name = "fetch-lru"
+
+    def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
+        placement = super().initial_placement(ctx)
+        # last use per (layer, expert); the initial set counts as used at "time" -1, by id order
+        self._last_use = np.full((ctx.num_moe_layers, ctx.num_experts), -np.inf)
+        self._last_use[placement] = -1.0
+        self._clock = 0
+        return placement
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        layer, counts, resident = view.layer, view.counts, view.resident
+        budget = int(self.ctx.budget[layer])
+        self._clock += 1
+        active = counts > 0
+        missing = np.flatnonzero(active & ~resident)
+        if len(missing) == 0:
+            self._last_use[layer, active] = self._clock
+            return KEEP
+        free = budget - int(resident.sum())
+        idle = np.flatnonzero(resident & ~active)  # evictable: resident but unused this step
+        idle = idle[np.argsort(self._last_use[layer, idle], kind="stable")]  # least recently used first
+        room = free + len(idle)
+        # busiest missing experts get slots; any overflow is streamed through slots already used this layer
+        missing = missing[np.argsort(-counts[missing], kind="stable")]
+        keep, stream = missing[:room], missing[room:]
+        demote = idle[: max(0, len(keep) - free)]
+        self._last_use[layer, active] = self._clock
+        self._last_use[layer, demote] = -np.inf
+        self._last_use[layer, stream] = -np.inf
+        return LayerDecision(promote=ids(keep), demote=ids(demote), stream=ids(stream))

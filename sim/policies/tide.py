@@ -1,0 +1,51 @@
+"""``tide``: the released TIDE behaviour (Chen et al., arXiv 2605.20179; github.com/ims-kdks/TIDE).
+
+Per MoE layer, budget B experts, initial placement experts 0..B-1. A step refreshes the placement when it is a
+denoising step whose in-block index is a multiple of tau (0, tau, 2 tau, ...), and on every step of the first
+generated block. On a refresh, just after the layer's router ran: target = the B experts with the most
+token-assignments this step, keeping only counts > 0; promote the targets that are not resident; demote
+resident non-targets, but at most as many as were promoted (the rest stay). Demotions are taken in ascending
+expert id (the released code's order is arbitrary). Transfers are synchronous, before the layer's expert
+compute; between refreshes the placement is frozen and misses run on the CPU, with no CPU/GPU overlap.
+Commit and prefill forwards never refresh.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sim.errors import TideError
+from sim.policies.base import KEEP, LayerDecision, LayerView, Policy
+from sim.policies.baselines import top_b
+from traces.schema import KIND_DECODE, KIND_DENOISE
+
+
+class Tide(Policy):
+    name = "tide"
+
+    def __init__(self, tau: int = 1) -> None:
+        if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)) or tau < 1:
+            raise TideError(f"tau must be an integer >= 1, got {tau!r}")
+        self.tau = int(tau)
+
+    def is_refresh(self, view: LayerView) -> bool:
+        step = view.step
+        if step.kind not in (KIND_DENOISE, KIND_DECODE):
+            return False
+        return step.first_block or step.step_in_block % self.tau == 0
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        if not self.is_refresh(view):
+            return KEEP
+        target = np.zeros_like(view.resident)
+        target[top_b(view.counts, int(self.ctx.budget[view.layer]))] = True
+        promote = np.flatnonzero(target & ~view.resident)
+        if len(promote) == 0:
+            return KEEP
+        # capped at promotions; resident - min(P, NT) + P <= max(resident, |target|) <= B, so it always fits
+        demote = np.flatnonzero(view.resident & ~target)[: len(promote)]
+        return LayerDecision(promote=promote, demote=demote)
+
+    def params(self) -> dict[str, Any]:
+        return {"tau": self.tau}

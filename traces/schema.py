@@ -1,0 +1,120 @@
+"""Trace schema v1: what a model routed, per forward pass and MoE layer.
+
+A trace is S forward passes ("steps") of a model with L MoE layers of E routed experts, top-k routing:
+
+  counts[s, l, e]      int32 >= 0: token-assignments of expert e in MoE layer l at step s;
+                       sum_e counts[s, l, e] = tokens_forwarded[s] * k
+  block[s]             int32: index of the generated block the step belongs to (-1: prompt prefill)
+  step_in_block[s]     int32 >= 0: denoising step index within the block (0 for commit/prefill forwards)
+  tokens_forwarded[s]  int32 >= 1: tokens the forward pass ran through the network
+  context_tokens[s]    int32 >= tokens_forwarded[s]: keys each forwarded token may attend to at most
+                       (prefix-recompute: = tokens_forwarded; block-cache: cached prefix + current block)
+  tokens_committed[s]  int32 >= 0: tokens finalised by this step (generated tokens = their sum)
+  kind[s]              uint8: 0 denoise, 1 commit (a finished block's forward that writes its keys/values),
+                       2 prefill (prompt), 3 decode (autoregressive: one new token)
+  topk_ids             optional int16 [sum(tokens_forwarded), L, k]: per-token expert ids, steps in order
+
+Header (JSON): {"version": 1,
+  "model": {"name", "config_hash", "num_moe_layers", "num_experts", "top_k"},
+  "generation": {"mode": "prefix-recompute" | "block-cache" | "autoregressive", "block_length", "steps",
+                 "threshold", "gen_length", "prompt_length"},
+  "origin": {"kind": "recorded" | "synthetic" | "imported", "seed": int | null, ...free fields}}
+
+Autoregressive decode is expressed with mode "autoregressive", block_length 1, one decode step per token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MODES = ("prefix-recompute", "block-cache", "autoregressive")
+ORIGINS = ("recorded", "synthetic", "imported")
+KIND_DENOISE, KIND_COMMIT, KIND_PREFILL, KIND_DECODE = 0, 1, 2, 3
+KIND_NAMES = {KIND_DENOISE: "denoise", KIND_COMMIT: "commit", KIND_PREFILL: "prefill", KIND_DECODE: "decode"}
+STEP_FIELDS = ("block", "step_in_block", "tokens_forwarded", "context_tokens", "tokens_committed", "kind")
+STEP_DTYPES = {"block": np.int32, "step_in_block": np.int32, "tokens_forwarded": np.int32,
+               "context_tokens": np.int32, "tokens_committed": np.int32, "kind": np.uint8}
+
+
+@dataclass(frozen=True, eq=False)
+class Trace:
+    """One trace in memory. Build with :func:`make_trace` (or read with :func:`traces.io.read_trace`)."""
+
+    header: dict[str, Any]
+    counts: np.ndarray
+    block: np.ndarray
+    step_in_block: np.ndarray
+    tokens_forwarded: np.ndarray
+    context_tokens: np.ndarray
+    tokens_committed: np.ndarray
+    kind: np.ndarray
+    topk_ids: np.ndarray | None = field(default=None)
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def num_moe_layers(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.counts.shape[2])
+
+    @property
+    def top_k(self) -> int:
+        return int(self.header["model"]["top_k"])
+
+    @property
+    def mode(self) -> str:
+        return str(self.header["generation"]["mode"])
+
+    @property
+    def generated_tokens(self) -> int:
+        return int(self.tokens_committed.sum())
+
+    @property
+    def is_commit(self) -> np.ndarray:
+        return self.kind == KIND_COMMIT
+
+    @property
+    def lm_tokens(self) -> np.ndarray:
+        """Tokens whose logits a step computes: the current block on denoise steps, one on decode steps,
+        none on commit and prefill forwards (their logits are never read)."""
+        block_len = int(self.header["generation"].get("block_length", 1))
+        denoise = np.minimum(self.tokens_forwarded, block_len)
+        return np.select([self.kind == KIND_DENOISE, self.kind == KIND_DECODE], [denoise, 1], 0).astype(np.int64)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {"counts": self.counts, **{f: getattr(self, f) for f in STEP_FIELDS}}
+        if self.topk_ids is not None:
+            out["topk_ids"] = self.topk_ids
+        return out
+
+
+def make_trace(header: dict[str, Any], counts: Any, *, block: Any, step_in_block: Any, tokens_forwarded: Any,
+               context_tokens: Any, tokens_committed: Any, kind: Any, topk_ids: Any = None) -> Trace:
+    """Cast to the schema's dtypes and validate; raises TideError naming the first problem."""
+    from traces.validate import validate_trace  # local import: validate imports this module
+
+    trace = Trace(
+        header=header,
+        counts=np.ascontiguousarray(counts, dtype=np.int32),
+        block=np.asarray(block, dtype=np.int32), step_in_block=np.asarray(step_in_block, dtype=np.int32),
+        tokens_forwarded=np.asarray(tokens_forwarded, dtype=np.int32),
+        context_tokens=np.asarray(context_tokens, dtype=np.int32),
+        tokens_committed=np.asarray(tokens_committed, dtype=np.int32), kind=np.asarray(kind, dtype=np.uint8),
+        topk_ids=None if topk_ids is None else np.asarray(topk_ids, dtype=np.int16),
+    )
+    validate_trace(trace)
+    return trace
+
+
+def model_header(model: Any) -> dict[str, Any]:
+    """The header's model section for a :class:`sim.model_spec.ModelSpec`."""
+    return {"name": model.name, "config_hash": model.config_hash, "num_moe_layers": model.num_moe_layers,
+            "num_experts": model.num_experts, "top_k": model.top_k}
