@@ -1,0 +1,281 @@
+"""The discrete-event engine (SimPy): replay a trace under a policy on a GPU + CPU + host-link model.
+
+Resources, each serialising its work FIFO: the GPU compute stream, the CPU expert workers (one pool that
+runs a layer's CPU batch with all its threads), the H2D and D2H copy engines (one shared engine when the
+profile's link is ``shared_duplex``). Work is modelled at the granularity the hardware serialises at: one
+event per layer's batch of copies or experts, never one per expert.
+
+One forward pass s (times from the cost model, see ``sim.cost``):
+
+  GPU: step_fixed(s)                                   overhead, dense layers, lm_head
+  for each MoE layer l:
+    GPU: moe_pre(s)                                    attention, router, shared expert
+    policy.decide(view)  -> demote, promote, stream, prefetch, overlap_cpu
+    H2D: (|promote| + |stream|) x expert_bytes         blocking: the GPU waits for it
+    H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
+    GPU: gpu_experts(counts on resident or streamed experts)
+    CPU path (if any active expert is not on the GPU): D2H activations -> CPU experts -> H2D results
+      overlap_cpu: concurrent with the GPU experts; otherwise after them. The layer ends when both are done.
+
+The simulated time is the completion time of the last work item; per-step times are the differences of the
+step end times. Everything is deterministic: no randomness, FIFO resources.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import simpy
+
+from sim.cost import CostModel
+from sim.errors import TideError
+from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo, ids
+from sim.results import RESOURCES, WHAT, EventLog, SimResult
+from traces.schema import Trace
+
+_R = {name: i for i, name in enumerate(RESOURCES)}
+_W = {name: i for i, name in enumerate(WHAT)}
+
+
+def mandatory_gpu_time(trace: Trace, cost: CostModel) -> float:
+    """GPU work every policy must do (dense path of every forward): a floor under any makespan."""
+    return float(_step_fixed(trace, cost).sum() + trace.num_moe_layers * _moe_pre(trace, cost).sum())
+
+
+def _step_fixed(trace: Trace, cost: CostModel) -> np.ndarray:
+    return np.asarray(cost.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens), dtype=np.float64)
+
+
+def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
+    return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens), dtype=np.float64)
+
+
+@dataclass
+class _Counters:
+    promotions: int = 0
+    demotions: int = 0
+    h2d_weight_bytes: int = 0
+    h2d_act_bytes: int = 0
+    d2h_bytes: int = 0
+    cpu_assignments: int = 0
+    gpu_assignments: int = 0
+
+
+class _Run:
+    def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: np.ndarray, shared_duplex: bool,
+                 timeline: bool) -> None:
+        self.trace, self.policy, self.cost = trace, policy, cost
+        self.budget = np.asarray(budget, dtype=np.int64)
+        self.env = simpy.Environment()
+        self.cpu = simpy.Resource(self.env, capacity=1)
+        self.h2d = simpy.Resource(self.env, capacity=1)
+        self.d2h = self.h2d if shared_duplex else simpy.Resource(self.env, capacity=1)
+        self.step_fixed = _step_fixed(trace, cost)
+        self.pre = _moe_pre(trace, cost)
+        self.busy = dict.fromkeys(RESOURCES, 0.0)
+        self.c = _Counters()
+        self.log: list[tuple[int, float, float, int, int, int]] | None = [] if timeline else None
+        self.step_end = np.zeros(trace.num_steps)
+        self.last_completion = 0.0
+        L, E = trace.num_moe_layers, trace.num_experts
+        ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=trace.top_k, budget=self.budget.copy(),
+                            expert_bytes=int(cost.expert_bytes),
+                            block_length=int(trace.header["generation"].get("block_length", 1)), mode=trace.mode,
+                            cost=cost, trace=None if policy.causal else trace)
+        placement = np.asarray(policy.initial_placement(ctx), dtype=bool)
+        if placement.shape != (L, E):
+            raise TideError(f"policy {policy.name}: initial placement has shape {placement.shape}, expected {(L, E)}")
+        if policy.needs_budget and np.any(placement.sum(axis=1) > self.budget):
+            raise TideError(f"policy {policy.name}: initial placement exceeds the budget")
+        self.resident = placement
+        self.max_resident = placement.sum(axis=1)
+        # in-flight prefetches per layer: (arrival event, bool mask of experts)
+        self.pending: list[list[tuple[simpy.Event, np.ndarray]]] = [[] for _ in range(L)]
+
+    # ---- primitives -----------------------------------------------------------------------------------
+    def _record(self, res: str, start: float, end: float, step: int, layer: int, what: str) -> None:
+        self.busy[res] += end - start
+        if end > self.last_completion:
+            self.last_completion = end
+        if self.log is not None:
+            self.log.append((_R[res], start, end, step, layer, _W[what]))
+
+    def gpu(self, dt: float, step: int, layer: int, what: str) -> simpy.Timeout:
+        # only the main process issues GPU work, so the stream needs no queue: a timeout is exact
+        now = self.env.now
+        self._record("gpu", now, now + dt, step, layer, what)
+        return self.env.timeout(dt)
+
+    def use(self, res: simpy.Resource, name: str, dt: float, step: int, layer: int, what: str) -> Iterator[Any]:
+        with res.request() as req:
+            yield req
+            start = self.env.now
+            yield self.env.timeout(dt)
+            self._record(name, start, self.env.now, step, layer, what)
+
+    # ---- policy decisions -------------------------------------------------------------------------------
+    def _apply(self, layer: int, dec: LayerDecision) -> tuple[np.ndarray, np.ndarray]:
+        res = self.resident[layer]
+        demote, promote, stream = ids(dec.demote), ids(dec.promote), ids(dec.stream)
+        name = self.policy.name
+        if demote.size and not res[demote].all():
+            raise TideError(f"policy {name} demoted a non-resident expert at layer {layer}")
+        res[demote] = False
+        if promote.size and res[promote].any():
+            raise TideError(f"policy {name} promoted a resident expert at layer {layer}")
+        res[promote] = True
+        if stream.size and res[stream].any():
+            raise TideError(f"policy {name} streamed a resident expert at layer {layer}")
+        if self.policy.needs_budget and res.sum() > self.budget[layer]:
+            raise TideError(f"policy {name} exceeded the budget of {self.budget[layer]} at layer {layer}")
+        self.max_resident[layer] = max(self.max_resident[layer], int(res.sum()))
+        self.c.promotions += promote.size + stream.size
+        self.c.demotions += demote.size + stream.size
+        return promote, stream
+
+    def _prefetch(self, step: int, dec: LayerDecision) -> None:
+        for pf in dec.prefetch:
+            pf_dec = LayerDecision(promote=pf.promote, demote=pf.demote)
+            promote, _ = self._apply(int(pf.layer), pf_dec)
+            if promote.size:
+                nbytes = promote.size * int(self.cost.expert_bytes)
+                self.c.h2d_weight_bytes += nbytes
+                mask = np.zeros(self.trace.num_experts, dtype=bool)
+                mask[promote] = True
+                proc = self.env.process(self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), step, int(pf.layer), "prefetch_h2d"))
+                self.pending[int(pf.layer)].append((proc, mask))
+
+    def _arrivals(self, layer: int, gpu_mask: np.ndarray) -> list[simpy.Event]:
+        waits, keep = [], []
+        for ev, mask in self.pending[layer]:
+            if ev.processed:
+                continue
+            keep.append((ev, mask))
+            if (mask & gpu_mask).any():
+                waits.append(ev)
+        self.pending[layer] = keep
+        return waits
+
+    # ---- the CPU path of one layer ------------------------------------------------------------------------
+    def cpu_path(self, cpu_counts: np.ndarray, n_assign: int, step: int, layer: int) -> Iterator[Any]:
+        act = n_assign * int(self.cost.token_bytes)
+        self.c.d2h_bytes += act
+        self.c.h2d_act_bytes += act
+        yield from self.use(self.d2h, "d2h", float(self.cost.d2h(act)), step, layer, "act_d2h")
+        yield from self.use(self.cpu, "cpu", float(self.cost.cpu_experts(cpu_counts)), step, layer, "experts_cpu")
+        yield from self.use(self.h2d, "h2d", float(self.cost.h2d(act)), step, layer, "act_h2d")
+
+    # ---- the forward passes -----------------------------------------------------------------------------
+    def main(self) -> Iterator[Any]:
+        tr = self.trace
+        L = tr.num_moe_layers
+        for s in range(tr.num_steps):
+            info = StepInfo(index=s, block=int(tr.block[s]), step_in_block=int(tr.step_in_block[s]),
+                            kind=int(tr.kind[s]), tokens_forwarded=int(tr.tokens_forwarded[s]))
+            yield self.gpu(float(self.step_fixed[s]), s, -1, "dense")
+            for layer in range(L):
+                yield self.gpu(float(self.pre[s]), s, layer, "dense")
+                yield from self.layer(info, layer)
+            self.step_end[s] = self.env.now
+
+    def layer(self, info: StepInfo, layer: int) -> Iterator[Any]:
+        s = info.index
+        counts = self.trace.counts[s, layer]
+        resident_view = self.resident[layer].copy()
+        resident_view.setflags(write=False)
+        dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=resident_view))
+        promote, stream = self._apply(layer, dec)
+        n_fetch = promote.size + stream.size
+        if n_fetch:
+            nbytes = n_fetch * int(self.cost.expert_bytes)
+            self.c.h2d_weight_bytes += nbytes
+            t0 = self.env.now
+            yield from self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), s, layer, "weights_h2d")
+            self._record_wait(t0, s, layer)
+        if dec.prefetch:
+            self._prefetch(s, dec)
+        active = counts > 0
+        on_gpu = self.resident[layer].copy()
+        if stream.size:
+            on_gpu[stream] = True
+        gpu_mask = active & on_gpu
+        cpu_mask = active & ~on_gpu
+        waits = self._arrivals(layer, gpu_mask)
+        if waits:
+            t0 = self.env.now
+            yield self.env.all_of(waits)
+            self._record_wait(t0, s, layer)
+        gpu_counts = np.where(gpu_mask, counts, 0)
+        n_gpu = int(gpu_counts.sum())
+        n_cpu = int(counts.sum()) - n_gpu
+        self.c.gpu_assignments += n_gpu
+        self.c.cpu_assignments += n_cpu
+        t_gpu = float(self.cost.gpu_experts(gpu_counts))
+        if n_cpu == 0:
+            yield self.gpu(t_gpu, s, layer, "experts_gpu")
+            return
+        cpu_counts = np.where(cpu_mask, counts, 0)
+        if dec.overlap_cpu:
+            proc = self.env.process(self.cpu_path(cpu_counts, n_cpu, s, layer))
+            yield self.gpu(t_gpu, s, layer, "experts_gpu")
+            if not proc.processed:
+                t0 = self.env.now
+                yield proc
+                self._record_wait(t0, s, layer)
+        else:
+            yield self.gpu(t_gpu, s, layer, "experts_gpu")
+            t0 = self.env.now
+            yield from self.cpu_path(cpu_counts, n_cpu, s, layer)
+            self._record_wait(t0, s, layer)
+
+    def _record_wait(self, t0: float, step: int, layer: int) -> None:
+        # the GPU stream idles while waiting: logged for the timeline, not counted as busy
+        if self.log is not None and self.env.now > t0:
+            self.log.append((_R["gpu"], t0, self.env.now, step, layer, _W["wait"]))
+
+    def run(self) -> int:
+        self.env.process(self.main())
+        n = 0
+        step = self.env.step
+        try:
+            while True:
+                step()
+                n += 1
+        except simpy.core.EmptySchedule:
+            pass
+        return n
+
+    def timeline(self) -> EventLog | None:
+        if self.log is None:
+            return None
+        a = np.array(self.log, dtype=np.float64).reshape(-1, 6)
+        return EventLog(resource=a[:, 0].astype(np.int8), start=a[:, 1], end=a[:, 2], step=a[:, 3].astype(np.int32),
+                        layer=a[:, 4].astype(np.int16), what=a[:, 5].astype(np.int8))
+
+
+def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool = False,
+             timeline: bool = False, trace_name: str = "trace") -> SimResult:
+    """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts)."""
+    L, E = trace.num_moe_layers, trace.num_experts
+    if budget is None or not policy.needs_budget:
+        budget_arr = np.full(L, E, dtype=np.int64)
+    else:
+        budget_arr = np.broadcast_to(np.asarray(budget, dtype=np.int64), (L,)).copy()
+        if budget_arr.min() < 1 or budget_arr.max() > E:
+            raise TideError(f"budget must be between 1 and {E} experts per layer")
+    wall0 = time.perf_counter()
+    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline)
+    events = run.run()
+    wall = time.perf_counter() - wall0
+    c = run.c
+    step_times = np.diff(np.concatenate([[0.0], run.step_end]))
+    return SimResult(
+        policy=policy.name, params=policy.params(), trace_name=trace_name, generated_tokens=trace.generated_tokens,
+        sim_time_s=float(run.last_completion), h2d_bytes=c.h2d_weight_bytes + c.h2d_act_bytes, d2h_bytes=c.d2h_bytes,
+        h2d_weight_bytes=c.h2d_weight_bytes, promotions=c.promotions, demotions=c.demotions,
+        cpu_assignments=c.cpu_assignments, gpu_assignments=c.gpu_assignments, step_times_s=step_times,
+        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), events=events, wall_s=wall,
+        max_resident=run.max_resident.copy(), budget=budget_arr, timeline=run.timeline(),
+    )
