@@ -194,8 +194,6 @@ class _Run:
             t0 = self.env.now
             yield from self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), s, layer, "weights_h2d")
             self._record_wait(t0, s, layer)
-        if dec.prefetch:
-            self._prefetch(s, dec)
         active = counts > 0
         on_gpu = self.resident[layer].copy()
         if stream.size:
@@ -215,9 +213,16 @@ class _Run:
         t_gpu = float(self.cost.gpu_experts(gpu_counts))
         if n_cpu == 0:
             yield self.gpu(t_gpu, s, layer, "experts_gpu")
-            return
+        else:
+            yield from self.split(counts, cpu_mask, n_cpu, t_gpu, dec.overlap_cpu, s, layer)
+        if dec.prefetch:  # issued once this layer's experts have run, so no slot in use is overwritten
+            self._prefetch(s, dec)
+
+    def split(self, counts: np.ndarray, cpu_mask: np.ndarray, n_cpu: int, t_gpu: float, overlap: bool, s: int,
+              layer: int) -> Iterator[Any]:
+        """The GPU's experts and the CPU path of one layer, overlapped or one after the other."""
         cpu_counts = np.where(cpu_mask, counts, 0)
-        if dec.overlap_cpu:
+        if overlap:
             proc = self.env.process(self.cpu_path(cpu_counts, n_cpu, s, layer))
             yield self.gpu(t_gpu, s, layer, "experts_gpu")
             if not proc.processed:

@@ -17,9 +17,9 @@ The returned :class:`LayerDecision` says:
   GPU waits for them), resident afterwards;
 - ``stream``: non-resident experts fetched for this layer's use only, computed on the GPU and dropped after
   it (they pass through slots already used in this layer, so they never count against the budget);
-- ``prefetch``: asynchronous copies for any layer, issued now on the copy engine without blocking; a
-  prefetched expert is resident (holds a slot) at once, and a GPU computation that uses it waits until its copy
-  lands;
+- ``prefetch``: asynchronous copies for any layer, issued on the copy engine once this layer's experts have
+  run (so no slot in use is overwritten), without blocking; a prefetched expert is resident (holds a slot) from
+  then on, and a GPU computation that uses it waits until its copy lands;
 - ``overlap_cpu``: whether the CPU's share of this layer runs concurrently with the GPU's share (False: the
   GPU computes its experts, then waits for the CPU's).
 

@@ -1,0 +1,51 @@
+"""Shared fixtures: a tiny LLaDA2-MoE-shaped model and a small valid trace for it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.model_spec import ModelSpec
+from traces.schema import KIND_COMMIT, KIND_DENOISE, make_trace, model_header
+
+TINY_CONFIG = {
+    "model_type": "llada2_moe", "hidden_size": 16, "intermediate_size": 32, "moe_intermediate_size": 8,
+    "num_hidden_layers": 3, "first_k_dense_replace": 1, "num_experts": 8, "num_experts_per_tok": 2,
+    "num_shared_experts": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 8,
+    "vocab_size": 64, "n_group": 2, "topk_group": 1, "dtype": "bfloat16",
+}
+
+
+@pytest.fixture
+def tiny_model() -> ModelSpec:
+    """2 MoE layers x 8 experts, top-2."""
+    return ModelSpec.from_config(TINY_CONFIG, name="tiny")
+
+
+def build_tiny_trace(model: ModelSpec, with_topk: bool = True, seed: int = 0):
+    """Block-cache trace: 2 blocks of 4 tokens, 2 denoise steps + 1 commit each (6 steps, 24 tokens)."""
+    rng = np.random.default_rng(seed)
+    L, E, k = model.num_moe_layers, model.num_experts, model.top_k
+    block = [0, 0, 0, 1, 1, 1]
+    step_in_block = [0, 1, 0, 0, 1, 0]
+    kind = [KIND_DENOISE, KIND_DENOISE, KIND_COMMIT] * 2
+    fwd = [4, 4, 4, 4, 4, 4]
+    ctx = [8, 8, 8, 12, 12, 12]
+    committed = [2, 2, 0, 3, 1, 0]
+    n = sum(fwd)
+    ids = np.stack([np.stack([rng.choice(E, k, replace=False) for _ in range(L)]) for _ in range(n)])
+    step_of_tok = np.repeat(np.arange(len(fwd)), fwd)
+    counts = np.zeros((len(fwd), L, E), dtype=np.int64)
+    np.add.at(counts, (step_of_tok[:, None, None], np.arange(L)[None, :, None], ids), 1)
+    header = {"version": 1, "model": model_header(model),
+              "generation": {"mode": "block-cache", "block_length": 4, "steps": 2, "threshold": 0.95,
+                             "gen_length": 8, "prompt_length": 4},
+              "origin": {"kind": "synthetic", "seed": seed}}
+    return make_trace(header, counts, block=block, step_in_block=step_in_block, tokens_forwarded=fwd,
+                      context_tokens=ctx, tokens_committed=committed, kind=kind,
+                      topk_ids=ids if with_topk else None)
+
+
+@pytest.fixture
+def tiny_trace_factory(tiny_model):
+    """Call with ``with_topk=...`` (and optionally ``seed=``) for a fresh valid trace of ``tiny_model``."""
+    return lambda with_topk=True, seed=0: build_tiny_trace(tiny_model, with_topk=with_topk, seed=seed)

@@ -1,0 +1,183 @@
+"""Importers: routing logs recorded by other tools, turned into schema-v1 traces.
+
+JSONL decode log (:func:`import_jsonl`). One JSON object per line::
+
+    {"step": 7, "layer": 3, "experts": [12, 40, 3, 9, 77, 101, 5, 250]}          # one token's top-k ids
+    {"step": 0, "layer": 3, "experts": [[12, 40, ...], [8, 1, ...], ...]}         # several tokens at once
+
+Rows that share a step accumulate tokens (in file order); rows may come in any order; every step must hold the
+same number of tokens in every MoE layer. Lines whose ``"type"`` is present and not ``"route"`` (e.g. a
+``{"type": "meta", ...}`` header) and blank lines are skipped. Log layer ``x`` is MoE layer ``x - layer_offset``
+(pass ``first_k_dense_replace`` when the log numbers all decoder layers); the log must cover exactly the model's
+MoE layers 0..L-1.
+
+The trace is autoregressive decode: mode ``"autoregressive"``, block_length 1, one step per distinct log step
+(ascending), kind 3 (decode) with one committed token each, block = decode index, step_in_block 0,
+context_tokens = tokens forwarded so far including this step. With ``first_is_prefill`` the first step is the
+prompt prefill instead: kind 2, block -1, nothing committed, and its tokens are the header's prompt_length.
+gen_length is the number of decode steps. Per-token expert ids are kept as ``topk_ids`` (token j of a step is
+the j-th token of that step's rows in every layer) unless ``keep_topk=False``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.errors import TideError
+from traces.schema import KIND_DECODE, KIND_PREFILL, Trace, make_trace, model_header
+
+_ROUTE_TYPES = (None, "route")
+
+
+def _is_int(v: Any) -> bool:
+    return type(v) is int  # JSON integers only: bool and float are refused
+
+
+def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
+    """The row's tokens as lists of ids (type checks only; values are checked vectorised later)."""
+    if isinstance(experts, list) and experts and all(_is_int(x) for x in experts):
+        return [experts]
+    if (isinstance(experts, list) and experts
+            and all(isinstance(t, list) and t and all(_is_int(x) for x in t) for t in experts)):
+        return experts
+    raise TideError(f"line {lineno}: field experts must be a non-empty list of integer expert ids "
+                    "or a non-empty list of such lists")
+
+
+def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_is_prefill: bool = False,
+                 keep_topk: bool = True) -> Trace:
+    """Read a JSONL decode routing log for ``model`` (a :class:`sim.model_spec.ModelSpec`) into a Trace."""
+    path = Path(path)
+    L, E, k = model.num_moe_layers, model.num_experts, model.top_k
+    if keep_topk and E > np.iinfo(np.int16).max + 1:
+        raise TideError(f"model {model.name} has {E} experts: too many to keep per-token ids (use keep_topk=False)")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TideError(f"routing log {path}: no such file") from None
+    except IsADirectoryError:
+        raise TideError(f"routing log {path}: is a directory") from None
+
+    steps: list[int] = []       # per row
+    layers: list[int] = []      # per row (MoE layer, after the offset)
+    ntok: list[int] = []        # per row
+    linenos: list[int] = []     # per row
+    ids: list[list[int]] = []   # per token
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise TideError(f"{path} line {lineno}: malformed JSON ({str(exc).splitlines()[0]})") from None
+        if not isinstance(row, dict):
+            raise TideError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        if row.get("type") not in _ROUTE_TYPES:
+            continue
+        try:
+            for key in ("step", "layer", "experts"):
+                if key not in row:
+                    raise TideError(f"line {lineno}: row lacks field {key!r}")
+            step, layer = row["step"], row["layer"]
+            if not _is_int(step) or step < 0:
+                raise TideError(f"line {lineno}: field step must be an integer >= 0, got {step!r}")
+            if not _is_int(layer):
+                raise TideError(f"line {lineno}: field layer must be an integer, got {layer!r}")
+            moe_layer = layer - layer_offset
+            if not 0 <= moe_layer < L:
+                raise TideError(f"line {lineno}: layer {layer} is MoE layer {moe_layer} after layer offset "
+                                f"{layer_offset}, outside model {model.name}'s {L} MoE layers 0..{L - 1}")
+            tokens = _row_tokens(row["experts"], lineno)
+            for t in tokens:
+                if len(t) != k:
+                    raise TideError(f"line {lineno}: a token routes to {len(t)} experts, model {model.name} "
+                                    f"uses top-{k}")
+        except TideError as exc:
+            raise TideError(f"{path} {exc}") from None
+        steps.append(step)
+        layers.append(moe_layer)
+        ntok.append(len(tokens))
+        linenos.append(lineno)
+        ids.extend(tokens)
+    if not steps:
+        raise TideError(f"{path}: no routing rows (objects with step, layer and experts)")
+
+    # ---- vectorised checks of the ids ---------------------------------------------------------------
+    ntok_a = np.asarray(ntok, dtype=np.int64)
+    tok_line = np.repeat(np.asarray(linenos, dtype=np.int64), ntok_a)
+    try:
+        id_arr = np.asarray(ids, dtype=np.int64)
+    except OverflowError:  # an id beyond int64: find it with Python ints
+        id_arr = np.asarray(ids, dtype=object)
+    bad = (id_arr < 0) | (id_arr >= E)
+    if bad.any():
+        t, j = np.argwhere(bad)[0]
+        raise TideError(f"{path} line {tok_line[t]}: expert id {id_arr[t, j]} outside model {model.name}'s "
+                        f"experts 0..{E - 1}")
+    srt = np.sort(id_arr, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+    if dup.any():
+        raise TideError(f"{path} line {tok_line[np.argmax(dup)]}: a token lists the same expert twice")
+
+    # ---- steps and per-(step, layer) token counts ---------------------------------------------------
+    log_steps, step_row = np.unique(np.asarray(steps, dtype=np.int64), return_inverse=True)
+    S = len(log_steps)
+    layer_row = np.asarray(layers, dtype=np.int64)
+    group_row = step_row * L + layer_row
+    per_group = np.bincount(group_row, weights=ntok_a, minlength=S * L).astype(np.int64).reshape(S, L)
+    missing_layers = np.flatnonzero(per_group.max(axis=0) == 0)
+    if missing_layers.size:
+        raise TideError(f"{path}: the log has no rows for MoE layer(s) "
+                        f"{', '.join(str(int(x)) for x in missing_layers[:8])}{' ...' if missing_layers.size > 8 else ''}"
+                        f" (model {model.name} has {L} MoE layers; check --layer-offset)")
+    tokens = per_group.max(axis=1)
+    uneven = (per_group != tokens[:, None]).any(axis=1)
+    if uneven.any():
+        s = int(np.argmax(uneven))
+        lo = int(np.argmin(per_group[s]))
+        raise TideError(f"{path}: step {int(log_steps[s])} has {int(per_group[s, lo])} token(s) in MoE layer {lo} "
+                        f"but {int(tokens[s])} in MoE layer {int(np.argmax(per_group[s]))}")
+
+    # ---- counts[s, l, e] in one bincount ------------------------------------------------------------
+    group_tok = np.repeat(group_row, ntok_a)
+    flat = group_tok[:, None] * E + id_arr
+    counts = np.bincount(flat.ravel(), minlength=S * L * E).reshape(S, L, E)
+
+    topk = None
+    if keep_topk:
+        # Token position within its (step, layer) group, in file order: stable sort by group.
+        order = np.argsort(group_tok, kind="stable")
+        sizes = np.bincount(group_tok, minlength=S * L)
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+        pos = np.empty_like(order)
+        pos[order] = np.arange(order.size) - starts[group_tok[order]]
+        step_start = np.concatenate(([0], np.cumsum(tokens)[:-1]))
+        tok_step, tok_layer = group_tok // L, group_tok % L
+        topk = np.empty((int(tokens.sum()), L, k), dtype=np.int16)
+        topk[step_start[tok_step] + pos, tok_layer] = id_arr
+
+    # ---- step metadata ------------------------------------------------------------------------------
+    kind = np.full(S, KIND_DECODE, dtype=np.uint8)
+    committed = np.ones(S, dtype=np.int64)
+    decode_index = np.arange(S)
+    prompt_length = 0
+    if first_is_prefill:
+        kind[0] = KIND_PREFILL
+        committed[0] = 0
+        decode_index = decode_index - 1  # the prefill is block -1, decode steps are blocks 0, 1, ...
+        prompt_length = int(tokens[0])
+    gen_length = int(committed.sum())
+    header = {
+        "version": 1,
+        "model": model_header(model),
+        "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
+                       "gen_length": gen_length, "prompt_length": prompt_length},
+        "origin": {"kind": "imported", "source": str(path), "seed": None, "format": "jsonl",
+                   "layer_offset": layer_offset, "first_is_prefill": bool(first_is_prefill),
+                   "log_steps": [int(log_steps[0]), int(log_steps[-1])]},
+    }
+    return make_trace(header, counts, block=decode_index, step_in_block=np.zeros(S), tokens_forwarded=tokens,
+                      context_tokens=np.cumsum(tokens), tokens_committed=committed, kind=kind, topk_ids=topk)
