@@ -1,0 +1,216 @@
+"""``python -m sim.explore``: what-if studies over policies, refresh interval tau and GPU expert budget.
+
+With no arguments it runs the default study: LLaDA2.0-mini on the H100/PCIe 5 preset, 128 of 256 experts per
+layer resident, one synthetic ``prefix-recompute`` and one ``block-cache`` trace (gen length 1024, block 32),
+every policy, tau from 1 to 16. It prints a summary table and writes a run directory:
+
+  config.json               the resolved configuration (model, hardware profile, budget, traces, policies)
+  results.json              one row per (trace, policy, tau): counters, timing, utilisation
+  report.html               self-contained plotly report
+  recommended-policy.json   the fastest policy that fits, with its parameters (``runtime.generate --policy``)
+  traces/*.npz              the traces replayed (synthetic ones are generated here, seeded)
+  timeline.json             with --timeline: Chrome-trace timeline of the recommended run (Perfetto)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from sim.budget import fits, resolve_budget
+from sim.cost import RooflineCostModel
+from sim.errors import TideError, run_cli
+from sim.hardware import HARDWARE_PRESETS, HardwareProfile
+from sim.model_spec import MODEL_PRESETS, ModelSpec
+from sim.policies import POLICIES, TAU_POLICIES
+from sim.policies.policy_file import PolicyChoice, write_policy_file
+from sim.sweep import Job, SweepSetup, run_jobs, run_one
+from traces.io import atomic_write_text, read_trace, write_trace
+from traces.schema import MODES
+
+BASELINES = ("cpu-route", "fetch-lru")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m sim.explore", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="llada2.0-mini", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path")
+    p.add_argument("--hardware", default="h100-pcie5", help=f"preset ({', '.join(HARDWARE_PRESETS)}) or profile JSON")
+    p.add_argument("--trace", nargs="+", metavar="FILE", help="replay these trace files instead of synthetic ones")
+    p.add_argument("--mode", nargs="+", default=["prefix-recompute", "block-cache"], choices=MODES[:2],
+                   help="synthetic traces: generation modes")
+    p.add_argument("--gen-length", type=int, default=1024, help="synthetic traces: generated tokens")
+    p.add_argument("--block-length", type=int, default=32, help="synthetic traces: block length")
+    p.add_argument("--prompt-length", type=int, default=128, help="synthetic traces: prompt tokens")
+    p.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed per denoising step (default: the model's published figure)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic traces: seed")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run ({', '.join(POLICIES)})")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="budget: experts resident per MoE layer (default 128, capped at the layer's experts)")
+    budget.add_argument("--gpu-memory-gb", type=float, default=None, help="budget: GiB of GPU memory for routed experts")
+    p.add_argument("--tau", type=int, nargs="+", default=list(range(1, 17)), help="refresh intervals for tau policies")
+    p.add_argument("--out", default=None, help="run directory (default runs/explore-<time>)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the result rows to this JSON file")
+    p.add_argument("--timeline", action="store_true", help="write a Chrome-trace timeline of the recommended run")
+    p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _check_args(a: argparse.Namespace) -> None:
+    if any(t < 1 for t in a.tau):
+        raise TideError(f"tau must be >= 1, got {min(a.tau)}")
+    unknown = [p for p in a.policies if p not in POLICIES]
+    if unknown:
+        raise TideError(f"unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})")
+    if a.gen_length < 1 or a.block_length < 1 or a.prompt_length < 0:
+        raise TideError("gen length and block length must be >= 1, prompt length >= 0")
+    if a.jobs is not None and a.jobs < 1:
+        raise TideError("--jobs must be >= 1")
+
+
+def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str]:
+    """Trace name -> file in the run directory (synthetic ones generated there)."""
+    tdir = out / "traces"
+    paths: dict[str, str] = {}
+    if a.trace:
+        for f in a.trace:
+            trace = read_trace(f, model=model)
+            name = Path(f).stem
+            if name in paths:
+                raise TideError(f"two traces named {name!r}; rename one")
+            paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
+        return paths
+    from traces.synthetic import default_config, generate
+
+    for mode in dict.fromkeys(a.mode):
+        overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
+                                         prompt_length=a.prompt_length, seed=a.seed)
+        if a.tokens_per_forward is not None:
+            overrides["tokens_per_forward"] = a.tokens_per_forward
+        trace = generate(model, default_config(model, mode, **overrides))
+        paths[mode] = str(write_trace(trace, tdir / f"{mode}.npz"))
+    return paths
+
+
+def _jobs(a: argparse.Namespace, trace_names: Sequence[str]) -> list[Job]:
+    jobs = []
+    for t in trace_names:
+        for p in dict.fromkeys(a.policies):
+            if p in TAU_POLICIES:
+                jobs += [Job(t, p, {"tau": tau}) for tau in sorted(set(a.tau))]
+            else:
+                jobs.append(Job(t, p, {}))
+    return jobs
+
+
+def recommend(rows: list[dict[str, Any]], all_gpu_allowed: bool) -> dict[str, Any]:
+    """The fastest row among policies that keep to the budget; all-gpu (the ceiling) only when the budget is
+    every expert and they fit the GPU. Falls back to the fastest row when nothing else ran."""
+    eligible = [r for r in rows if r["policy"] != "all-gpu" or all_gpu_allowed] or rows
+    return max(eligible, key=lambda r: r["tokens_per_s"])
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """Per trace: every non-tau policy, and each tau policy at its best tau (with the tau range seen)."""
+    lines = []
+    for trace in dict.fromkeys(r["trace"] for r in rows):
+        rs = [r for r in rows if r["trace"] == trace]
+        base = max((r["tokens_per_s"] for r in rs if r["policy"] in BASELINES), default=float("nan"))
+        lines.append(f"\ntrace {trace} ({rs[0]['mode']}, {rs[0]['generated_tokens']} tokens, {rs[0]['steps']} forwards)")
+        lines.append(f"  {'policy':<24}{'tokens/s':>10}{'vs base':>9}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}"
+                     f"{'sim s':>9}{'gpu%':>6}{'cpu%':>6}{'h2d%':>6}")
+        best: dict[str, dict[str, Any]] = {}
+        for r in rs:
+            if r["policy"] not in best or r["tokens_per_s"] > best[r["policy"]]["tokens_per_s"]:
+                best[r["policy"]] = r
+        for pol, r in best.items():
+            label = r["label"] + (" best" if r["policy"] in TAU_POLICIES else "")
+            u = r["utilisation"]
+            lines.append(f"  {label:<24}{r['tokens_per_s']:>10.1f}{r['tokens_per_s'] / base:>8.2f}x{r['hit_ratio']:>7.3f}"
+                         f"{r['h2d_bytes'] / 1e9:>9.2f}{r['d2h_bytes'] / 1e9:>9.2f}{r['sim_time_s']:>9.2f}"
+                         f"{100 * u['gpu']:>6.0f}{100 * u['cpu']:>6.0f}{100 * u['h2d']:>6.0f}")
+        for pol in TAU_POLICIES:
+            sweep = sorted((r for r in rs if r["policy"] == pol), key=lambda r: r["tau"])
+            if len(sweep) > 1:
+                lines.append(f"  {pol} tokens/s by tau: " + " ".join(f"{r['tau']}:{r['tokens_per_s']:.1f}" for r in sweep))
+    return "\n".join(lines)
+
+
+def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfile, budget: np.ndarray,
+                     traces: dict[str, str]) -> dict[str, Any]:
+    return {
+        "command": "python -m sim.explore " + " ".join(sys.argv[1:]),
+        "model": model.summary(), "hardware": hw.to_dict(),
+        "budget": {"experts_per_layer": int(budget.max()), "gib": float(budget.sum() * model.expert_bytes / 2**30),
+                   "fits_gpu": fits(model, hw, budget)},
+        "all_experts_fit_gpu": fits(model, hw, np.full(model.num_moe_layers, model.num_experts)),
+        "traces": {name: {"file": path} for name, path in traces.items()},
+        "synthetic": None if a.trace else {"modes": a.mode, "gen_length": a.gen_length, "block_length": a.block_length,
+                                           "prompt_length": a.prompt_length, "seed": a.seed,
+                                           "tokens_per_forward": a.tokens_per_forward},
+        "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (sim.cost.RooflineCostModel)",
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "numpy": np.__version__, "cores": os.cpu_count()},
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    _check_args(a)
+    model = ModelSpec.load(a.model)
+    hw = HardwareProfile.load(a.hardware)
+    experts = a.gpu_experts_per_layer
+    if experts is None and a.gpu_memory_gb is None:
+        experts = min(128, model.num_experts)
+    budget = resolve_budget(model, hw, experts_per_layer=experts, gpu_memory_gb=a.gpu_memory_gb)
+    out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
+    t0 = time.perf_counter()
+    traces = _traces(a, model, out)
+    setup = SweepSetup(trace_paths=traces, cost=RooflineCostModel(model, hw), budget=budget,
+                       shared_duplex=hw.link.shared_duplex)
+    jobs = _jobs(a, list(traces))
+    rows = run_jobs(setup, jobs, workers=a.jobs, progress=not a.quiet)
+    config = _resolved_config(a, model, hw, budget, traces)
+    all_fit = config["all_experts_fit_gpu"]
+    best = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
+    choice = PolicyChoice(policy=best["policy"], params=best["params"],
+                          experts_per_layer=None if best["policy"] == "all-gpu" else int(budget.max()),
+                          mode=best["mode"], model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
+                          predicted={"tokens_per_s": best["tokens_per_s"], "hit_ratio": best["hit_ratio"]},
+                          created_by=config["command"])
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    write_policy_file(out / "recommended-policy.json", choice)
+    if a.json:
+        atomic_write_text(a.json, json.dumps(rows, indent=1) + "\n")
+    if a.timeline:
+        from sim.chrome_trace import write_chrome_trace
+
+        trace = read_trace(traces[best["trace"]])
+        res = run_one(setup, trace, Job(best["trace"], best["policy"], best["params"]), timeline=True)
+        write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
+    if not a.no_report:
+        from sim.report import write_report
+
+        write_report(out / "report.html", rows, config,
+                     title=f"{model.name} on {hw.name}, {int(budget.max())} of {model.num_experts} experts per layer")
+    print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
+          f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")
+    print(summary_table(rows))
+    print(f"\nrecommended: {best['label']} in {best['mode']} mode, {best['tokens_per_s']:.1f} tokens/s predicted")
+    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ "
+          f"(report.html, results.json, config.json, recommended-policy.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

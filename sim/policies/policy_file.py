@@ -1,0 +1,69 @@
+"""The recommended-policy file that ``sim.explore`` writes and ``runtime.generate --policy FILE`` executes.
+
+JSON object::
+
+    {"format": "tide-moe-policy/1", "policy": "tide", "params": {"tau": 4},
+     "budget": {"experts_per_layer": 128}, "mode": "block-cache",
+     "model": "llada2.0-mini", "model_config_hash": "...", "hardware": "H100-80GB-PCIe5",
+     "predicted": {"tokens_per_s": ..., "hit_ratio": ...}, "created_by": "sim.explore ..."}
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.errors import TideError
+from sim.policies import Policy, make_policy
+
+FORMAT = "tide-moe-policy/1"
+
+
+@dataclass(frozen=True)
+class PolicyChoice:
+    policy: str
+    params: dict[str, Any]
+    experts_per_layer: int | None
+    mode: str | None = None
+    model: str = ""
+    model_config_hash: str = ""
+    hardware: str = ""
+    predicted: dict[str, float] = field(default_factory=dict)
+    created_by: str = ""
+
+    def build(self) -> Policy:
+        return make_policy(self.policy, **self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["budget"] = {"experts_per_layer": d.pop("experts_per_layer")}
+        return {"format": FORMAT, **d}
+
+
+def write_policy_file(path: str | Path, choice: PolicyChoice) -> Path:
+    from traces.io import atomic_write_text
+
+    atomic_write_text(path, json.dumps(choice.to_dict(), indent=2) + "\n")
+    return Path(path)
+
+
+def read_policy_file(path: str | Path) -> PolicyChoice:
+    try:
+        d = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise TideError(f"policy file {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TideError(f"policy file {path}: not valid JSON ({exc})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise TideError(f"policy file {path}: format must be {FORMAT!r}")
+    budget = d.get("budget") or {}
+    params = d.get("params") or {}
+    if not isinstance(params, dict) or not isinstance(budget, dict) or not isinstance(d.get("policy"), str):
+        raise TideError(f"policy file {path}: policy must be a name, params and budget objects")
+    choice = PolicyChoice(policy=d["policy"], params=params, experts_per_layer=budget.get("experts_per_layer"),
+                          mode=d.get("mode"), model=str(d.get("model", "")),
+                          model_config_hash=str(d.get("model_config_hash", "")), hardware=str(d.get("hardware", "")),
+                          predicted=dict(d.get("predicted") or {}), created_by=str(d.get("created_by", "")))
+    choice.build()  # unknown policy or bad parameters: fail now, with the file's name in view
+    return choice
