@@ -22,7 +22,7 @@ one GEMM group per expert, so a batch costs the sum over active experts (e: n_e 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -54,6 +54,7 @@ def _roofline(cost: OpCost, tflops: float, gbps: float) -> np.ndarray:
 class RooflineCostModel:
     model: ModelSpec
     hw: HardwareProfile
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def expert_bytes(self) -> int:
@@ -83,23 +84,43 @@ class RooflineCostModel:
         return (self.attention(n, c) + self._gpu(m.router_cost(n), _LAUNCH["router"])
                 + self._gpu(m.shared_expert_cost(n), _LAUNCH["shared"]) * (m.num_shared_experts > 0))
 
-    def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
-        counts = np.asarray(counts)
+    def gpu_expert_each(self, n: Any) -> np.ndarray:
+        """One routed expert on the GPU with n tokens (0 for n = 0)."""
+        n = np.asarray(n)
         table = self.hw.tables.get("gpu_expert")
-        per = table(counts) if table is not None else _roofline(self.model.expert_cost(counts), self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps)
-        per = np.where(counts > 0, per, 0.0)
-        launches = np.any(counts > 0, axis=-1) * _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6
-        return per.sum(axis=-1) + launches
+        per = table(n) if table is not None else _roofline(self.model.expert_cost(n), self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps)
+        return np.where(n > 0, per, 0.0)
 
-    def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
-        counts = np.asarray(counts)
+    def cpu_expert_each(self, n: Any) -> np.ndarray:
+        """One routed expert on the CPU with n tokens (0 for n = 0)."""
+        n = np.asarray(n)
         table = self.hw.tables.get("cpu_expert")
         if table is not None:
-            per = table(counts)
+            per = table(n)
         else:
-            per = _roofline(self.model.expert_cost(counts), self.hw.cpu.matmul_tflops, self.hw.cpu.dram_gbps)
+            per = _roofline(self.model.expert_cost(n), self.hw.cpu.matmul_tflops, self.hw.cpu.dram_gbps)
             per = per + self.hw.cpu.expert_overhead_us * 1e-6
-        return np.where(counts > 0, per, 0.0).sum(axis=-1)
+        return np.where(n > 0, per, 0.0)
+
+    def _lut(self, which: str, counts: np.ndarray) -> np.ndarray:
+        # per-expert time by token count, tabulated once: the engine calls this per layer, so indexing a table
+        # beats re-evaluating the roofline on every call
+        cache = self._cache
+        top = int(counts.max(initial=0))
+        lut = cache.get(which)
+        if lut is None or lut.size <= top:
+            size = max(1024, 2 * top + 1)
+            lut = (self.gpu_expert_each if which == "gpu" else self.cpu_expert_each)(np.arange(size))
+            cache[which] = lut
+        return lut[counts]
+
+    def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        counts = np.asarray(counts)
+        launches = np.any(counts > 0, axis=-1) * _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6
+        return self._lut("gpu", counts).sum(axis=-1) + launches
+
+    def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
+        return self._lut("cpu", np.asarray(counts)).sum(axis=-1)
 
     def _copy(self, nbytes: Any, table_name: str, gbps: float) -> np.ndarray:
         nbytes = np.asarray(nbytes, dtype=np.float64)

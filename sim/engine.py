@@ -72,6 +72,8 @@ class _Run:
         self.cpu = simpy.Resource(self.env, capacity=1)
         self.h2d = simpy.Resource(self.env, capacity=1)
         self.d2h = self.h2d if shared_duplex else simpy.Resource(self.env, capacity=1)
+        self.counts = trace.counts.view()
+        self.counts.setflags(write=False)  # policies get views of it: they must not change the trace
         self.step_fixed = _step_fixed(trace, cost)
         self.pre = _moe_pre(trace, cost)
         self.busy = dict.fromkeys(RESOURCES, 0.0)
@@ -182,7 +184,7 @@ class _Run:
 
     def layer(self, info: StepInfo, layer: int) -> Iterator[Any]:
         s = info.index
-        counts = self.trace.counts[s, layer]
+        counts = self.counts[s, layer]
         resident_view = self.resident[layer].copy()
         resident_view.setflags(write=False)
         dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=resident_view))
@@ -275,6 +277,8 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
     events = run.run()
     wall = time.perf_counter() - wall0
     c = run.c
+    # work still in flight after the last forward (a prefetch) belongs to the last step
+    run.step_end[-1] = max(run.step_end[-1], run.last_completion)
     step_times = np.diff(np.concatenate([[0.0], run.step_end]))
     return SimResult(
         policy=policy.name, params=policy.params(), trace_name=trace_name, generated_tokens=trace.generated_tokens,

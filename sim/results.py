@@ -25,7 +25,9 @@ METRIC_KEYS = ("tokens_per_s", "sim_time_s", "h2d_bytes", "d2h_bytes", "hit_rati
 
 @dataclass(frozen=True, eq=False)
 class EventLog:
-    """Columns of the timeline; one row per busy interval of a resource."""
+    """Columns of the timeline; one row per busy interval of a resource, plus rows with what = "wait" on the gpu
+    resource for the intervals the GPU stream stalled (idle, not counted in busy_s). With a shared-duplex link
+    the "h2d" and "d2h" rows occupy one engine."""
 
     resource: np.ndarray  # int8 index into RESOURCES
     start: np.ndarray     # float64 seconds
@@ -72,7 +74,7 @@ class SimResult:
 
     @property
     def events_per_s(self) -> float:
-        return self.events / self.wall_s if self.wall_s > 0 else float("inf")
+        return self.events / max(self.wall_s, 1e-9)  # finite, so metrics() stays valid JSON
 
     @property
     def label(self) -> str:

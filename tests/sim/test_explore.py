@@ -1,0 +1,99 @@
+"""sim.explore end to end on a small study, and its one-line errors on bad input."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sim.explore import main
+from sim.policies.policy_file import read_policy_file
+from sim.results import METRIC_KEYS
+
+SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet"]
+
+
+def test_small_study_writes_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*SMALL, "--out", str(out), "--json", str(tmp_path / "rows.json"), "--jobs", "2", "--timeline"]) == 0
+    text = capsys.readouterr().out
+    assert "recommended:" in text and "tide" in text
+    for f in ("config.json", "results.json", "report.html", "recommended-policy.json", "timeline.json",
+              "traces/prefix-recompute.npz", "traces/block-cache.npz"):
+        assert (out / f).is_file(), f
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    # 2 traces x (all-gpu, cpu-route, fetch-lru, tide x 2 taus)
+    assert len(rows) == 2 * 5
+    for r in rows:
+        assert set(METRIC_KEYS) <= set(r)
+        assert r["tokens_per_s"] > 0 and 0 <= r["hit_ratio"] <= 1
+    assert {r["tau"] for r in rows if r["policy"] == "tide"} == {1, 3}
+    config = json.loads((out / "config.json").read_text())
+    assert config["budget"]["experts_per_layer"] == 128 and config["hardware"]["name"] == "H100-80GB-PCIe5"
+    choice = read_policy_file(out / "recommended-policy.json")
+    assert choice.policy != "all-gpu"  # the budget (128 of 256) rules the ceiling out
+    assert choice.experts_per_layer == 128
+    best = max((r for r in rows if r["policy"] != "all-gpu"), key=lambda r: r["tokens_per_s"])
+    assert choice.predicted["tokens_per_s"] == pytest.approx(best["tokens_per_s"])
+
+
+def test_parallel_equals_serial(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    args = [*SMALL, "--mode", "block-cache", "--no-report"]
+    main([*args, "--out", str(tmp_path / "ra"), "--json", str(a), "--jobs", "1"])
+    main([*args, "--out", str(tmp_path / "rb"), "--json", str(b), "--jobs", "2"])
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert [r["sim_time_s"] for r in ra] == [r["sim_time_s"] for r in rb]
+
+
+def test_replays_a_trace_file(tmp_path):
+    main([*SMALL, "--mode", "block-cache", "--no-report", "--out", str(tmp_path / "r1")])
+    trace = tmp_path / "r1" / "traces" / "block-cache.npz"
+    main(["--trace", str(trace), "--policies", "cpu-route", "--no-report", "--quiet",
+          "--out", str(tmp_path / "r2"), "--json", str(tmp_path / "r2.json")])
+    rows = json.loads((tmp_path / "r2.json").read_text())
+    assert [r["trace"] for r in rows] == ["block-cache"]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sim.explore", "--quiet", "--no-report", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--model", "no-such-model"], "unknown model"),
+    (["--hardware", "no-such-gpu"], "unknown hardware"),
+    (["--tau", "0"], "tau"),
+    (["--gpu-experts-per-layer", "0"], "at least one expert"),
+    (["--gpu-experts-per-layer", "300"], "exceeds"),
+    (["--model", "llada2.0-flash", "--gpu-experts-per-layer", "256"], "more than the 80 GiB"),
+    (["--gpu-memory-gb", "0.01"], "cannot hold one expert"),
+    (["--policies", "magic"], "unknown policy"),
+    (["--trace", "/nonexistent/trace.npz"], "no such file"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
+    proc = _cli(*args, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+    assert needle in err
+
+
+def test_bad_config_and_mismatched_trace(tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text("{not json")
+    proc = _cli("--model", str(cfg), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "malformed config.json" in proc.stderr
+    cfg.write_text(json.dumps({"model_type": "mixtral"}))
+    proc = _cli("--model", str(cfg), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "unsupported model_type" in proc.stderr
+    main([*SMALL, "--mode", "block-cache", "--no-report", "--out", str(tmp_path / "mini")])
+    proc = _cli("--model", "llada2.0-flash", "--trace", str(tmp_path / "mini/traces/block-cache.npz"),
+                "--gpu-experts-per-layer", "64", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "does not match model" in proc.stderr
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"\x00" * 100)
+    proc = _cli("--trace", str(garbage), "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "not a readable trace" in proc.stderr
