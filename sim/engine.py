@@ -31,7 +31,8 @@ import simpy
 
 from sim.cost import CostModel
 from sim.errors import TideError
-from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo, ids
+from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo
+from sim.policies.residency import Residency
 from sim.results import RESOURCES, WHAT, EventLog, SimResult
 from traces.schema import Trace
 
@@ -54,8 +55,6 @@ def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
 
 @dataclass
 class _Counters:
-    promotions: int = 0
-    demotions: int = 0
     h2d_weight_bytes: int = 0
     h2d_act_bytes: int = 0
     d2h_bytes: int = 0
@@ -86,13 +85,9 @@ class _Run:
                             expert_bytes=int(cost.expert_bytes),
                             block_length=int(trace.header["generation"].get("block_length", 1)), mode=trace.mode,
                             cost=cost, trace=None if policy.causal else trace)
-        placement = np.asarray(policy.initial_placement(ctx), dtype=bool)
-        if placement.shape != (L, E):
-            raise TideError(f"policy {policy.name}: initial placement has shape {placement.shape}, expected {(L, E)}")
-        if policy.needs_budget and np.any(placement.sum(axis=1) > self.budget):
-            raise TideError(f"policy {policy.name}: initial placement exceeds the budget")
-        self.resident = placement
-        self.max_resident = placement.sum(axis=1)
+        self.residency = Residency(policy, policy.initial_placement(ctx), self.budget)
+        if self.residency.resident.shape != (L, E):
+            raise TideError(f"policy {policy.name}: initial placement has shape {self.residency.resident.shape}, expected {(L, E)}")
         # in-flight prefetches per layer: (arrival event, bool mask of experts)
         self.pending: list[list[tuple[simpy.Event, np.ndarray]]] = [[] for _ in range(L)]
 
@@ -118,29 +113,9 @@ class _Run:
             self._record(name, start, self.env.now, step, layer, what)
 
     # ---- policy decisions -------------------------------------------------------------------------------
-    def _apply(self, layer: int, dec: LayerDecision) -> tuple[np.ndarray, np.ndarray]:
-        res = self.resident[layer]
-        demote, promote, stream = ids(dec.demote), ids(dec.promote), ids(dec.stream)
-        name = self.policy.name
-        if demote.size and not res[demote].all():
-            raise TideError(f"policy {name} demoted a non-resident expert at layer {layer}")
-        res[demote] = False
-        if promote.size and res[promote].any():
-            raise TideError(f"policy {name} promoted a resident expert at layer {layer}")
-        res[promote] = True
-        if stream.size and res[stream].any():
-            raise TideError(f"policy {name} streamed a resident expert at layer {layer}")
-        if self.policy.needs_budget and res.sum() > self.budget[layer]:
-            raise TideError(f"policy {name} exceeded the budget of {self.budget[layer]} at layer {layer}")
-        self.max_resident[layer] = max(self.max_resident[layer], int(res.sum()))
-        self.c.promotions += promote.size + stream.size
-        self.c.demotions += demote.size + stream.size
-        return promote, stream
-
     def _prefetch(self, step: int, dec: LayerDecision) -> None:
         for pf in dec.prefetch:
-            pf_dec = LayerDecision(promote=pf.promote, demote=pf.demote)
-            promote, _ = self._apply(int(pf.layer), pf_dec)
+            _, promote, _ = self.residency.apply(int(pf.layer), LayerDecision(promote=pf.promote, demote=pf.demote))
             if promote.size:
                 nbytes = promote.size * int(self.cost.expert_bytes)
                 self.c.h2d_weight_bytes += nbytes
@@ -185,10 +160,8 @@ class _Run:
     def layer(self, info: StepInfo, layer: int) -> Iterator[Any]:
         s = info.index
         counts = self.counts[s, layer]
-        resident_view = self.resident[layer].copy()
-        resident_view.setflags(write=False)
-        dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=resident_view))
-        promote, stream = self._apply(layer, dec)
+        dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=self.residency.view(layer)))
+        _, promote, stream = self.residency.apply(layer, dec)
         n_fetch = promote.size + stream.size
         if n_fetch:
             nbytes = n_fetch * int(self.cost.expert_bytes)
@@ -197,7 +170,7 @@ class _Run:
             yield from self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), s, layer, "weights_h2d")
             self._record_wait(t0, s, layer)
         active = counts > 0
-        on_gpu = self.resident[layer].copy()
+        on_gpu = self.residency.resident[layer].copy()
         if stream.size:
             on_gpu[stream] = True
         gpu_mask = active & on_gpu
@@ -283,8 +256,9 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
     return SimResult(
         policy=policy.name, params=policy.params(), trace_name=trace_name, generated_tokens=trace.generated_tokens,
         sim_time_s=float(run.last_completion), h2d_bytes=c.h2d_weight_bytes + c.h2d_act_bytes, d2h_bytes=c.d2h_bytes,
-        h2d_weight_bytes=c.h2d_weight_bytes, promotions=c.promotions, demotions=c.demotions,
+        h2d_weight_bytes=c.h2d_weight_bytes, promotions=run.residency.moves.promotions,
+        demotions=run.residency.moves.demotions,
         cpu_assignments=c.cpu_assignments, gpu_assignments=c.gpu_assignments, step_times_s=step_times,
         busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), events=events, wall_s=wall,
-        max_resident=run.max_resident.copy(), budget=budget_arr, timeline=run.timeline(),
+        max_resident=run.residency.max_resident.copy(), budget=budget_arr, timeline=run.timeline(),
     )

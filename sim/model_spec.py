@@ -39,7 +39,8 @@ import numpy as np
 
 from sim.errors import TideError
 
-MODEL_PRESETS = {"llada2.0-mini": "llada2.0-mini.json", "llada2.0-flash": "llada2.0-flash.json"}
+MODEL_PRESETS = {"llada2.0-mini": "llada2.0-mini.json", "llada2.0-flash": "llada2.0-flash.json",
+                 "llada2-tiny": "llada2-tiny.json"}
 SUPPORTED_MODEL_TYPES = ("llada2_moe",)
 _DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "bf16": 2, "fp16": 2, "fp32": 4}
 # Fields that define the shape of the network; the config hash covers exactly these.
@@ -100,7 +101,8 @@ class ModelSpec:
         for f in _SHAPE_FIELDS:
             v = config.get(f)
             if f == "head_dim" and v is None:
-                v = int(config["hidden_size"]) // int(config["num_attention_heads"])
+                # default hidden_size / heads, once both are known to be integers (heads > 0 checked below)
+                v = vals["hidden_size"] // vals["num_attention_heads"] if vals["num_attention_heads"] else 0
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise TideError(f"config.json field {f} must be a non-negative integer, got {v!r}")
             vals[f] = v

@@ -1,0 +1,73 @@
+"""Residency bookkeeping shared by the simulator and the runtime: which experts are on the GPU, and the
+counters of what moved.
+
+Both executors apply a policy's :class:`~sim.policies.base.LayerDecision` through :meth:`Residency.apply`, so a
+policy is checked and counted identically wherever it runs:
+
+  promotions = |promote| + |stream| (+ prefetched promotions), demotions = |demote| + |stream|
+  h2d weight bytes = promotions x expert_bytes
+
+Invariants asserted on every apply: demoted experts were resident, promoted and streamed ones were not, and a
+layer never holds more experts than its budget (unless the policy declares ``needs_budget = False``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.errors import TideError
+from sim.policies.base import LayerDecision, Policy, ids
+
+
+@dataclass
+class MoveCounters:
+    promotions: int = 0
+    demotions: int = 0
+
+
+class Residency:
+    def __init__(self, policy: Policy, placement: np.ndarray, budget: np.ndarray) -> None:
+        placement = np.asarray(placement, dtype=bool)
+        self.policy = policy
+        self.budget = np.asarray(budget, dtype=np.int64)
+        L = self.budget.size
+        if placement.ndim != 2 or placement.shape[0] != L:
+            raise TideError(f"policy {policy.name}: initial placement has shape {placement.shape}, expected ({L}, E)")
+        if policy.needs_budget and np.any(placement.sum(axis=1) > self.budget):
+            raise TideError(f"policy {policy.name}: initial placement exceeds the budget")
+        self.resident = placement.copy()
+        self.max_resident = placement.sum(axis=1)
+        self.moves = MoveCounters()
+
+    def view(self, layer: int) -> np.ndarray:
+        """A read-only copy of one layer's residency (what the policy is shown)."""
+        v = self.resident[layer].copy()
+        v.setflags(write=False)
+        return v
+
+    def apply(self, layer: int, dec: LayerDecision) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Apply demote, then promote, and check stream; returns (demote, promote, stream) as id arrays."""
+        res = self.resident[layer]
+        demote, promote, stream = ids(dec.demote), ids(dec.promote), ids(dec.stream)
+        name = self.policy.name
+        E = res.size
+        for what, arr in (("demoted", demote), ("promoted", promote), ("streamed", stream)):
+            if arr.size and (arr.min() < 0 or arr.max() >= E or np.unique(arr).size != arr.size):
+                raise TideError(f"policy {name} {what} invalid or repeated expert ids at layer {layer}")
+        if demote.size and not res[demote].all():
+            raise TideError(f"policy {name} demoted a non-resident expert at layer {layer}")
+        res[demote] = False
+        if promote.size and res[promote].any():
+            raise TideError(f"policy {name} promoted a resident expert at layer {layer}")
+        res[promote] = True
+        if stream.size and res[stream].any():
+            raise TideError(f"policy {name} streamed a resident expert at layer {layer}")
+        n = int(res.sum())
+        if self.policy.needs_budget and n > self.budget[layer]:
+            raise TideError(f"policy {name} exceeded the budget of {self.budget[layer]} at layer {layer}")
+        if n > self.max_resident[layer]:
+            self.max_resident[layer] = n
+        self.moves.promotions += promote.size + stream.size
+        self.moves.demotions += demote.size + stream.size
+        return demote, promote, stream
