@@ -105,6 +105,7 @@ class RooflineCostModel:
     def _lut(self, which: str, counts: np.ndarray) -> np.ndarray:
         # per-expert time by token count, tabulated once: the engine calls this per layer, so indexing a table
         # beats re-evaluating the roofline on every call
+        counts = np.asarray(counts).astype(np.int64, copy=False)  # token counts are integers by definition
         cache = self._cache
         top = int(counts.max(initial=0))
         lut = cache.get(which)

@@ -155,11 +155,17 @@ class HardwareProfile:
                     raise TideError(f"{origin}: {section}.{k} must be positive")
         tables = _parse_tables(d.get("tables") or {}, origin)
         step = d.get("step_overhead_us", 500.0)
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step < 0:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not np.isfinite(step) or step < 0:
             raise TideError(f"{origin}: step_overhead_us must be a non-negative number")
+        sources = d.get("sources", ())
+        if not isinstance(sources, (list, tuple)) or not all(isinstance(x, str) for x in sources):
+            raise TideError(f"{origin}: sources must be a list of strings")
+        environment = d.get("environment") or {}
+        if not isinstance(environment, Mapping):
+            raise TideError(f"{origin}: environment must be an object")
         return cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=float(step),
-                   description=str(d.get("description", "")), sources=tuple(d.get("sources", ())),
-                   tables=tables, environment=dict(d.get("environment") or {}))
+                   description=str(d.get("description", "")), sources=tuple(sources),
+                   tables=tables, environment=dict(environment))
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "HardwareProfile":
@@ -211,6 +217,8 @@ def _parse_tables(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
         raise TideError(f"{origin}: tables must be an object")
     out: dict[str, Any] = {}
     for name, t in raw.items():
+        if (name in _TABLE_X or name == "attention") and not isinstance(t, Mapping):
+            raise TideError(f"{origin}: table {name} must be an object")
         if name in _TABLE_X:
             xs = _check_axis(t.get(_TABLE_X[name]), f"{name}.{_TABLE_X[name]}", origin)
             ys = _check_axis(t.get("seconds"), f"{name}.seconds", origin)

@@ -11,7 +11,9 @@ objects are refused, and every failure becomes a one-line :class:`TideError` nam
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -35,6 +37,8 @@ def atomic_write_bytes(path: str | Path, writer: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask)
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             writer(f)
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +51,20 @@ def atomic_write_bytes(path: str | Path, writer: Any) -> None:
         raise
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is a set-and-restore)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
@@ -55,7 +73,11 @@ def write_trace(trace: Trace, path: str | Path) -> Path:
     """Validate and write ``trace`` atomically; returns the path written."""
     validate_trace(trace)
     path = Path(path)
-    arrays = {"header": np.frombuffer(json.dumps(trace.header, sort_keys=True).encode(), dtype=np.uint8)}
+    try:
+        text = json.dumps(trace.header, sort_keys=True)
+    except (TypeError, ValueError) as exc:  # e.g. a numpy integer in a free header field
+        raise TideError(f"trace header is not JSON-serialisable: {exc}".replace("\n", " ")) from None
+    arrays = {"header": np.frombuffer(text.encode(), dtype=np.uint8)}
     arrays.update(trace.arrays())
     atomic_write_bytes(path, lambda f: np.savez_compressed(f, **arrays))
     return path
@@ -66,16 +88,30 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str) -> np.
         raise TideError(f"trace {origin}: member {info.filename} claims {info.file_size} bytes, too large")
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
+        if version not in ((1, 0), (2, 0), (3, 0)):
             raise TideError(f"trace {origin}: member {info.filename} has npy version {version}")
+        try:
+            # numpy parses the header dict with ast/tokenize: a corrupted one can raise almost anything
+            # (ValueError, SyntaxError, tokenize.TokenError, TypeError, ...); the zip's own errors pass through.
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes: any parse failure is a bad file
+            raise TideError(f"trace {origin}: member {info.filename} has a malformed .npy header "
+                            f"({type(exc).__name__})") from None
         if dtype.hasobject:
             raise TideError(f"trace {origin}: member {info.filename} holds Python objects (refused)")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if dtype.itemsize == 0 or dtype.shape or dtype.names is not None:
+            raise TideError(f"trace {origin}: member {info.filename} has unsupported dtype {dtype}")
+        if any(not isinstance(n, int) or n < 0 for n in shape):
+            raise TideError(f"trace {origin}: member {info.filename} has a bad shape {shape}")
+        count = math.prod(shape)  # exact (Python ints): a corrupted shape cannot overflow into a small one
         nbytes = count * dtype.itemsize
+        if nbytes > info.file_size:
+            raise TideError(f"trace {origin}: member {info.filename} is truncated or its shape {shape} is wrong")
         data = f.read(nbytes + 1)
     if len(data) != nbytes:
         raise TideError(f"trace {origin}: member {info.filename} is truncated or its shape {shape} is wrong")
@@ -101,33 +137,46 @@ def read_trace(path: str | Path, model: Any = None) -> Trace:
         raise TideError(f"trace {origin}: is a directory") from None
     except PermissionError:
         raise TideError(f"trace {origin}: permission denied") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, ValueError, OSError, KeyError,
-            NotImplementedError, RuntimeError, OverflowError, MemoryError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, ValueError, OSError,
+            KeyError, NotImplementedError, RuntimeError, OverflowError, MemoryError, SyntaxError) as exc:
         raise TideError(f"trace {origin}: not a readable trace file ({type(exc).__name__}: {exc})".replace("\n", " ")) from None
     header_bytes = arrays.pop("header")
     if header_bytes.dtype != np.uint8 or header_bytes.ndim != 1:
         raise TideError(f"trace {origin}: header is not a byte array")
     try:
         header = json.loads(header_bytes.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TideError(f"trace {origin}: header is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise TideError(f"trace {origin}: header is not valid JSON ({type(exc).__name__}: {exc})"
+                        .replace("\n", " ")) from None
     for f in STEP_FIELDS:
-        a = arrays[f]
-        if not np.issubdtype(a.dtype, np.integer) and a.dtype != np.bool_:
-            raise TideError(f"trace {origin}: field {f} has dtype {a.dtype}, expected integers")
-        arrays[f] = a.astype(STEP_DTYPES[f])
-    counts = arrays["counts"]
-    if not np.issubdtype(counts.dtype, np.integer):
-        raise TideError(f"trace {origin}: counts have dtype {counts.dtype}, expected integers")
-    if counts.dtype.itemsize > 4 and counts.size and (counts.max() > 2**31 - 1):
-        raise TideError(f"trace {origin}: counts exceed int32")
-    arrays["counts"] = counts.astype(np.int32)
-    topk = arrays.get("topk_ids")
-    if topk is not None and not np.issubdtype(topk.dtype, np.integer):
-        raise TideError(f"trace {origin}: topk_ids have dtype {topk.dtype}, expected integers")
+        arrays[f] = _cast(arrays[f], np.dtype(STEP_DTYPES[f]), f"field {f}", origin, allow_bool=True)
+    arrays["counts"] = _cast(arrays["counts"], np.dtype(np.int32), "counts", origin)
+    if "topk_ids" in arrays:
+        topk = _cast(arrays["topk_ids"], None, "topk_ids", origin)
+        info16 = np.iinfo(np.int16)
+        if topk.size == 0 or (topk.min() >= info16.min and topk.max() <= info16.max):
+            topk = topk.astype(np.int16)  # the schema's dtype; ids outside it are reported by validation
+        arrays["topk_ids"] = topk
     trace = Trace(header=header, **arrays)
     try:
         validate_trace(trace, model)
     except TideError as exc:
         raise TideError(f"trace {origin}: {exc}") from None
     return trace
+
+
+def _cast(a: np.ndarray, dtype: np.dtype | None, what: str, origin: str, allow_bool: bool = False) -> np.ndarray:
+    """Integers (or bools) only, cast to ``dtype`` only when every value fits: a wide value never wraps."""
+    kinds = "iub" if allow_bool else "iu"
+    if a.dtype.kind not in kinds:
+        verb = "have" if what in ("counts", "topk_ids") else "has"
+        raise TideError(f"trace {origin}: {what} {verb} dtype {a.dtype}, expected integers")
+    if dtype is None:
+        return a
+    if a.size and a.dtype.kind != "b":
+        info = np.iinfo(dtype)
+        lo, hi = a.min(), a.max()
+        if lo < info.min or hi > info.max:
+            bad = lo if lo < info.min else hi
+            raise TideError(f"trace {origin}: {what} holds {int(bad)}, outside the {dtype} range of the schema")
+    return a.astype(dtype)

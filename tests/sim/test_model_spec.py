@@ -76,7 +76,8 @@ def test_tiny_sizes(tiny_model):
     assert m.expert_params == 3 * 16 * 8 == 384 and m.expert_bytes == 768
     assert m.num_moe_layers == 2 and m.moe_layer_expert_bytes == 8 * 768 and m.routed_expert_bytes == 2 * 8 * 768
     # attention (2 + 2) 8 16 + 2 8 16 + 2 8 = 784; per layer + 2 norms of 16 = 816; x 3 layers = 2448
-    # dense MLP 3 16 32 = 1536 (1 layer); MoE non-routed 8 16 + 8 + 3 16 8 = 520 (x 2); embeddings 2 64 16; final norm 16
+    # dense MLP 3 16 32 = 1536 (1 layer); MoE non-routed 8 16 + 8 + 3 16 8 = 520 (x 2);
+    # embeddings 2 64 16; final norm 16
     assert m.non_expert_params == 2448 + 1536 + 2 * 520 + 2048 + 16 == 7088
     assert m.total_params == 7088 + 2 * 8 * 384
     assert m.active_params == 7088 + 2 * 2 * 384
@@ -128,8 +129,11 @@ def test_mini_expert_cost_matches_published_size(mini):
 
 # ---- loading -----------------------------------------------------------------------------------------------
 
-def test_presets_listed():
-    assert set(MODEL_PRESETS) == {"llada2.0-mini", "llada2.0-flash"}
+def test_presets_load():
+    assert {"llada2.0-mini", "llada2.0-flash"} <= set(MODEL_PRESETS)
+    specs = [ModelSpec.load(name) for name in MODEL_PRESETS]
+    assert [s.name for s in specs] == list(MODEL_PRESETS)
+    assert len({s.config_hash for s in specs}) == len(specs)  # distinct shapes, distinct hashes
 
 
 def test_load_config_file_and_directory(tmp_path, mini):

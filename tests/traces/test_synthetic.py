@@ -1,0 +1,303 @@
+"""Synthetic traces (traces.synthetic, traces.synth) and trace statistics (traces.stats).
+
+Calibration targets (routing-stats.md): tokens per denoising forward 2.55 (mini) / 3.19 (flash); 69.5 distinct
+experts per layer in one 32-token block forward of mini; adjacent-step cosine 0.985, lag-5 cosine > 0.95.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sim.errors import TideError
+from sim.model_spec import ModelSpec
+from traces.io import read_trace, write_trace
+from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, STEP_FIELDS, make_trace, model_header
+from traces.stats import gini, lag_cosine, top_share, trace_stats
+from traces.synthetic import (SyntheticConfig, commit_schedule, default_config, expected_steps_per_block,
+                              extra_commit_rate, generate, scheduled_minimum)
+from traces.validate import validate_trace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def mini() -> ModelSpec:
+    return ModelSpec.load("llada2.0-mini")
+
+
+@pytest.fixture(scope="module")
+def mini_block_cache(mini):
+    """The calibration trace: LLaDA2.0-mini, block-cache, defaults (gen_length 1024), seed 0."""
+    return generate(mini, default_config(mini, "block-cache", seed=0))
+
+
+def _same_arrays(a, b) -> bool:
+    return a.header == b.header and all(np.array_equal(x, y) for x, y in zip(a.arrays().values(), b.arrays().values()))
+
+
+# ---- calibration ---------------------------------------------------------------------------------------------
+def test_mini_block_cache_hits_published_statistics(mini_block_cache):
+    s = trace_stats(mini_block_cache)
+    assert s["mode"] == "block-cache"
+    assert s["tokens_per_forward"] == pytest.approx(2.55, abs=0.15)
+    assert s["distinct_experts"] == pytest.approx(69.5, abs=5)
+    assert s["cosine_adjacent"] == pytest.approx(0.985, abs=0.01)
+    assert 0.95 < s["cosine_lag5"] < s["cosine_adjacent"]
+    # skew: the busiest 10% of experts take far more than 10% of the assignments
+    assert s["top10_share"] > 0.3 and s["gini"] > 0.3
+    assert s["tokens_forwarded_mean"] == 32
+
+
+def test_flash_tokens_per_forward_and_generation_speed():
+    flash = ModelSpec.load("llada2.0-flash")
+    t0 = time.perf_counter()
+    tr = generate(flash, default_config(flash, "prefix-recompute", seed=0))
+    elapsed = time.perf_counter() - t0
+    assert trace_stats(tr)["tokens_per_forward"] == pytest.approx(3.19, abs=0.2)
+    assert elapsed < 30, f"flash prefix-recompute gen_length 1024 took {elapsed:.1f} s (a few seconds expected)"
+
+
+def test_prefix_recompute_top_half_share_near_tide_hit_ratio(mini):
+    # TIDE, mini, 128 of 256 resident, per-step refresh: GPU hit ratio 0.93-0.95 (a short trace runs a bit higher)
+    tr = generate(mini, default_config(mini, "prefix-recompute", gen_length=256, seed=3))
+    assert 0.92 < trace_stats(tr)["top_half_share"] < 0.97
+
+
+# ---- commit schedule ---------------------------------------------------------------------------------------------
+def test_scheduled_minimum_spreads_the_block_evenly():
+    assert scheduled_minimum(32, 32).tolist() == [1] * 32
+    assert scheduled_minimum(10, 4).tolist() == [3, 3, 2, 2]
+    assert scheduled_minimum(3, 5).tolist() == [1, 1, 1, 0, 0]
+
+
+@pytest.mark.parametrize("tpf", [1.0, 2.55, 3.19, 8.0])
+def test_extra_commit_rate_solves_tokens_per_forward(tpf):
+    lam = extra_commit_rate(32, 32, tpf)
+    assert 32 / expected_steps_per_block(32, 32, lam) == pytest.approx(tpf, rel=1e-8)
+    # Monte Carlo agrees with the recursion
+    rng = np.random.default_rng(1)
+    steps = [commit_schedule(rng, 32, scheduled_minimum(32, 32), lam).size for _ in range(4000)]
+    assert 32 / np.mean(steps) == pytest.approx(tpf, rel=0.03)
+
+
+def test_commit_schedule_respects_minimum_and_block_length():
+    rng = np.random.default_rng(0)
+    minimum = scheduled_minimum(32, 32)
+    for _ in range(200):
+        c = commit_schedule(rng, 32, minimum, 1.5)
+        assert c.sum() == 32
+        assert (c[:-1] >= minimum[: c.size - 1]).all() and c[-1] >= 1
+
+
+# ---- determinism, validity, header ---------------------------------------------------------------------------
+def test_same_seed_same_trace_other_seed_differs(mini):
+    cfg = default_config(mini, "block-cache", gen_length=64, seed=7)
+    a, b = generate(mini, cfg), generate(mini, cfg)
+    assert _same_arrays(a, b)
+    c = generate(mini, default_config(mini, "block-cache", gen_length=64, seed=8))
+    assert not np.array_equal(a.counts[: c.num_steps], c.counts[: a.num_steps])
+
+
+@pytest.mark.parametrize("mode", ["prefix-recompute", "block-cache"])
+def test_trace_validates_commits_gen_length_and_header(mini, mode):
+    cfg = default_config(mini, mode, gen_length=96, seed=2)
+    tr = generate(mini, cfg)
+    validate_trace(tr, mini)
+    assert tr.generated_tokens == 96
+    h = tr.header
+    assert h["model"] == model_header(mini)
+    assert h["generation"] == {"mode": mode, "block_length": 32, "steps": 32, "threshold": 0.95, "gen_length": 96,
+                               "prompt_length": 128}
+    assert h["origin"]["kind"] == "synthetic" and h["origin"]["seed"] == 2
+    assert h["origin"]["params"]["tokens_per_forward"] == 2.55
+    assert h["origin"]["params"]["popularity_skew"] == cfg.popularity_skew
+    json.dumps(h)  # JSON-ready
+
+
+def test_tokens_per_forward_defaults_by_model(mini, tiny_model):
+    flash = ModelSpec.load("llada2.0-flash")
+    assert default_config(mini).tokens_per_forward == 2.55
+    assert default_config(flash).tokens_per_forward == 3.19
+    assert default_config(tiny_model).tokens_per_forward == 2.55  # hidden size 16: mini-like
+    tr = generate(flash, SyntheticConfig(mode="block-cache", gen_length=32, prompt_length=0))  # None: from model
+    assert tr.header["origin"]["params"]["tokens_per_forward"] == 3.19
+
+
+@pytest.mark.parametrize("bad", [dict(mode="autoregressive"), dict(gen_length=100), dict(block_length=0),
+                                 dict(tokens_per_forward=0.5), dict(tokens_per_forward=32.0),
+                                 dict(tokens_per_forward="x"), dict(temporal_correlation=1.5),
+                                 dict(seed=-1), dict(nonsense=1)])
+def test_bad_config_is_a_one_line_tide_error(mini, bad):
+    with pytest.raises(TideError) as exc:
+        default_config(mini, **{"mode": "block-cache", **bad})
+    assert "\n" not in str(exc.value)
+
+
+# ---- structure of the two modes ------------------------------------------------------------------------------
+def test_block_cache_structure(tiny_model):
+    P, T = 12, 8  # a prompt that is not a multiple of the block length
+    tr = generate(tiny_model, default_config(tiny_model, "block-cache", prompt_length=P, block_length=T,
+                                             steps=8, gen_length=40, seed=1), with_topk=True)
+    assert (tr.kind[0], tr.block[0], tr.tokens_forwarded[0], tr.context_tokens[0], tr.tokens_committed[0]) == \
+           (KIND_PREFILL, -1, P, P, 0)
+    assert (tr.kind[1:] != KIND_PREFILL).all()
+    for b in range(5):
+        rows = np.flatnonzero(tr.block == b)
+        kinds = tr.kind[rows]
+        n = int((kinds == KIND_DENOISE).sum())
+        want_commit = 1 if b < 4 else 0  # the last block is never committed: nothing reads its cache
+        assert kinds.tolist() == [KIND_DENOISE] * n + [KIND_COMMIT] * want_commit
+        assert tr.step_in_block[rows[:n]].tolist() == list(range(n))
+        assert (tr.tokens_forwarded[rows] == T).all() and (tr.context_tokens[rows] == P + (b + 1) * T).all()
+        assert tr.tokens_committed[rows[:n]].sum() == T
+        assert (tr.tokens_committed[rows[n:]] == 0).all() and (tr.step_in_block[rows[n:]] == 0).all()
+
+
+def test_block_cache_without_prompt_has_no_prefill(tiny_model):
+    tr = generate(tiny_model, default_config(tiny_model, "block-cache", prompt_length=0, gen_length=64))
+    assert KIND_PREFILL not in tr.kind and tr.block.min() == 0
+
+
+def test_prefix_recompute_structure(tiny_model):
+    P, T = 16, 8
+    tr = generate(tiny_model, default_config(tiny_model, "prefix-recompute", prompt_length=P, block_length=T,
+                                             steps=8, gen_length=48, seed=4))
+    assert (tr.kind == KIND_DENOISE).all()
+    assert (tr.tokens_forwarded == P + (tr.block + 1) * T).all()
+    assert (tr.context_tokens == tr.tokens_forwarded).all()
+    assert (np.diff(tr.block) >= 0).all() and np.unique(tr.block).tolist() == list(range(6))
+    # within a block only the current block's T tokens re-route: the counts move by at most 2 T k per layer
+    k = tiny_model.top_k
+    for b in range(6):
+        c = tr.counts[tr.block == b].astype(np.int64)
+        assert (np.abs(c[:, None] - c[None]).sum(-1) <= 2 * T * k).all()
+
+
+def test_prefix_recompute_is_prefix_plus_current_block(tiny_model):
+    """Both modes of one seed share the routing: prefix-recompute counts = prefill + commits of earlier blocks +
+    the block-cache denoise counts of the same step; and the top-k ids of the prefix are the final ids."""
+    kw = dict(prompt_length=16, block_length=8, steps=8, gen_length=48, seed=5)
+    pr = generate(tiny_model, default_config(tiny_model, "prefix-recompute", **kw), with_topk=True)
+    bc = generate(tiny_model, default_config(tiny_model, "block-cache", **kw), with_topk=True)
+    den = bc.kind == KIND_DENOISE
+    for f in ("block", "step_in_block", "tokens_committed"):
+        assert np.array_equal(getattr(pr, f), getattr(bc, f)[den])
+    # the final counts of the last block come from the same timeline though block-cache never forwards them
+    prefix = np.cumsum(np.where((bc.kind != KIND_DENOISE)[:, None, None], bc.counts, 0), axis=0)[den]
+    assert np.array_equal(pr.counts, prefix + bc.counts[den])
+    # token ids: each prefix-recompute step = prompt ids, finished blocks' final ids, then the block's ids
+    pr_tok = np.split(pr.topk_ids, np.cumsum(pr.tokens_forwarded)[:-1])
+    bc_tok = np.split(bc.topk_ids, np.cumsum(bc.tokens_forwarded)[:-1])
+    finals = [t for t, k in zip(bc_tok, bc.kind) if k != KIND_DENOISE]  # prefill, then the commits
+    for ids, step_ids, b in zip(pr_tok, [t for t, d in zip(bc_tok, den) if d], pr.block):
+        assert np.array_equal(ids, np.concatenate([*finals[: b + 1], step_ids]))
+
+
+def test_topk_ids_are_distinct_per_token_and_match_counts(tiny_model):
+    tr = generate(tiny_model, default_config(tiny_model, "prefix-recompute", gen_length=64, seed=6), with_topk=True)
+    ids = np.sort(tr.topk_ids, axis=-1)
+    assert (np.diff(ids, axis=-1) > 0).all()
+    validate_trace(tr)  # rebuilds counts from the ids
+    plain = generate(tiny_model, default_config(tiny_model, "prefix-recompute", gen_length=64, seed=6))
+    assert np.array_equal(plain.counts, tr.counts) and plain.topk_ids is None
+
+
+def test_earlier_blocks_do_not_depend_on_gen_length(mini):
+    short = generate(mini, default_config(mini, "prefix-recompute", gen_length=64, seed=9))
+    long = generate(mini, default_config(mini, "prefix-recompute", gen_length=128, seed=9))
+    n = short.num_steps
+    assert np.array_equal(short.counts, long.counts[:n])
+    for f in STEP_FIELDS:
+        assert np.array_equal(getattr(short, f), getattr(long, f)[:n])
+
+
+def test_adjacent_steps_more_alike_than_distant_ones_within_a_block(mini_block_cache):
+    assert lag_cosine(mini_block_cache, 1) > lag_cosine(mini_block_cache, 3) > lag_cosine(mini_block_cache, 8)
+
+
+# ---- statistics on hand-made traces ---------------------------------------------------------------------------
+def _hand_trace(counts, block, sib, kind, committed):
+    counts = np.asarray(counts)
+    S, L, E = counts.shape
+    header = {"version": 1, "model": {"name": "hand", "config_hash": "0", "num_moe_layers": L, "num_experts": E,
+                                      "top_k": 1},
+              "generation": {"mode": "block-cache", "block_length": 2, "steps": 2, "threshold": 0.95,
+                             "gen_length": int(sum(committed)), "prompt_length": 0},
+              "origin": {"kind": "synthetic", "seed": None}}
+    fwd = counts.sum(axis=2)[:, 0]
+    return make_trace(header, counts, block=block, step_in_block=sib, tokens_forwarded=fwd, context_tokens=fwd,
+                      tokens_committed=committed, kind=kind)
+
+
+def test_stats_on_a_hand_made_trace():
+    # block 0: steps [2,0] then [1,1]; a commit [2,0]; block 1: one step [0,2]
+    tr = _hand_trace([[[2, 0]], [[1, 1]], [[2, 0]], [[0, 2]]], block=[0, 0, 0, 1], sib=[0, 1, 0, 0],
+                     kind=[KIND_DENOISE, KIND_DENOISE, KIND_COMMIT, KIND_DENOISE], committed=[1, 1, 0, 2])
+    s = trace_stats(tr)
+    assert s["cosine_adjacent"] == pytest.approx(1 / math.sqrt(2))  # the only pair within a block
+    assert math.isnan(s["cosine_lag5"])
+    assert s["tokens_per_forward"] == pytest.approx(4 / 3)
+    assert s["denoise_steps_per_block"] == pytest.approx(1.5)
+    assert s["distinct_experts"] == pytest.approx(4 / 3)
+    assert (s["denoise_forwards"], s["commit_forwards"], s["blocks"]) == (3, 1, 2)
+
+
+def test_skew_measures():
+    assert gini(np.ones(10)) == pytest.approx(0.0)
+    assert gini(np.eye(10)[0]) == pytest.approx(0.9)
+    assert top_share(np.arange(1, 11, dtype=float), 2) == pytest.approx(19 / 55)
+
+
+# ---- command lines ---------------------------------------------------------------------------------------------
+def _python(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_synth_cli_writes_a_trace_and_stats_cli_prints_it(tmp_path):
+    out = tmp_path / "mini.npz"
+    r = _python("-m", "traces.synth", "--model", "llada2.0-mini", "--mode", "block-cache", "--out", str(out),
+                "--gen-length", "64", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    tr = read_trace(out)
+    assert tr.mode == "block-cache" and tr.generated_tokens == 64 and tr.header["origin"]["seed"] == 3
+    r = _python("-m", "traces.stats", str(out))
+    assert r.returncode == 0, r.stderr
+    for label in ("tokens per generating forward", "distinct experts", "cosine, adjacent steps",
+                  "cosine, steps 5 apart", "top-10% experts' share", "Gini", "block-cache"):
+        assert label in r.stdout
+    assert f"{trace_stats(tr)['distinct_experts']:.4f}" in r.stdout
+
+
+def test_stats_cli_json_and_several_files(tmp_path, capsys, mini_block_cache):
+    from traces.stats import main
+    path = write_trace(mini_block_cache, tmp_path / "a.npz")
+    assert main([str(path), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["distinct_experts"] == pytest.approx(trace_stats(mini_block_cache)["distinct_experts"])
+    assert main([str(path), str(path)]) == 0
+    assert capsys.readouterr().out.count("a.npz") == 2
+
+
+def test_stats_cli_rejects_garbage_with_one_line_error(tmp_path):
+    bad = tmp_path / "garbage.npz"
+    bad.write_bytes(b"this is not a trace")
+    r = _python("-m", "traces.stats", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "garbage.npz" in r.stderr
+
+
+def test_synth_cli_rejects_bad_input(tmp_path):
+    from traces.synth import main
+    from sim.errors import run_cli
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--model", "llada2.0-mini", "--out", str(tmp_path / "x.npz"), "--gen-length", "100"])
+    assert exc.value.code == 2 and not (tmp_path / "x.npz").exists()
