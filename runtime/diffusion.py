@@ -1,0 +1,219 @@
+"""Block-diffusion generation as LLaDA2.0 does it, in two modes, recording what the model routed.
+
+Layout: the prompt (P tokens) followed by mask tokens, padded to N blocks of ``block_length`` (bl) tokens;
+attention is block-causal (a token sees its own block and every earlier block). Blocks are denoised in order,
+starting with the block that holds position P. At each denoising step of a block:
+
+  forward  -> logits of the block's bl positions -> x0 = argmax (or a sample at ``temperature``), p = its prob.
+  commit every masked position with p > threshold; if fewer than the step's scheduled count
+  (bl // steps, the remainder spread over the first steps), commit the scheduled count of most confident ones.
+
+A block ends when no mask is left; generation stops after a block that contains EOS (tokens after the first
+EOS are dropped from the output).
+
+Modes:
+- ``prefix-recompute``: every step forwards the whole prefix up to the end of the current block with the
+  block-causal mask (TIDE's released loop). context = tokens forwarded = (block + 1) bl.
+- ``block-cache``: the prompt's complete blocks are forwarded once (prefill) and their keys/values cached;
+  each step forwards only the current block over the cache; a finished block is forwarded once more (commit)
+  to append its keys/values. Exact: finished blocks never see later tokens, so their keys/values never change.
+  The last block needs no commit forward.
+
+Every forward is one trace step (schema v1): block (generated block index from 0; -1 prefill), step_in_block,
+tokens_forwarded, context_tokens, tokens_committed, kind, and the per-layer expert counts the store saw.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+try:  # the GPU machines may have torch only: the progress bar is optional there
+    from tqdm import tqdm
+except ImportError:  # pragma: no cover
+    def tqdm(iterable, **_kw):  # type: ignore[no-redef]
+        return iterable
+
+from runtime.config import RuntimeConfig
+from sim.errors import TideError
+from sim.policies.base import StepInfo
+from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, Trace, make_trace, model_header
+
+MODES = ("prefix-recompute", "block-cache")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    gen_length: int = 128
+    block_length: int = 32
+    steps: int = 32
+    threshold: float = 0.95
+    mode: str = "prefix-recompute"
+    temperature: float = 0.0
+    seed: int = 0
+    eos_early_stop: bool = True
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise TideError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.gen_length < 1 or self.block_length < 1 or self.steps < 1:
+            raise TideError("gen length, block length and steps must be >= 1")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise TideError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.temperature < 0:
+            raise TideError("temperature must be >= 0")
+
+
+@dataclass(frozen=True, eq=False)
+class GenerationResult:
+    tokens: list[int]             # generated ids up to (excluding) the first EOS
+    sequence: torch.Tensor        # the whole final sequence (prompt + every generated position)
+    step_times_s: np.ndarray      # wall time of each forward (synchronised)
+    wall_s: float                 # whole generation, first forward to last
+    trace: Trace
+    forwards: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """TIDE's definition: generated tokens up to the first EOS per second of wall time."""
+        return len(self.tokens) / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
+    """Scheduled minimum of tokens committed per step: bl // steps, remainder to the first steps."""
+    steps = min(steps, block_length)
+    base, rem = divmod(block_length, steps)
+    return base + (np.arange(steps) < rem).astype(np.int64)
+
+
+def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, threshold: float, temperature: float,
+           gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 [bl], commit mask [bl]) for one block's logits [bl, V] (float32)."""
+    probs = torch.softmax(logits.float() if temperature == 0 else logits.float() / temperature, dim=-1)
+    if temperature == 0:
+        x0 = probs.argmax(dim=-1)
+    else:
+        x0 = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(probs.device)
+    p = probs.gather(-1, x0[:, None]).squeeze(-1)
+    conf = torch.where(masked, p, torch.full_like(p, -1.0))
+    high = (conf > threshold) & masked
+    if int(high.sum()) >= n_min:
+        return x0, high
+    k = min(n_min, int(masked.sum()))
+    commit = torch.zeros_like(masked)
+    commit[torch.topk(conf, k).indices] = True
+    return x0, commit
+
+
+class _Recorder:
+    """Collects one trace row per forward."""
+
+    def __init__(self) -> None:
+        self.counts: list[np.ndarray] = []
+        self.meta: list[tuple[int, int, int, int, int, int]] = []
+        self.times: list[float] = []
+
+    def add(self, counts: np.ndarray, block: int, sib: int, fwd: int, ctx: int, committed: int, kind: int, dt: float) -> None:
+        self.counts.append(np.array(counts, dtype=np.int32, copy=True))
+        self.meta.append((block, sib, fwd, ctx, committed, kind))
+        self.times.append(dt)
+
+    def set_committed(self, n: int) -> None:
+        b, s, f, c, _, k = self.meta[-1]
+        self.meta[-1] = (b, s, f, c, n, k)
+
+    def trace(self, header: dict[str, Any]) -> Trace:
+        m = np.array(self.meta, dtype=np.int64).reshape(-1, 6)
+        return make_trace(header, np.stack(self.counts), block=m[:, 0], step_in_block=m[:, 1], tokens_forwarded=m[:, 2],
+                          context_tokens=m[:, 3], tokens_committed=m[:, 4], kind=m[:, 5])
+
+
+def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, settings: GenerationSettings,
+             progress: bool = False, sync: Callable[[], None] | None = None,
+             origin: dict[str, Any] | None = None) -> GenerationResult:
+    """Run block diffusion with ``model`` (runtime.model) whose routed experts live in ``store``."""
+    settings.check()
+    device = prompt.device
+    sync = sync or (torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+    bl, P = settings.block_length, int(prompt.numel())
+    n_blocks = -(-(P + settings.gen_length) // bl)
+    total = n_blocks * bl
+    x = torch.full((total,), cfg.mask_token_id, dtype=torch.long, device=device)
+    x[:P] = prompt
+    positions = torch.arange(total, device=device)
+    schedule = transfer_schedule(bl, settings.steps)
+    gen = torch.Generator().manual_seed(settings.seed) if settings.temperature > 0 else None
+    first = P // bl  # first block holding a generated position
+    rec = _Recorder()
+    cache = None
+    from runtime.model import block_causal_mask
+
+    full_mask = block_causal_mask(total, bl, device) if settings.mode == "prefix-recompute" else None
+
+    def forward(ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, info: StepInfo, ctx: int,
+                write: bool, rows: Any) -> tuple[torch.Tensor, float]:
+        store.begin_step(info)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(ids, pos, mask, cache=cache, write_cache=write, logits_rows=rows)
+        sync()
+        dt = time.perf_counter() - t0
+        rec.add(store.step_counts, info.block, info.step_in_block, int(ids.numel()), ctx, 0, info.kind, dt)
+        return logits, dt
+
+    sync()
+    t_start = time.perf_counter()
+    fwd = 0
+    if settings.mode == "block-cache":
+        cache = model.new_cache(capacity=total)
+        if first > 0:
+            end = first * bl
+            info = StepInfo(index=fwd, block=-1, step_in_block=0, kind=KIND_PREFILL, tokens_forwarded=end)
+            forward(x[:end], positions[:end], block_causal_mask(end, bl, device), info, end, True, slice(0, 0))
+            fwd += 1
+    bar = tqdm(range(first, n_blocks), desc="blocks", unit="block", disable=not progress, leave=False)
+    stop = False
+    for b in bar:
+        lo, hi = b * bl, (b + 1) * bl
+        gb = b - first
+        for step in range(len(schedule)):
+            masked = x[lo:hi] == cfg.mask_token_id
+            if not bool(masked.any()):
+                break
+            info = StepInfo(index=fwd, block=gb, step_in_block=step, kind=KIND_DENOISE,
+                            tokens_forwarded=hi if settings.mode == "prefix-recompute" else bl)
+            if settings.mode == "prefix-recompute":
+                logits, _ = forward(x[:hi], positions[:hi], full_mask[:hi, :hi], info, hi, False, slice(lo, hi))
+            else:
+                logits, _ = forward(x[lo:hi], positions[lo:hi], None, info, hi, False, None)
+            fwd += 1
+            x0, commit = choose(logits, masked, int(schedule[step]), settings.threshold, settings.temperature, gen)
+            block = x[lo:hi]
+            block[commit] = x0[commit]
+            rec.set_committed(int(commit.sum()))
+        if settings.eos_early_stop and bool((x[max(lo, P):hi] == cfg.eos_token_id).any()):
+            stop = True
+        if settings.mode == "block-cache" and b < n_blocks - 1 and not stop:
+            info = StepInfo(index=fwd, block=gb, step_in_block=len(schedule), kind=KIND_COMMIT, tokens_forwarded=bl)
+            forward(x[lo:hi], positions[lo:hi], None, info, hi, True, slice(0, 0))
+            fwd += 1
+        if stop:
+            break
+    sync()
+    wall = time.perf_counter() - t_start
+    if hasattr(bar, "close"):
+        bar.close()
+    generated = x[P:].tolist()
+    tokens = generated[: generated.index(cfg.eos_token_id)] if cfg.eos_token_id in generated else generated
+    tokens = [t for t in tokens if t != cfg.mask_token_id]  # positions never reached after an early stop
+    header = {"version": SCHEMA_VERSION, "model": model_header(cfg.spec),
+              "generation": {"mode": settings.mode, "block_length": bl, "steps": settings.steps,
+                             "threshold": settings.threshold, "gen_length": total - P, "prompt_length": P,
+                             "temperature": settings.temperature},
+              "origin": {"kind": "recorded", "seed": settings.seed, **(origin or {})}}
+    return GenerationResult(tokens=tokens, sequence=x.detach().cpu(), step_times_s=np.array(rec.times), wall_s=wall,
+                            trace=rec.trace(header), forwards=fwd)

@@ -1,0 +1,197 @@
+"""``python -m runtime.generate``: generate with LLaDA2-MoE whose routed experts do not all fit the GPU.
+
+With no arguments it runs the small random-weight ``llada2-tiny`` preset on the CPU (the text is meaningless;
+the point is the counters and tokens/s). ``--model DIR --prompt "..."`` loads a real Hugging Face LLaDA2.0
+directory and prints the generated text. The policy is a name (``--policy tide --tau 4``) or the
+recommended-policy file ``sim.explore`` writes (``--policy runs/.../recommended-policy.json``).
+
+Printed and written (``--metrics-out``): tokens_per_s, the counters under the simulator's names (h2d_bytes,
+d2h_bytes, hit_ratio, promotions, demotions, cpu_assignments, gpu_assignments), per-step times, the generated
+token ids (``tokens``); ``--trace-out`` writes the routing as a trace in the shared schema.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from runtime.config import RuntimeConfig
+from runtime.diffusion import MODES, GenerationSettings, generate
+from sim.budget import resolve_budget
+from sim.errors import TideError, run_cli
+from sim.model_spec import MODEL_PRESETS
+from sim.policies import POLICIES, TAU_POLICIES, Policy, make_policy
+from sim.policies.policy_file import read_policy_file
+from traces.io import atomic_write_text, write_trace
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="llada2-tiny",
+                   help=f"checkpoint directory, or a preset ({', '.join(MODEL_PRESETS)}) / config.json for random weights")
+    p.add_argument("--num-layers", type=int, default=None, help="random weights: keep only the first N decoder layers")
+    p.add_argument("--prompt", default=None, help="prompt text (needs the checkpoint's tokenizer)")
+    p.add_argument("--prompt-length", type=int, default=32, help="without a tokenizer: random prompt ids of this length")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--policy", default="tide", help=f"policy name ({', '.join(POLICIES)}) or recommended-policy JSON")
+    p.add_argument("--tau", type=int, default=None, help="refresh interval for tau policies (default 4)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="experts resident per MoE layer (default: half)")
+    budget.add_argument("--gpu-memory-gb", type=float, default=None, help="GiB of GPU memory for routed experts")
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=32)
+    p.add_argument("--threshold", type=float, default=0.95)
+    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 128; 1024 for a real model)")
+    p.add_argument("--mode", default=None, choices=MODES, help="default prefix-recompute (or the policy file's)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for offloaded experts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--metrics-out", default=None, help="write metrics JSON here")
+    p.add_argument("--trace-out", default=None, help="write the routing trace here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TideError("--device cuda requested but CUDA is not available (torch "
+                        f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})")
+    return torch.device(name)
+
+
+def _policy(a: argparse.Namespace) -> tuple[Policy, int | None, str | None]:
+    """(policy, experts per layer from a policy file or None, mode from the file or None)."""
+    if a.policy.endswith(".json") or Path(a.policy).is_file():
+        choice = read_policy_file(a.policy)
+        params = dict(choice.params)
+        if a.tau is not None and choice.policy in TAU_POLICIES:
+            params["tau"] = a.tau
+        return make_policy(choice.policy, **params), choice.experts_per_layer, choice.mode
+    params = {"tau": a.tau if a.tau is not None else 4} if a.policy in TAU_POLICIES else {}
+    if a.tau is not None and a.policy not in TAU_POLICIES:
+        raise TideError(f"policy {a.policy} takes no tau")
+    return make_policy(a.policy, **params), None, None
+
+
+def _weights(a: argparse.Namespace, device: torch.device, dtype: torch.dtype):
+    """(cfg, non-expert state, host experts, tokenizer or None, real checkpoint?)."""
+    from runtime.checkpoint import load_checkpoint, random_weights
+
+    path = Path(a.model)
+    if path.is_dir() and any(path.glob("*.safetensors")):
+        cfg = RuntimeConfig.load(path, num_layers=a.num_layers)
+        state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype)
+        return cfg, state, experts, _tokenizer(path), True
+    cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
+    state, experts = random_weights(cfg, a.seed, device=device, dtype=dtype)
+    return cfg, state, experts, None, False
+
+
+def _tokenizer(path: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # no tokenizer files: ids only
+        print(f"note: no tokenizer loaded from {path} ({type(exc).__name__}); prompts and outputs are token ids")
+        return None
+
+
+def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: torch.device) -> torch.Tensor:
+    if a.prompt is not None:
+        if tok is None:
+            raise TideError("--prompt needs a checkpoint directory with a tokenizer")
+        msgs = [{"role": "user", "content": a.prompt}]
+        try:
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+        except Exception:  # tokenizer without a chat template
+            ids = tok(a.prompt)["input_ids"]
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return torch.tensor(list(ids), dtype=torch.long, device=device)
+    if a.prompt_length < 1:
+        raise TideError("--prompt-length must be >= 1")
+    g = torch.Generator().manual_seed(a.seed)
+    special = {cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id}
+    ids = torch.randint(0, cfg.spec.vocab_size, (a.prompt_length,), generator=g)
+    ids[torch.isin(ids, torch.tensor(sorted(special)))] = 0  # keep special tokens out of the prompt
+    return ids.to(device)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+           "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                   driver=getattr(torch.cuda, "driver_version", lambda: None)() if hasattr(torch.cuda, "driver_version") else None)
+    return env
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    """Build everything from parsed arguments, generate, and return the metrics dict."""
+    from runtime.expert_store import ExpertStore
+    from runtime.model import LLaDA2MoE
+
+    device = _device(a.device)
+    dtype = DTYPES[a.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    policy, file_budget, file_mode = _policy(a)
+    cfg, state, experts, tok, real = _weights(a, device, dtype)
+    spec = cfg.spec
+    per_layer = a.gpu_experts_per_layer if a.gpu_experts_per_layer is not None else file_budget
+    if per_layer is None and a.gpu_memory_gb is None:
+        per_layer = max(1, spec.num_experts // 2)
+    budget = None if not policy.needs_budget else resolve_budget(spec, experts_per_layer=per_layer,
+                                                                  gpu_memory_gb=a.gpu_memory_gb)
+    settings = GenerationSettings(gen_length=a.gen_length if a.gen_length is not None else (1024 if real else 128), block_length=a.block_length,
+                                  steps=a.steps, threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
+                                  temperature=a.temperature, seed=a.seed)
+    settings.check()
+    store = ExpertStore(spec, [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers], policy, budget,
+                        device=device, dtype=dtype, threads=a.threads, block_length=settings.block_length,
+                        mode=settings.mode)
+    model = LLaDA2MoE.from_state(cfg, state, store, device=device, dtype=dtype)
+    del state
+    prompt = _prompt_ids(a, cfg, tok, device)
+    result = generate(model, store, cfg, prompt, settings, progress=not a.quiet,
+                      origin={"policy": policy.label(), "device": str(device)})
+    metrics = {"model": spec.name, "random_weights": not real, "policy": policy.name, "params": policy.params(),
+               "budget": None if budget is None else int(budget.max()), "mode": settings.mode,
+               "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "generated_tokens": len(result.tokens),
+               "committed_tokens": result.trace.generated_tokens, "forwards": result.forwards,
+               **store.metrics(), "step_times_s": result.step_times_s.tolist(), "tokens": result.tokens,
+               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device)}
+    if a.trace_out:
+        write_trace(result.trace, a.trace_out)
+    if a.metrics_out:
+        atomic_write_text(a.metrics_out, json.dumps(metrics, indent=1) + "\n")
+    if tok is not None:
+        metrics["text"] = tok.decode(result.tokens, skip_special_tokens=True)
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.threads is not None and a.threads < 1:
+        raise TideError("--threads must be >= 1")
+    m = run(a)
+    if m["random_weights"]:
+        print(f"{m['model']} with random weights: the generated text is meaningless; ids shown")
+    print(m.get("text", f"tokens: {m['tokens'][:64]}{' ...' if len(m['tokens']) > 64 else ''}"))
+    print(f"\n{m['policy']}{m['params'] or ''} budget={m['budget']} mode={m['mode']}: {m['tokens_per_s']:.2f} tokens/s "
+          f"({m['generated_tokens']} tokens, {m['forwards']} forwards, {m['wall_s']:.2f} s)")
+    print(f"hit_ratio={m['hit_ratio']:.3f} promotions={m['promotions']} demotions={m['demotions']} "
+          f"h2d_bytes={m['h2d_bytes']} d2h_bytes={m['d2h_bytes']} cpu_assignments={m['cpu_assignments']} "
+          f"gpu_assignments={m['gpu_assignments']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
