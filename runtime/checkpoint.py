@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save as safetensors_save
 
 from runtime.config import RuntimeConfig
 from runtime.model import (checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of, parse_expert_name,
@@ -190,6 +188,8 @@ def _config_for(model_dir: Path, cfg: RuntimeConfig | None) -> tuple[RuntimeConf
 
 
 def _weight_map(model_dir: Path) -> dict[str, str]:
+    from safetensors import safe_open  # lazy: random-weight runs on a torch-only machine need no safetensors
+
     index = model_dir / INDEX_FILE
     if index.is_file():
         try:
@@ -230,6 +230,8 @@ def load_checkpoint(model_dir: str | Path, cfg: RuntimeConfig | None = None, dev
     ``cfg`` defaults to the directory's config.json; a cfg with fewer layers (RuntimeConfig.load(...,
     num_layers=n)) loads the first n layers and skips the rest. The expert bias stays float32.
     """
+    from safetensors import safe_open
+
     model_dir = Path(model_dir)
     device = torch.device(device if device is not None else "cpu")
     cfg, own_layers = _config_for(model_dir, cfg)
@@ -276,6 +278,8 @@ def write_checkpoint(model_dir: str | Path, cfg: RuntimeConfig, state: Mapping[s
     """Write config.json, the shards and the index (shards == 1: a single model.safetensors, no index),
     each file atomically. ``check`` validates names and shapes first (tests pass False to write bad files).
     Shards are contiguous runs of tensors in checkpoint order, balanced by bytes; returns the directory."""
+    from safetensors.torch import save as safetensors_save
+
     model_dir = Path(model_dir)
     if shards < 1:
         raise TideError(f"write_checkpoint: shards must be at least 1, got {shards}")
