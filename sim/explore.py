@@ -25,13 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from sim.budget import fits, resolve_budget
-from sim.cost import RooflineCostModel
 from sim.errors import TideError, run_cli
 from sim.hardware import HARDWARE_PRESETS, HardwareProfile
 from sim.model_spec import MODEL_PRESETS, ModelSpec
 from sim.policies import POLICIES, TAU_POLICIES
 from sim.policies.policy_file import PolicyChoice, write_policy_file
-from sim.sweep import Job, SweepSetup, run_jobs, run_one
+from sim.sweep import Task, model_payload, run_task, run_tasks
 from traces.io import atomic_write_text, read_trace, write_trace
 from traces.schema import MODES
 
@@ -60,6 +59,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result rows to this JSON file")
     p.add_argument("--timeline", action="store_true", help="write a Chrome-trace timeline of the recommended run")
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the sweep on this Ray cluster ('auto', 'ray://host:port', or 'local' to start one)")
+    p.add_argument("--study", default=None, choices=("paper",),
+                   help="run a predefined study instead (paper: mini and flash x A100/PCIe 4 and H100/PCIe 5 x "
+                        "budgets 25/50/75%% x both modes x every policy)")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
@@ -101,15 +105,19 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str
     return paths
 
 
-def _jobs(a: argparse.Namespace, trace_names: Sequence[str]) -> list[Job]:
-    jobs = []
-    for t in trace_names:
-        for p in dict.fromkeys(a.policies):
-            if p in TAU_POLICIES:
-                jobs += [Job(t, p, {"tau": tau}) for tau in sorted(set(a.tau))]
-            else:
-                jobs.append(Job(t, p, {}))
-    return jobs
+def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
+    """(policy, params) pairs: tau policies once per tau, the others once."""
+    grid: list[tuple[str, dict[str, Any]]] = []
+    for p in dict.fromkeys(policies):
+        grid += [(p, {"tau": t}) for t in sorted(set(taus))] if p in TAU_POLICIES else [(p, {})]
+    return grid
+
+
+def _tasks(a: argparse.Namespace, traces: dict[str, str], model: ModelSpec, hw: HardwareProfile,
+           budget: np.ndarray) -> list[Task]:
+    m, h, b = model_payload(model), hw.to_dict(), int(budget.max())
+    return [Task(path, name, m, h, b, p, params) for name, path in traces.items()
+            for p, params in policy_grid(a.policies, a.tau)]
 
 
 def recommend(rows: list[dict[str, Any]], all_gpu_allowed: bool) -> dict[str, Any]:
@@ -163,9 +171,44 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
     }
 
 
+def run_study(a: argparse.Namespace) -> int:
+    """``--study paper``: the grid of sim.study, one run directory, a headline table (markdown and HTML)."""
+    from sim.study import PAPER, grid_points, headline, make_traces, markdown_table, study_tasks
+
+    out = Path(a.out or f"runs/study-{a.study}-{time.strftime('%Y%m%d-%H%M%S')}")
+    t0 = time.perf_counter()
+    points = grid_points(PAPER["models"], PAPER["hardware"], PAPER["fractions"], PAPER["modes"])
+    traces = make_traces(PAPER["models"], PAPER["modes"], out, a.gen_length, a.seed)
+    tasks = study_tasks(points, traces, policy_grid(a.policies, a.tau))
+    print(f"study {a.study}: {len(points)} grid points x {len(tasks) // len(points)} policy runs = {len(tasks)} runs"
+          + (f" on Ray ({a.ray})" if a.ray else ""))
+    rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
+    lines = headline(rows)
+    table = markdown_table(lines)
+    config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": a.study, "grid": PAPER,
+              "points": [p.label for p in points], "policies": a.policies, "tau": sorted(set(a.tau)),
+              "gen_length": a.gen_length, "seed": a.seed, "traces": {f"{m}/{mode}": p for (m, mode), p in traces.items()}}
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "headline.json", json.dumps(lines, indent=1) + "\n")
+    atomic_write_text(out / "study.md", table)
+    if a.json:
+        atomic_write_text(a.json, json.dumps(rows, indent=1) + "\n")
+    if not a.no_report:
+        from sim.report import write_report
+        from sim.study_report import headline_html
+
+        write_report(out / "report.html", rows, config, title=f"tide-moe study: {a.study}", intro_html=headline_html(lines))
+    print(table)
+    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ (study.md, report.html, results.json)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     _check_args(a)
+    if a.study:
+        return run_study(a)
     model = ModelSpec.load(a.model)
     hw = HardwareProfile.load(a.hardware)
     experts = a.gpu_experts_per_layer
@@ -175,10 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     traces = _traces(a, model, out)
-    setup = SweepSetup(trace_paths=traces, cost=RooflineCostModel(model, hw), budget=budget,
-                       shared_duplex=hw.link.shared_duplex)
-    jobs = _jobs(a, list(traces))
-    rows = run_jobs(setup, jobs, workers=a.jobs, progress=not a.quiet)
+    tasks = _tasks(a, traces, model, hw, budget)
+    rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     config = _resolved_config(a, model, hw, budget, traces)
     all_fit = config["all_experts_fit_gpu"]
     best = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
@@ -195,8 +236,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.timeline:
         from sim.chrome_trace import write_chrome_trace
 
-        trace = read_trace(traces[best["trace"]])
-        res = run_one(setup, trace, Job(best["trace"], best["policy"], best["params"]), timeline=True)
+        task = next(t for t in tasks if t.trace_name == best["trace"] and t.policy == best["policy"]
+                    and t.params == best["params"])
+        res = run_task(task, timeline=True)
         write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
     if not a.no_report:
         from sim.report import write_report

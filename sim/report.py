@@ -350,8 +350,10 @@ p.note, p.meta { color: #555; font-size: 13px; }
 """
 
 
-def render_report(rows: list[dict[str, Any]], config: dict[str, Any], title: str = "tide-moe simulation report") -> str:
-    """The report as one HTML document (plotly.js embedded once)."""
+def render_report(rows: list[dict[str, Any]], config: dict[str, Any], title: str = "tide-moe simulation report",
+                  intro_html: str = "") -> str:
+    """The report as one HTML document (plotly.js embedded once); ``intro_html`` goes before the sections
+    (already-escaped HTML, e.g. a study's headline table)."""
     if not rows:
         raise TideError("no results to report")
     for i, r in enumerate(rows):
@@ -365,19 +367,21 @@ def render_report(rows: list[dict[str, Any]], config: dict[str, Any], title: str
     letters = "abcde"
     parts = []
     for n, (key, fig) in enumerate(figures):
-        div = fig.to_html(full_html=False, include_plotlyjs=(n == 0), config={"displaylogo": False},
+        div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
                           default_width="100%", div_id=f"fig-{key}")
         parts.append(f'<section id="{key}"><h2>({letters[n]}) {html.escape(SECTION_TITLES[key])}</h2>\n{div}</section>')
     cfg = html.escape(json.dumps(config, indent=2, default=str, sort_keys=False))
     toc = " · ".join(f'<a href="#{k}">{html.escape(SECTION_TITLES[k])}</a>' for k, _ in figures)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>{_CSS}</style></head>
+<style>{_CSS}</style>
+<script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="meta">{len(rows)} runs over {len(lay.traces)} trace(s): {html.escape(", ".join(lay.traces))}.
 Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.js embedded).</p>
 <p class="meta">{toc} · <a href="#summary">Summary</a> · <a href="#config">Configuration</a></p>
+{intro_html}
 <section id="config"><h2>Configuration</h2><pre>{cfg}</pre></section>
 <section id="summary"><h2>Summary</h2>
 {summary_table(lay)}</section>
@@ -387,10 +391,10 @@ Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.
 
 
 def write_report(path: str | Path, rows: list[dict[str, Any]], config: dict[str, Any],
-                 title: str = "tide-moe simulation report") -> Path:
+                 title: str = "tide-moe simulation report", intro_html: str = "") -> Path:
     """Write the report to ``path`` atomically; returns the path written."""
     path = Path(path)
-    atomic_write_text(path, render_report(rows, config, title))
+    atomic_write_text(path, render_report(rows, config, title, intro_html))
     return path
 
 

@@ -1,21 +1,31 @@
-"""Run many simulations (trace x policy x parameters) on a local process pool, with a progress bar.
+"""Run many simulations (trace x model x hardware x budget x policy) on a local process pool or a Ray cluster.
 
-Each worker loads the traces once (from the files of the run directory) and keeps the cost model; a job is
-just (trace name, policy name, policy parameters), so nothing large crosses process boundaries per job.
-Results come back as JSON-ready rows: ``SimResult.metrics()`` plus trace, mode, label, tau and budget.
+A :class:`Task` is self-contained and small: the model's config.json and the hardware profile travel as
+dicts, the trace as a file path (a Ray run ships each trace's bytes once through the object store). A worker
+caches parsed traces and cost models, so a sweep pays for each once per process. Results come back as
+JSON-ready rows, in task order: ``SimResult.metrics()`` plus trace, mode, label, tau, budget and the task's
+tags (the study's grid coordinates).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from sim.cost import CostModel
+from sim.cost import RooflineCostModel
 from sim.engine import simulate
+from sim.errors import TideError
+from sim.hardware import HardwareProfile
+from sim.model_spec import ModelSpec
 from sim.policies import make_policy
 from sim.results import SimResult
 from traces.io import read_trace
@@ -23,64 +33,125 @@ from traces.schema import Trace
 
 
 @dataclass(frozen=True)
-class Job:
-    trace: str                      # name of a trace in the sweep's trace table
+class Task:
+    trace_path: str
+    trace_name: str
+    model: dict[str, Any]           # {"name": ..., "config": config.json contents}
+    hardware: dict[str, Any]        # HardwareProfile.to_dict()
+    budget: int                     # experts per MoE layer
     policy: str
     params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class SweepSetup:
-    trace_paths: dict[str, str]     # trace name -> file
-    cost: CostModel
-    budget: np.ndarray              # [L] experts per layer
-    shared_duplex: bool = False
+def model_payload(model: ModelSpec) -> dict[str, Any]:
+    return {"name": model.name, "config": dict(model.raw_config)}
 
 
-_WORKER: dict[str, Any] = {}
+@lru_cache(maxsize=16)
+def _trace(path: str) -> Trace:
+    return read_trace(path)
 
 
-def _init(setup: SweepSetup) -> None:
-    _WORKER["setup"] = setup
-    _WORKER["traces"] = {name: read_trace(path) for name, path in setup.trace_paths.items()}
+@lru_cache(maxsize=32)
+def _cost(model_json: str, hw_json: str) -> RooflineCostModel:
+    m = json.loads(model_json)
+    return RooflineCostModel(ModelSpec.from_config(m["config"], name=m["name"]),
+                             HardwareProfile.from_dict(json.loads(hw_json)))
 
 
-def run_one(setup: SweepSetup, trace: Trace, job: Job, timeline: bool = False) -> SimResult:
-    return simulate(trace, make_policy(job.policy, **job.params), setup.cost, setup.budget,
-                    shared_duplex=setup.shared_duplex, timeline=timeline, trace_name=job.trace)
+def cost_of(task: Task) -> RooflineCostModel:
+    return _cost(json.dumps(task.model, sort_keys=True), json.dumps(task.hardware, sort_keys=True))
 
 
-def row(result: SimResult, trace: Trace, budget: np.ndarray) -> dict[str, Any]:
-    out = result.metrics()
-    out.update(trace=result.trace_name, mode=trace.mode, label=result.label, tau=result.params.get("tau"),
-               budget=int(budget.max()) if result.policy != "all-gpu" else trace.num_experts)
+def run_task(task: Task, timeline: bool = False, trace: Trace | None = None) -> SimResult:
+    trace = trace if trace is not None else _trace(task.trace_path)
+    cost = cost_of(task)
+    return simulate(trace, make_policy(task.policy, **task.params), cost, task.budget,
+                    shared_duplex=bool(task.hardware["link"].get("shared_duplex", False)), timeline=timeline,
+                    trace_name=task.trace_name)
+
+
+def task_row(task: Task, trace: Trace | None = None) -> dict[str, Any]:
+    trace = trace if trace is not None else _trace(task.trace_path)
+    res = run_task(task, trace=trace)
+    out = res.metrics()
+    out.update(trace=task.trace_name, mode=trace.mode, label=res.label, tau=res.params.get("tau"),
+               budget=task.budget if make_policy(task.policy, **task.params).needs_budget else trace.num_experts,
+               **task.tags)
     return out
 
 
-def _work(job: Job) -> dict[str, Any]:
-    setup: SweepSetup = _WORKER["setup"]
-    trace = _WORKER["traces"][job.trace]
-    return row(run_one(setup, trace, job), trace, setup.budget)
-
-
-def run_jobs(setup: SweepSetup, jobs: Iterable[Job], workers: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every job; rows come back in job order. ``workers`` defaults to all cores (1: in this process)."""
-    jobs = list(jobs)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
-    bar = tqdm(total=len(jobs), desc="simulating", unit="run", disable=not progress, leave=False)
+def run_tasks(tasks: Sequence[Task], workers: int | None = None, progress: bool = True,
+              ray_address: str | None = None) -> list[dict[str, Any]]:
+    """Every task's row, in task order. ``workers`` defaults to all cores (1: in this process);
+    ``ray_address`` (e.g. "auto" or "ray://host:10001") runs them on that Ray cluster instead."""
+    tasks = list(tasks)
+    bar = tqdm(total=len(tasks), desc="simulating", unit="run", disable=not progress, leave=False)
     try:
+        if ray_address:
+            return _run_ray(tasks, ray_address, bar)
+        workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
         if workers == 1:
-            _init(setup)
             rows = []
-            for job in jobs:
-                rows.append(_work(job))
+            for t in tasks:
+                rows.append(task_row(t))
                 bar.update()
             return rows
-        with ProcessPoolExecutor(max_workers=workers, initializer=_init, initargs=(setup,)) as pool:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = []
-            for r in pool.map(_work, jobs, chunksize=1):
+            for r in pool.map(task_row, tasks, chunksize=1):
                 rows.append(r)
                 bar.update()
             return rows
     finally:
         bar.close()
+
+
+# ---- Ray ------------------------------------------------------------------------------------------------
+def _materialise(digest: str, data: bytes) -> str:
+    """Write a shipped trace once per node (content-addressed), return its local path."""
+    path = Path(tempfile.gettempdir()) / "tide-moe-traces" / f"{digest}.npz"
+    if not path.exists():
+        from traces.io import atomic_write_bytes
+
+        atomic_write_bytes(path, lambda f: f.write(data))
+    return str(path)
+
+
+def _ray_row(task: Task, digest: str, data: bytes) -> dict[str, Any]:
+    local = _materialise(digest, data)
+    return task_row(Task(**{**task.__dict__, "trace_path": local}))
+
+
+def _run_ray(tasks: list[Task], address: str, bar: Any) -> list[dict[str, Any]]:
+    try:
+        import ray
+    except ImportError:
+        raise TideError("--ray needs the ray package (pip install 'tide-moe[ray]')") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        try:
+            ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
+                     log_to_driver=False, include_dashboard=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise TideError(f"cannot connect to the Ray cluster at {address}: {' '.join(str(exc).split())}") from None
+    try:
+        remote = ray.remote(_ray_row)
+        shipped: dict[str, tuple[str, Any]] = {}
+        for path in dict.fromkeys(t.trace_path for t in tasks):
+            data = Path(path).read_bytes()
+            shipped[path] = (hashlib.sha256(data).hexdigest()[:24], ray.put(data))
+        refs = [remote.remote(t, *shipped[t.trace_path]) for t in tasks]
+        index = {ref: i for i, ref in enumerate(refs)}
+        rows: list[dict[str, Any] | None] = [None] * len(refs)
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                rows[index[ref]] = ray.get(ref)
+                bar.update()
+        return [r for r in rows if r is not None]
+    finally:
+        if started_here:
+            ray.shutdown()

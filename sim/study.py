@@ -1,0 +1,162 @@
+"""Predefined studies: the paper-scale grid of ``python -m sim.explore --study paper``.
+
+Grid: LLaDA2.0-mini and LLaDA2.0-flash x A100/PCIe 4 and H100/PCIe 5 x GPU budgets of 25%, 50% and 75% of
+the routed experts x ``prefix-recompute`` and ``block-cache``, every policy (tau swept where it applies), on
+seeded synthetic traces (one per model and mode, calibrated as in ``traces.synthetic``).
+
+Budget per layer B = floor(f E), capped by what fits the GPU next to the non-expert weights and a reserve
+for activations and workspace:
+
+  B_max = floor((M_gpu - M_non_expert - M_reserve) / (L expert_bytes)),   M_reserve = 4 GiB
+
+Fractions that cap to the same B collapse into one grid point (its label keeps every fraction asked).
+The paper's setting (TIDE, arXiv 2605.20179): prefix-recompute, mini at 128 of 256 experts per layer, flash at
+the largest budget that fits 80 GB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from sim.budget import GIB
+from sim.hardware import HardwareProfile
+from sim.model_spec import ModelSpec
+from sim.sweep import Task, model_payload
+from traces.io import write_trace
+
+PAPER = {"models": ("llada2.0-mini", "llada2.0-flash"), "hardware": ("a100-pcie4", "h100-pcie5"),
+         "fractions": (0.25, 0.5, 0.75), "modes": ("prefix-recompute", "block-cache")}
+RESERVE_GIB = 4.0
+
+
+@dataclass(frozen=True)
+class Point:
+    model: str
+    hardware: str
+    budget: int
+    fractions: tuple[float, ...]
+    capped: bool
+    mode: str
+
+    @property
+    def label(self) -> str:
+        frac = "/".join(f"{round(100 * f)}%" for f in self.fractions)
+        return f"{self.model} {self.hardware} B={self.budget} ({frac}{', capped' if self.capped else ''}) {self.mode}"
+
+    def tags(self) -> dict[str, Any]:
+        return {"model": self.model, "hardware": self.hardware, "fractions": list(self.fractions),
+                "capped": self.capped, "point": self.label}
+
+
+def max_fitting_budget(model: ModelSpec, hw: HardwareProfile, reserve_gib: float = RESERVE_GIB) -> int:
+    free = hw.gpu_memory_bytes - model.non_expert_bytes - reserve_gib * GIB
+    return max(0, min(model.num_experts, int(free // (model.num_moe_layers * model.expert_bytes))))
+
+
+def grid_points(models: Sequence[str], hardware: Sequence[str], fractions: Sequence[float],
+                modes: Sequence[str]) -> list[Point]:
+    points: list[Point] = []
+    for m in models:
+        spec = ModelSpec.load(m)
+        for h in hardware:
+            hw = HardwareProfile.load(h)
+            cap = max_fitting_budget(spec, hw)
+            by_budget: dict[int, list[float]] = {}
+            for f in fractions:
+                b = min(max(1, int(f * spec.num_experts)), cap)
+                if b >= 1:
+                    by_budget.setdefault(b, []).append(f)
+            for b, fs in by_budget.items():
+                capped = any(int(f * spec.num_experts) > b for f in fs)
+                points += [Point(m, h, b, tuple(fs), capped, mode) for mode in modes]
+    return points
+
+
+def paper_setting(p: Point, points: Sequence[Point]) -> bool:
+    """TIDE's reported setting: prefix-recompute; mini at 128 of 256; flash at the largest budget that fits."""
+    if p.mode != "prefix-recompute":
+        return False
+    if "mini" in p.model:
+        return p.budget == 128
+    same = [q.budget for q in points if q.model == p.model and q.hardware == p.hardware]
+    return p.budget == max(same)
+
+
+def make_traces(models: Sequence[str], modes: Sequence[str], out: Path, gen_length: int, seed: int) -> dict[tuple[str, str], str]:
+    from traces.synthetic import default_config, generate
+
+    paths = {}
+    for m in models:
+        spec = ModelSpec.load(m)
+        for mode in modes:
+            trace = generate(spec, default_config(spec, mode, gen_length=gen_length, seed=seed))
+            paths[(m, mode)] = str(write_trace(trace, out / "traces" / f"{m}-{mode}.npz"))
+    return paths
+
+
+def study_tasks(points: Sequence[Point], traces: dict[tuple[str, str], str],
+                policies: Sequence[tuple[str, dict[str, Any]]]) -> list[Task]:
+    tasks = []
+    payloads = {m: model_payload(ModelSpec.load(m)) for m in {p.model for p in points}}
+    profiles = {h: HardwareProfile.load(h).to_dict() for h in {p.hardware for p in points}}
+    for p in points:
+        for name, params in policies:
+            tasks.append(Task(traces[(p.model, p.mode)], p.label, payloads[p.model], profiles[p.hardware], p.budget,
+                              name, params, {**p.tags(), "paper_setting": paper_setting(p, points)}))
+    return tasks
+
+
+def _best(rows: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
+    rs = [r for r in rows if r["policy"] == policy]
+    return max(rs, key=lambda r: r["tokens_per_s"]) if rs else None
+
+
+def headline(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per grid point: tokens/s of the better baseline (max of cpu-route, fetch-lru), tide at its best tau,
+    tide-opt (with the tau it chose), riptide, oracle, all-gpu, and the ratios between them."""
+    out = []
+    for point in dict.fromkeys(r["point"] for r in rows):
+        rs = [r for r in rows if r["point"] == point]
+        get = {p: _best(rs, p) for p in ("cpu-route", "fetch-lru", "tide", "tide-opt", "riptide", "oracle", "all-gpu")}
+        tput = {p: (r["tokens_per_s"] if r else None) for p, r in get.items()}
+        base = max((t for p, t in tput.items() if p in ("cpu-route", "fetch-lru") and t), default=None)
+
+        def ratio(a: str | float | None, b: str | float | None) -> float | None:
+            x = tput.get(a) if isinstance(a, str) else a
+            y = tput.get(b) if isinstance(b, str) else b
+            return x / y if x and y else None
+
+        opt = get["tide-opt"]
+        out.append({"point": point, "model": rs[0]["model"], "hardware": rs[0]["hardware"], "budget": rs[0]["budget"]
+                    if rs[0]["policy"] != "all-gpu" else next((r["budget"] for r in rs if r["policy"] != "all-gpu"), None),
+                    "mode": rs[0]["mode"], "paper_setting": bool(rs[0].get("paper_setting")), "baseline": base,
+                    "baseline_policy": max(("cpu-route", "fetch-lru"), key=lambda p: tput[p] or 0.0),
+                    **{p: tput[p] for p in tput},
+                    "tide_best_tau": get["tide"]["tau"] if get["tide"] else None,
+                    "tide_opt_tau": (opt["params"].get("chosen_tau", opt["params"].get("tau")) if opt else None),
+                    "tide_opt_vs_base": ratio("tide-opt", base), "tide_vs_base": ratio("tide", base),
+                    "riptide_vs_tide_opt": ratio("riptide", "tide-opt"), "riptide_vs_tide": ratio("riptide", "tide"),
+                    "riptide_vs_oracle": ratio("riptide", "oracle")})
+    return out
+
+
+def markdown_table(lines: Sequence[dict[str, Any]]) -> str:
+    def f(v: Any, spec: str = ".1f") -> str:
+        return "–" if v is None else format(v, spec)
+
+    def x(v: Any) -> str:
+        return "–" if v is None else f"{v:.2f}x"
+
+    head = ("| setting | B | mode | best baseline | tide (best τ) | tide-opt (τ) | riptide | oracle | all-gpu | "
+            "tide-opt / base | riptide / tide-opt | riptide / oracle |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    body = []
+    for h in lines:
+        star = " **paper**" if h["paper_setting"] else ""
+        body.append(f"| {h['model']} {h['hardware']}{star} | {h['budget']} | {h['mode']} | {f(h['baseline'])} "
+                    f"({h['baseline_policy']}) | {f(h['tide'])} ({h['tide_best_tau']}) | {f(h['tide-opt'])} "
+                    f"({h['tide_opt_tau'] if h['tide_opt_tau'] is not None else '–'}) | {f(h['riptide'])} | "
+                    f"{f(h['oracle'])} | {f(h['all-gpu'])} | {x(h['tide_opt_vs_base'])} | "
+                    f"{x(h['riptide_vs_tide_opt'])} | {x(h['riptide_vs_oracle'])} |")
+    return head + "\n".join(body) + "\n"

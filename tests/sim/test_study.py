@@ -1,0 +1,75 @@
+"""The paper study's grid, headline arithmetic, a small end-to-end study, and sweeps on a local Ray instance."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sim.explore import main, policy_grid
+from sim.hardware import HardwareProfile
+from sim.model_spec import ModelSpec
+from sim.study import PAPER, grid_points, headline, max_fitting_budget, paper_setting
+
+SMALL = ["--gen-length", "32", "--prompt-length", "32", "--tau", "1", "4", "--quiet", "--no-report",
+         "--policies", "all-gpu", "cpu-route", "fetch-lru", "tide"]
+
+
+def test_budget_cap_fits_the_gpu():
+    flash, h100 = ModelSpec.load("llada2.0-flash"), HardwareProfile.load("h100-pcie5")
+    b = max_fitting_budget(flash, h100)
+    used = flash.non_expert_bytes + b * flash.num_moe_layers * flash.expert_bytes
+    assert used <= h100.gpu_memory_bytes - 4 * 2**30 < used + flash.num_moe_layers * flash.expert_bytes
+    assert max_fitting_budget(ModelSpec.load("llada2.0-mini"), h100) == 256  # mini fits whole
+
+
+def test_grid_collapses_capped_budgets_and_marks_the_paper_setting():
+    points = grid_points(**{k: PAPER[k] for k in ("models", "hardware", "fractions", "modes")})
+    mini = {p.budget for p in points if "mini" in p.model}
+    flash = sorted({p.budget for p in points if "flash" in p.model})
+    assert mini == {64, 128, 192}
+    assert flash[0] == 64 and len(flash) == 2  # 50% and 75% both cap at what fits 80 GB
+    paper = [p for p in points if paper_setting(p, points)]
+    assert {(p.model, p.budget) for p in paper} == {("llada2.0-mini", 128), ("llada2.0-flash", flash[1])}
+    assert all(p.mode == "prefix-recompute" for p in paper)
+
+
+def test_headline_ratios():
+    rows = [{"point": "p", "model": "m", "hardware": "h", "budget": 8, "mode": "block-cache", "policy": pol,
+             "tokens_per_s": t, "tau": tau, "params": {"tau": tau} if tau else {}}
+            for pol, t, tau in (("cpu-route", 10.0, None), ("fetch-lru", 20.0, None), ("tide", 25.0, 2),
+                                ("tide", 30.0, 4), ("all-gpu", 100.0, None))]
+    (h,) = headline(rows)
+    assert h["baseline"] == 20.0 and h["baseline_policy"] == "fetch-lru"
+    assert h["tide"] == 30.0 and h["tide_best_tau"] == 4 and h["tide_vs_base"] == pytest.approx(1.5)
+    assert h["riptide"] is None and h["riptide_vs_oracle"] is None
+
+
+def test_policy_grid():
+    assert policy_grid(["tide", "cpu-route", "tide"], [4, 1]) == [("tide", {"tau": 1}), ("tide", {"tau": 4}),
+                                                                  ("cpu-route", {})]
+
+
+def test_small_paper_study_end_to_end(tmp_path):
+    out = tmp_path / "study"
+    assert main(["--study", "paper", *SMALL, "--out", str(out), "--jobs", "2"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    lines = json.loads((out / "headline.json").read_text())
+    assert len(lines) == 20 and len(rows) == 20 * 5
+    assert sum(h["paper_setting"] for h in lines) == 4
+    table = (out / "study.md").read_text()
+    assert table.count("**paper**") == 4 and table.startswith("| setting |")
+
+
+def test_sweep_on_a_local_ray_instance(tmp_path):
+    ray = pytest.importorskip("ray", reason="ray is an optional extra (pip install -e '.[ray]')")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        args = [*SMALL, "--mode", "block-cache", "--policies", "cpu-route", "tide"]
+        main([*args, "--ray", "auto", "--out", str(tmp_path / "r"), "--json", str(tmp_path / "ray.json")])
+    finally:
+        ray.shutdown()
+    main([*args, "--jobs", "1", "--out", str(tmp_path / "l"), "--json", str(tmp_path / "local.json")])
+    on_ray = json.loads((tmp_path / "ray.json").read_text())
+    local = json.loads((tmp_path / "local.json").read_text())
+    assert [r["label"] for r in on_ray] == [r["label"] for r in local]
+    assert [r["sim_time_s"] for r in on_ray] == [r["sim_time_s"] for r in local]
