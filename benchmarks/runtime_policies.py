@@ -11,12 +11,14 @@ Weights are built once; each (policy, mode) gets a fresh expert store and one wa
 generation. On CUDA it also measures the pinned and pageable host-to-device copy rate (GB/s, 1e9 B/s) with
 CUDA events over 256 MiB copies.
 
-Writes to --out-dir: ``runtime_results.json`` (environment, settings, per run: tokens/s, counters, step times)
-and ``runtime_traces.tar`` (the routing trace of every timed run, for ``validate.compare``).
+Writes to --out-dir: ``runtime_results.json`` (environment, settings, per run: tokens/s, counters, forward
+times ``step_times_s`` and whole-step times ``step_wall_s`` that sum to ``wall_s``) and ``runtime_traces.tar``
+(the routing trace of every timed run, for ``validate.compare``), rewritten after every run.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -108,6 +110,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", default=None)
+    p.add_argument("--profile", default=None,
+                   help="calibrated hardware profile for cost-aware policies (the simulator's replay gives them the same)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -116,6 +120,13 @@ def main() -> None:
     cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
     spec = cfg.spec
     budget = a.budget or spec.num_experts // 2
+    cost = None
+    if a.profile:  # cost-aware policies decide from the cost model: the runtime's must be the replay's
+        from sim.cost import RooflineCostModel
+        from sim.hardware import HardwareProfile
+
+        elem = torch.empty(0, dtype=dtype).element_size()
+        cost = RooflineCostModel(dataclasses.replace(spec, dtype_bytes=elem), HardwareProfile.load(a.profile))
     t0 = time.perf_counter()
     state, experts = random_weights(cfg, a.seed, device=device, dtype=dtype)
     host = [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers]
@@ -136,7 +147,7 @@ def main() -> None:
             name, params = parse_policy(text)
             policy = make_policy(name, **params)
             store = ExpertStore(spec, host, policy, None if not policy.needs_budget else np.full(spec.num_moe_layers, budget),
-                                device=device, dtype=dtype, block_length=a.block_length, mode=mode)
+                                device=device, dtype=dtype, block_length=a.block_length, mode=mode, cost=cost)
             model.set_executor(store)
             settings = GenerationSettings(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps, mode=mode,
                                           eos_early_stop=False, seed=a.seed)
@@ -145,14 +156,17 @@ def main() -> None:
             generate(model, store, cfg, prompt, warm)  # kernels, allocator, caches warm
             policy = make_policy(name, **params)  # fresh policy state and placement for the timed run
             store = ExpertStore(spec, host, policy, None if not policy.needs_budget else np.full(spec.num_moe_layers, budget),
-                                device=device, dtype=dtype, block_length=a.block_length, mode=mode)
+                                device=device, dtype=dtype, block_length=a.block_length, mode=mode, cost=cost)
             model.set_executor(store)
             res = generate(model, store, cfg, prompt, settings)
             m = store.metrics()
             committed = res.trace.generated_tokens
             row = {"policy": name, "params": params, "label": policy.label(), "mode": mode, "budget": budget,
+                   "device": device.type, "dtype": str(dtype).replace("torch.", ""),
                    "tokens_per_s": committed / res.wall_s, "wall_s": res.wall_s, "generated_tokens": committed,
                    "forwards": res.forwards, "step_times_s": res.step_times_s.tolist(),
+                   "step_wall_s": np.asarray(res.extra.get("step_wall_s", [])).tolist(),
+                   "cpu_s": res.extra.get("cpu_s"), "step_cpu_s": np.asarray(res.extra.get("step_cpu_s", [])).tolist(),
                    **{k: m[k] for k in ("h2d_bytes", "d2h_bytes", "hit_ratio", "promotions", "demotions",
                                         "cpu_assignments", "gpu_assignments", "h2d_weight_bytes")}}
             runs.append(row)
@@ -160,14 +174,19 @@ def main() -> None:
             print(f"{policy.label():<16}{mode:<18}{row['tokens_per_s']:>10.2f}{res.forwards:>6}{m['hit_ratio']:>7.3f}"
                   f"{m['h2d_bytes'] / 1e9:>9.3f}{m['d2h_bytes'] / 1e9:>9.3f}{m['promotions']:>8}"
                   f"{1e3 * float(np.mean(res.step_times_s)):>9.2f}")
+            if a.out_dir:  # after every run: a run cut short by a time limit still leaves the finished ones
+                _write(Path(a.out_dir), env, a, spec, runs, traces)
+    if a.out_dir:
+        print(f"wrote {Path(a.out_dir) / 'runtime_results.json'} and {Path(a.out_dir) / 'runtime_traces.tar'}")
+
+
+def _write(od: Path, env: dict, a: argparse.Namespace, spec, runs: list, traces: dict) -> None:
     out = {"environment": env, "settings": {k: v for k, v in vars(a).items() if k != "out_dir"},
            "model": spec.summary(), "runs": runs}
-    if a.out_dir:
-        od = Path(a.out_dir)
-        od.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(od / "runtime_results.json", json.dumps(out, indent=1) + "\n")
-        atomic_write_bytes(od / "runtime_traces.tar", lambda f: _tar(f, traces, od))
-        print(f"wrote {od / 'runtime_results.json'} and {od / 'runtime_traces.tar'}")
+    od.mkdir(parents=True, exist_ok=True)
+    # the traces first: a results file never names a run whose trace is missing
+    atomic_write_bytes(od / "runtime_traces.tar", lambda f: _tar(f, traces, od))
+    atomic_write_text(od / "runtime_results.json", json.dumps(out, indent=1) + "\n")
 
 
 def _tar(f, traces: dict, tmpdir: Path) -> None:

@@ -75,6 +75,9 @@ class GenerationResult:
     wall_s: float                 # whole generation, first forward to last
     trace: Trace
     forwards: int
+    # "step_wall_s": each step's share of wall_s (see generate); "step_cpu_s", "cpu_s": the same in process CPU
+    # time (all threads), which exceeds wall time with several busy threads and falls short of it when other
+    # processes take the CPU
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -154,8 +157,13 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
 
     full_mask = block_causal_mask(total, bl, device) if settings.mode == "prefix-recompute" else None
 
+    starts: list[float] = []  # wall-clock start of every forward: step boundaries for step_wall_s
+    cpu_starts: list[float] = []  # the process's CPU time at the same moments (a shared CPU shows as cpu < wall)
+
     def forward(ids: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None, info: StepInfo, ctx: int,
                 write: bool, rows: Any) -> tuple[torch.Tensor, float]:
+        starts.append(time.perf_counter())
+        cpu_starts.append(time.process_time())
         store.begin_step(info)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -166,7 +174,7 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
         return logits, dt
 
     sync()
-    t_start = time.perf_counter()
+    t_start, cpu_start = time.perf_counter(), time.process_time()
     fwd = 0
     if settings.mode == "block-cache":
         cache = model.new_cache(capacity=total)
@@ -204,7 +212,13 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
         if stop:
             break
     sync()
-    wall = time.perf_counter() - t_start
+    t_end, cpu_end = time.perf_counter(), time.process_time()
+    wall = t_end - t_start
+    # step i spans from its forward's start to the next one's (the sampler and bookkeeping after the forward
+    # included); the first from the start of generation, the last to its end: the steps sum to wall_s
+    bounds = np.array([t_start, *starts[1:], t_end]) - t_start if starts else np.zeros(1)
+    step_wall = np.diff(bounds)
+    step_cpu = np.diff(np.array([cpu_start, *cpu_starts[1:], cpu_end]) - cpu_start) if cpu_starts else np.zeros(0)
     if hasattr(bar, "close"):
         bar.close()
     generated = x[P:].tolist()
@@ -216,4 +230,5 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
                              "temperature": settings.temperature},
               "origin": {"kind": "recorded", "seed": settings.seed, **(origin or {})}}
     return GenerationResult(tokens=tokens, sequence=x.detach().cpu(), step_times_s=np.array(rec.times), wall_s=wall,
-                            trace=rec.trace(header), forwards=fwd)
+                            trace=rec.trace(header), forwards=fwd,
+                            extra={"step_wall_s": step_wall, "step_cpu_s": step_cpu, "cpu_s": cpu_end - cpu_start})

@@ -1,11 +1,16 @@
-"""The runtime's routed experts: a GPU slot pool per MoE layer, host copies of every expert, and a placement
-policy (``sim.policies``) that decides per (step, layer) what moves, executed with the simulator's semantics
+"""The runtime's routed experts: a GPU slot pool shared out among the MoE layers, host copies of every expert,
+and a placement policy (``sim.policies``) that decides per (step, layer) what moves, executed with the simulator's semantics
 and counted the simulator's way (``sim.engine``, ``sim.results``).
 
 Memory
   host    every expert of every MoE layer, in the store's dtype (pinned for CUDA so copies are asynchronous
           DMA; on ``device=cpu`` the caller's tensors are kept as they are).
-  device  per MoE layer l a pool of budget[l] slots: gate/up [B, i, h], down [B, h, i] (all-gpu: E slots);
+  device  one pool of S = sum(budget) slots, gate/up [S, i, h], down [S, h, i] (all-gpu: L x E slots). MoE
+          layer l owns budget[l] of them, listed in ``slots[l]`` (local slot j -> global slot slots[l][j]);
+          initially layer l owns the contiguous range after layer l-1's. A policy that re-partitions the
+          budgets (``LayerDecision.budget``) moves *free* slots between layers: a shrinking layer hands back its
+          free local slots, a growing one takes the lowest free global slots; no weight moves for it. A slot a
+          layer gave up is refilled only by a later copy, which on CUDA waits for the compute queued before it.
           ``stream_slots`` staging slots shared by all layers for streamed experts; per forward a [T*k, h]
           buffer of expert outputs and the rows gathered for the experts. On ``device=cpu`` the pool is a
           second copy in host memory and every copy below is a memcpy (the same code path).
@@ -16,12 +21,14 @@ What is copied when (one MoE layer, one forward; CUDA streams in brackets)
      code loads its resident experts at model load).
   1. counts = bincount(topk_ids): one small D2H copy of E ints, the one host sync per layer (the policy needs
      them; TIDE does the same).
-  2. policy.decide -> Residency.apply; demoted slots are freed, promoted experts copied host -> free slots
-     [copy stream, after the compute stream's queued work, so no slot still being read is overwritten]; the
-     layer's expert compute waits for them (synchronous semantics).
-  3. compute waits for earlier prefetches into this layer whose experts it uses.
-  4. GPU experts = active & (resident | streamed): resident ones as one grouped GEMM over the slot pool
-     (rows sorted by slot, one stable device argsort); streamed ones in chunks through the staging slots
+  2. policy.decide -> Residency.apply; demoted slots are freed, the layer's slot list resized to a new budget
+     if the decision set one, promoted experts copied host -> free slots [copy stream, after the compute
+     stream's queued work, so no slot still being read is overwritten]; the layer's GPU experts wait for them
+     (synchronous semantics), but the rows for the CPU experts are gathered before that wait, so with
+     overlap_cpu the CPU path runs while the promotions and streams are copied (as the simulator models it).
+  3. GPU experts wait for earlier prefetches into this layer whose experts they use.
+  4. GPU experts = active & (resident | streamed): resident ones as one grouped GEMM over the span of the
+     pool the layer's slots cover (rows sorted by slot, one stable device argsort); streamed ones in chunks through the staging slots
      (two halves, ping-pong: the copy of chunk c+1 [copy stream] overlaps the compute of chunk c).
   5. CPU experts = the other active ones: one hidden row per CPU token-assignment gathered on the device,
      copied to the host [activation stream, pinned], computed on the CPU from the host weights, copied back
@@ -122,17 +129,23 @@ class ExpertStore:
         if self.residency.resident.shape != (L, E):
             raise TideError(f"policy {policy.name}: initial placement has shape {self.residency.resident.shape}, expected {(L, E)}")
 
-        # expert -> slot ([L, E]) and slot -> expert (per layer, [budget[l]]); -1 = none
+        # expert -> local slot ([L, E]) and local slot -> expert (per layer, [budget[l]]); -1 = none; local slot j
+        # of layer l is global slot slots[l][j] of the shared pool; free_slots: global slots no layer owns
         self.e2s = np.full((L, E), -1, dtype=np.int64)
         self.s2e = [np.full(int(b), -1, dtype=np.int64) for b in self.budget]
+        starts = np.concatenate([[0], np.cumsum(self.budget)])
+        self.slots = [np.arange(starts[l], starts[l + 1], dtype=np.int64) for l in range(L)]
+        self.free_slots = np.zeros(0, dtype=np.int64)
+        self._span = [(int(starts[l]), int(starts[l + 1])) for l in range(L)]  # [lo, hi) of each layer's slots
         self.stream_slots = int(stream_slots)
         self._nbuf = 2 if stream_slots >= 2 else 1  # staging halves for ping-pong
         self._chunk = self.stream_slots // self._nbuf
         with torch.inference_mode(False):  # plain tensors: updated in place inside and outside inference mode
-            self.pool = [{n: torch.empty((int(b), *self._shape(n)), dtype=dtype, device=device) for n in ("gate", "up", "down")}
-                         for b in self.budget]
+            self.slot_pool = {n: torch.empty((int(starts[-1]), *self._shape(n)), dtype=dtype, device=device)
+                              for n in ("gate", "up", "down")}
             self.stage = {n: torch.empty((self.stream_slots, *self._shape(n)), dtype=dtype, device=device)
                           for n in ("gate", "up", "down")}
+        self.pool = [{n: _LayerSlots(self, layer, n) for n in ("gate", "up", "down")} for layer in range(L)]
         if self.cuda:
             self._copy_stream = torch.cuda.Stream(device)  # expert weights: promotions, streams, prefetches
             self._act_stream = torch.cuda.Stream(device)   # activations to and from the CPU experts
@@ -191,13 +204,17 @@ class ExpertStore:
         res = self.residency.resident[layer]
         e2s, s2e = self.e2s[layer], self.s2e[layer]
         ok = (np.array_equal(e2s >= 0, res) and int((s2e >= 0).sum()) == int(res.sum())
-              and np.array_equal(s2e[e2s[res]], np.flatnonzero(res)))
+              and np.array_equal(s2e[e2s[res]], np.flatnonzero(res))
+              and s2e.size == self.slots[layer].size == int(self.residency.budget[layer]))
         if not ok:
             raise AssertionError(f"slot maps disagree with the residency at MoE layer {layer}")
 
     def check_slots(self) -> None:
         for layer in range(self.L):
             self._check_slots(layer)
+        owned = np.sort(np.concatenate(self.slots + [self.free_slots]))
+        if not np.array_equal(owned, np.arange(self.slot_pool["gate"].shape[0])):
+            raise AssertionError("the layers' slots and the free slots do not partition the pool")
 
     def _compute_stream(self) -> Any:
         return torch.cuda.current_stream(self.device)
@@ -206,8 +223,8 @@ class ExpertStore:
         """Copy host experts into pool slots; on CUDA on the copy stream, returning the event of their arrival."""
         if experts.size == 0:
             return None
-        host, pool = self.host[layer], self.pool[layer]
-        pairs = list(zip(experts.tolist(), slots.tolist()))  # the experts that move, never all E
+        host, pool = self.host[layer], self.slot_pool
+        pairs = list(zip(experts.tolist(), self.slots[layer][slots].tolist()))  # the experts that move, never all E
         if not self.cuda:
             for e, s in pairs:
                 for n in ("gate", "up", "down"):
@@ -223,12 +240,40 @@ class ExpertStore:
         ev.record(cs)
         return ev
 
+    def _resize(self, layer: int, new: int) -> None:
+        """Give layer ``layer`` ``new`` slots: hand back free ones, or take the lowest free global ones."""
+        s2e, slots = self.s2e[layer], self.slots[layer]
+        if new < s2e.size:
+            free = np.flatnonzero(s2e < 0)
+            if free.size < s2e.size - new:  # Residency checked resident <= new, so only a pool bug gets here
+                raise AssertionError(f"layer {layer} cannot shrink to {new} slots")
+            drop = free[free.size - (s2e.size - new):]
+            keep = np.setdiff1d(np.arange(s2e.size), drop, assume_unique=True)
+            self.free_slots = np.sort(np.concatenate([self.free_slots, slots[drop]]))
+            s2e, slots = s2e[keep], slots[keep]
+            used = s2e >= 0
+            self.e2s[layer, s2e[used]] = np.flatnonzero(used)  # local ids of kept slots shift down
+        elif new > s2e.size:
+            take, self.free_slots = self.free_slots[: new - s2e.size], self.free_slots[new - s2e.size:]
+            if take.size < new - s2e.size:
+                raise AssertionError(f"no free slot in the pool for layer {layer}")
+            s2e = np.concatenate([s2e, np.full(take.size, -1, dtype=np.int64)])
+            slots = np.concatenate([slots, take])
+        else:
+            return
+        self.s2e[layer], self.slots[layer] = s2e, slots
+        self._span[layer] = (int(slots.min(initial=0)), int(slots.max(initial=-1)) + 1)
+
     def _move(self, layer: int, demote: np.ndarray, promote: np.ndarray) -> Any:
-        """Free the demoted experts' slots, give the promoted ones free slots and copy them in."""
+        """Free the demoted experts' slots, resize the layer to its budget, give the promoted ones free slots and
+        copy them in."""
         e2s, s2e = self.e2s[layer], self.s2e[layer]
         if demote.size:
             s2e[e2s[demote]] = -1
             e2s[demote] = -1
+        if s2e.size != self.residency.budget[layer]:
+            self._resize(layer, int(self.residency.budget[layer]))
+            s2e = self.s2e[layer]
         ev = None
         if promote.size:
             free = np.flatnonzero(s2e < 0)[: promote.size]
@@ -294,17 +339,13 @@ class ExpertStore:
         dec = self.policy.decide(LayerView(step=self._step, layer=layer, counts=counts,
                                            resident=self.residency.view(layer)))
         demote, promote, stream = self.residency.apply(layer, dec)
-        ev = self._move(layer, demote, promote)
-        if ev is not None:
-            self._compute_stream().wait_event(ev)  # promotions are synchronous for this layer
+        ev = self._move(layer, demote, promote)  # the GPU experts wait for it below, the CPU rows do not
 
         res = self.residency.resident[layer]
         active = counts > 0
         res_act = active & res
         cpu_mask = active & ~res
         cpu_mask[stream] = False
-        if self.cuda and self._pending[layer]:
-            self._wait_prefetch(layer, res_act)
         cpu_ids = np.flatnonzero(cpu_mask)
         n_cpu = int(counts[cpu_ids].sum())
         self.cpu_assignments += n_cpu
@@ -312,15 +353,18 @@ class ExpertStore:
         self.d2h_bytes += n_cpu * self.token_bytes
         self.h2d_act_bytes += n_cpu * self.token_bytes
 
-        # one sort key per expert: resident -> its slot, streamed -> after the pool, CPU -> last (by expert id);
-        # rows of one expert keep their assignment order (stable), so every placement feeds it the same rows
-        B, ns = int(self.budget[layer]), stream.size
+        # one sort key per expert: resident -> its slot (within the span [lo, hi) of the pool that the layer's
+        # slots cover), streamed -> after the span, CPU -> last (by expert id); rows of one expert keep their
+        # assignment order (stable), so every placement feeds it the same rows
+        lo, hi = self._span[layer]
+        B, ns = hi - lo, stream.size
+        slot_ids = self.slots[layer][self.e2s[layer, res_act]] - lo
         key = np.zeros(E, dtype=np.int64)
-        key[res_act] = self.e2s[layer, res_act]
+        key[res_act] = slot_ids
         key[stream] = B + np.arange(ns)
         key[cpu_ids] = B + ns + np.arange(cpu_ids.size)
         slot_counts = np.zeros(B, dtype=np.int64)
-        slot_counts[self.e2s[layer, res_act]] = counts[res_act]
+        slot_counts[slot_ids] = counts[res_act]
         n_res, n_str = int(slot_counts.sum()), int(counts[stream].sum())
         order = torch.argsort(torch.from_numpy(key).to(dev)[flat], stable=True)
         tok = torch.div(order, k, rounding_mode="floor")
@@ -336,8 +380,13 @@ class ExpertStore:
                 y_cpu = torch.empty_like(cpu_rows)
                 gathered = torch.cuda.Event()
                 gathered.record(self._compute_stream())
+        if self.cuda:  # only the GPU experts wait for this layer's promotions and for prefetches they read
+            if ev is not None:
+                self._compute_stream().wait_event(ev)
+            if self._pending[layer]:
+                self._wait_prefetch(layer, res_act)
         if n_res:
-            pool = self.pool[layer]
+            pool = {n: t[lo:hi] for n, t in self.slot_pool.items()}
             y = grouped_experts(x.index_select(0, tok[:n_res]), slot_counts, pool["gate"], pool["up"], pool["down"])
             buf.index_copy_(0, order[:n_res], y)
         if ns:
@@ -437,4 +486,17 @@ class ExpertStore:
                 "hit_ratio": self.hit_ratio, "promotions": int(moves.promotions), "demotions": int(moves.demotions),
                 "cpu_assignments": int(self.cpu_assignments), "gpu_assignments": int(self.gpu_assignments),
                 "h2d_weight_bytes": int(weight), "max_resident": self.max_resident.tolist(),
-                "budget": self.budget.tolist()}
+                "budget": self.budget.tolist(), "layer_budgets": self.residency.budget.tolist()}
+
+
+class _LayerSlots:
+    """``store.pool[layer][name][j]``: the weights in local slot j of a layer (a view of the shared pool)."""
+
+    def __init__(self, store: ExpertStore, layer: int, name: str) -> None:
+        self.store, self.layer, self.name = store, layer, name
+
+    def __getitem__(self, j: Any) -> torch.Tensor:
+        return self.store.slot_pool[self.name][int(self.store.slots[self.layer][int(j)])]
+
+    def __len__(self) -> int:
+        return int(self.store.slots[self.layer].size)

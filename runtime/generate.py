@@ -166,8 +166,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                "budget": None if budget is None else int(budget.max()), "mode": settings.mode,
                "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "generated_tokens": len(result.tokens),
                "committed_tokens": result.trace.generated_tokens, "forwards": result.forwards,
-               **store.metrics(), "step_times_s": result.step_times_s.tolist(), "tokens": result.tokens,
-               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device)}
+               **store.metrics(), "step_times_s": result.step_times_s.tolist(),
+               "step_wall_s": np.asarray(result.extra.get("step_wall_s", [])).tolist(),
+               "cpu_s": result.extra.get("cpu_s"), "step_cpu_s": np.asarray(result.extra.get("step_cpu_s", [])).tolist(),
+               "tokens": result.tokens,
+               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device),
+               "dtype": str(dtype).replace("torch.", "")}
     if a.trace_out:
         write_trace(result.trace, a.trace_out)
     if a.metrics_out:

@@ -4,7 +4,8 @@ The engine asks a cost model for six kinds of time, all in seconds and vectorise
 
   step_fixed(n, c, m)  GPU work of one forward outside the MoE layers: per-step overhead, the dense layers
                        (attention + dense MLP) and lm_head over m tokens. n tokens forwarded, c context keys.
-  moe_pre(n, c)        GPU work of one MoE layer before its routed experts: attention, router, shared expert.
+  moe_pre(n, c)        GPU work of one MoE layer outside its routed experts: attention, router, shared expert,
+                       and the expert store's fixed per-layer work (moe_overhead).
   gpu_experts(counts)  one layer's batch of resident routed experts; counts[..., E] token-assignments.
   cpu_experts(counts)  the same experts computed on the host CPU.
   h2d(bytes), d2h(bytes)  one batch of copies over the host link.
@@ -17,6 +18,19 @@ one GEMM group per expert, so a batch costs the sum over active experts (e: n_e 
   T_gpu = sum_e max(6 n_e h i / R_gpu, b (3 h i + 2 n_e h) / BW_hbm) + 3 * launch
   T_cpu = sum_e [max(6 n_e h i / R_cpu, b (3 h i + 2 n_e h) / BW_dram) + expert_overhead]
   T_copy(B) = latency + B / BW_link   (0 when B = 0)
+
+With measured tables (``sim.hardware``; L_d dense layers, all times per call):
+
+  step_fixed(n, c, m) = step_overhead + embed(n) + L_d [attention(n, c) + dense_mlp(n)] + [m > 0] lm_head(m)
+  moe_pre(n, c)       = attention(n, c) + moe_dense(n) + moe_overhead(n)
+  T_gpu = [any n_e > 0] gpu_expert.call_seconds + sum_e gpu_expert(n_e)      (likewise T_cpu)
+
+Each missing table falls back to the roofline term (embed: 0; moe_overhead: the profile's scalar
+moe_layer_overhead_us, default 0). A profile measured for another model layer shape is refused (TideError).
+
+``single_device`` profiles (runtime ``--device cpu``): the "GPU" and the CPU are one host and activations never
+cross a link, so :meth:`RooflineCostModel.act_d2h` / ``act_h2d`` are 0 and ``serial`` is True; an executor
+that honours ``serial`` runs every item one after the other (``validate.replay`` does the accounting).
 
 :class:`ConstantCostModel` gives fixed times per unit of work, for hand-computed tests.
 """
@@ -56,6 +70,9 @@ class RooflineCostModel:
     hw: HardwareProfile
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def __post_init__(self) -> None:
+        self.hw.check_model(self.model)  # tables measured on another layer shape would price the wrong work
+
     @property
     def expert_bytes(self) -> int:
         return self.model.expert_bytes
@@ -63,6 +80,11 @@ class RooflineCostModel:
     @property
     def token_bytes(self) -> int:
         return self.model.token_bytes
+
+    @property
+    def serial(self) -> bool:
+        """True when every resource is one serially-executing device (profile ``single_device``)."""
+        return self.hw.single_device
 
     def _gpu(self, cost: OpCost, launches: int) -> np.ndarray:
         return _roofline(cost, self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps) + launches * self.hw.gpu.kernel_overhead_us * 1e-6
@@ -73,16 +95,43 @@ class RooflineCostModel:
             return table(n, c)
         return self._gpu(self.model.attention_cost(n, c), _LAUNCH["attention"] + _LAUNCH["norms"])
 
+    def embed(self, n: Any) -> np.ndarray:
+        table = self.hw.tables.get("embed")
+        return table(n) if table is not None else np.zeros(np.shape(n))
+
+    def dense_mlp(self, n: Any) -> np.ndarray:
+        table = self.hw.tables.get("dense_mlp")
+        return table(n) if table is not None else self._gpu(self.model.dense_mlp_cost(n), _LAUNCH["dense_mlp"])
+
+    def lm_head(self, m: Any) -> np.ndarray:
+        table = self.hw.tables.get("lm_head")
+        if table is not None:
+            m = np.asarray(m)
+            return np.where(m > 0, table(m), 0.0)  # the runtime skips lm_head for forwards without logits
+        return self._gpu(self.model.lm_head_cost(m), _LAUNCH["lm_head"])
+
+    def moe_dense(self, n: Any) -> np.ndarray:
+        """Router and shared expert (with their norm and residual) of one MoE layer."""
+        table = self.hw.tables.get("moe_dense")
+        if table is not None:
+            return table(n)
+        m = self.model
+        return self._gpu(m.router_cost(n), _LAUNCH["router"]) + self._gpu(m.shared_expert_cost(n), _LAUNCH["shared"]) * (m.num_shared_experts > 0)
+
+    def moe_overhead(self, n: Any) -> np.ndarray:
+        """The expert store's fixed work per MoE layer (counts + host sync, policy decision, sort, gathers)."""
+        table = self.hw.tables.get("moe_overhead")
+        if table is not None:
+            return table(n)
+        return np.full(np.shape(n), self.hw.moe_layer_overhead_us * 1e-6)
+
     def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
-        dense_layers = self.model.first_k_dense_replace
-        dense = self.attention(n, c) + self._gpu(self.model.dense_mlp_cost(n), _LAUNCH["dense_mlp"])
-        head = self._gpu(self.model.lm_head_cost(m), _LAUNCH["lm_head"])
-        return self.hw.step_overhead_us * 1e-6 + dense_layers * dense + head
+        dense = self.attention(n, c) + self.dense_mlp(n)
+        return (self.hw.step_overhead_us * 1e-6 + self.embed(n) + self.model.first_k_dense_replace * dense
+                + self.lm_head(m))
 
     def moe_pre(self, n: Any, c: Any) -> np.ndarray:
-        m = self.model
-        return (self.attention(n, c) + self._gpu(m.router_cost(n), _LAUNCH["router"])
-                + self._gpu(m.shared_expert_cost(n), _LAUNCH["shared"]) * (m.num_shared_experts > 0))
+        return self.attention(n, c) + self.moe_dense(n) + self.moe_overhead(n)
 
     def gpu_expert_each(self, n: Any) -> np.ndarray:
         """One routed expert on the GPU with n tokens (0 for n = 0)."""
@@ -115,13 +164,19 @@ class RooflineCostModel:
             cache[which] = lut
         return lut[counts]
 
+    def _call(self, table_name: str, default_s: float) -> float:
+        table = self.hw.tables.get(table_name)
+        return table.call if table is not None and table.call is not None else default_s
+
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
         counts = np.asarray(counts)
-        launches = np.any(counts > 0, axis=-1) * _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6
-        return self._lut("gpu", counts).sum(axis=-1) + launches
+        call = self._call("gpu_expert", _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6)
+        return self._lut("gpu", counts).sum(axis=-1) + np.any(counts > 0, axis=-1) * call
 
     def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
-        return self._lut("cpu", np.asarray(counts)).sum(axis=-1)
+        counts = np.asarray(counts)
+        call = self._call("cpu_expert", 0.0)
+        return self._lut("cpu", counts).sum(axis=-1) + np.any(counts > 0, axis=-1) * call
 
     def _copy(self, nbytes: Any, table_name: str, gbps: float) -> np.ndarray:
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -134,6 +189,14 @@ class RooflineCostModel:
 
     def d2h(self, nbytes: Any) -> np.ndarray:
         return self._copy(nbytes, "copy_d2h", self.hw.link.d2h_gbps)
+
+    def act_d2h(self, nbytes: Any) -> np.ndarray:
+        """Activations to the CPU experts: none move on a single-device profile."""
+        return np.zeros(np.shape(nbytes)) if self.serial else self.d2h(nbytes)
+
+    def act_h2d(self, nbytes: Any) -> np.ndarray:
+        """Results of the CPU experts back: none move on a single-device profile."""
+        return np.zeros(np.shape(nbytes)) if self.serial else self.h2d(nbytes)
 
 
 @dataclass(frozen=True)

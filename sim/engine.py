@@ -10,12 +10,16 @@ One forward pass s (times from the cost model, see ``sim.cost``):
   GPU: step_fixed(s)                                   overhead, dense layers, lm_head
   for each MoE layer l:
     GPU: moe_pre(s)                                    attention, router, shared expert
-    policy.decide(view)  -> demote, promote, stream, prefetch, overlap_cpu
-    H2D: (|promote| + |stream|) x expert_bytes         blocking: the GPU waits for it
-    H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
-    GPU: gpu_experts(counts on resident or streamed experts)
+    policy.decide(view)  -> demote, (budget), promote, stream, prefetch, overlap_cpu
     CPU path (if any active expert is not on the GPU): D2H activations -> CPU experts -> H2D results
-      overlap_cpu: concurrent with the GPU experts; otherwise after them. The layer ends when both are done.
+      overlap_cpu: starts now, concurrent with the copies and the GPU experts below
+    H2D: (|promote| + |stream|) x expert_bytes         blocking: the GPU waits for it
+    GPU: gpu_experts(counts on resident or streamed experts), after the prefetches it uses have landed
+    CPU path, without overlap_cpu: only now, after the GPU experts. The layer ends when both are done.
+    H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
+
+Copies share the H2D engine in request order (FIFO): with overlap_cpu the CPU path's results queue behind this
+layer's weight copies, and every prefetch queues behind the work requested before it.
 
 The simulated time is the completion time of the last work item; per-step times are the differences of the
 step end times. Everything is deterministic: no randomness, FIFO resources.
@@ -162,6 +166,20 @@ class _Run:
         counts = self.counts[s, layer]
         dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=self.residency.view(layer)))
         _, promote, stream = self.residency.apply(layer, dec)
+        active = counts > 0
+        on_gpu = self.residency.resident[layer].copy()
+        if stream.size:
+            on_gpu[stream] = True
+        gpu_mask = active & on_gpu
+        cpu_mask = active & ~on_gpu
+        gpu_counts = np.where(gpu_mask, counts, 0)
+        n_gpu = int(gpu_counts.sum())
+        n_cpu = int(counts.sum()) - n_gpu
+        self.c.gpu_assignments += n_gpu
+        self.c.cpu_assignments += n_cpu
+        cpu_proc = None
+        if n_cpu and dec.overlap_cpu:  # the activations leave now: the CPU works while the weights are copied
+            cpu_proc = self.env.process(self.cpu_path(np.where(cpu_mask, counts, 0), n_cpu, s, layer))
         n_fetch = promote.size + stream.size
         if n_fetch:
             nbytes = n_fetch * int(self.cost.expert_bytes)
@@ -169,46 +187,21 @@ class _Run:
             t0 = self.env.now
             yield from self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), s, layer, "weights_h2d")
             self._record_wait(t0, s, layer)
-        active = counts > 0
-        on_gpu = self.residency.resident[layer].copy()
-        if stream.size:
-            on_gpu[stream] = True
-        gpu_mask = active & on_gpu
-        cpu_mask = active & ~on_gpu
         waits = self._arrivals(layer, gpu_mask)
         if waits:
             t0 = self.env.now
             yield self.env.all_of(waits)
             self._record_wait(t0, s, layer)
-        gpu_counts = np.where(gpu_mask, counts, 0)
-        n_gpu = int(gpu_counts.sum())
-        n_cpu = int(counts.sum()) - n_gpu
-        self.c.gpu_assignments += n_gpu
-        self.c.cpu_assignments += n_cpu
-        t_gpu = float(self.cost.gpu_experts(gpu_counts))
-        if n_cpu == 0:
-            yield self.gpu(t_gpu, s, layer, "experts_gpu")
-        else:
-            yield from self.split(counts, cpu_mask, n_cpu, t_gpu, dec.overlap_cpu, s, layer)
+        yield self.gpu(float(self.cost.gpu_experts(gpu_counts)), s, layer, "experts_gpu")
+        t0 = self.env.now
+        if cpu_proc is not None:
+            if not cpu_proc.processed:
+                yield cpu_proc
+        elif n_cpu:
+            yield from self.cpu_path(np.where(cpu_mask, counts, 0), n_cpu, s, layer)
+        self._record_wait(t0, s, layer)
         if dec.prefetch:  # issued once this layer's experts have run, so no slot in use is overwritten
             self._prefetch(s, dec)
-
-    def split(self, counts: np.ndarray, cpu_mask: np.ndarray, n_cpu: int, t_gpu: float, overlap: bool, s: int,
-              layer: int) -> Iterator[Any]:
-        """The GPU's experts and the CPU path of one layer, overlapped or one after the other."""
-        cpu_counts = np.where(cpu_mask, counts, 0)
-        if overlap:
-            proc = self.env.process(self.cpu_path(cpu_counts, n_cpu, s, layer))
-            yield self.gpu(t_gpu, s, layer, "experts_gpu")
-            if not proc.processed:
-                t0 = self.env.now
-                yield proc
-                self._record_wait(t0, s, layer)
-        else:
-            yield self.gpu(t_gpu, s, layer, "experts_gpu")
-            t0 = self.env.now
-            yield from self.cpu_path(cpu_counts, n_cpu, s, layer)
-            self._record_wait(t0, s, layer)
 
     def _record_wait(self, t0: float, step: int, layer: int) -> None:
         # the GPU stream idles while waiting: logged for the timeline, not counted as busy

@@ -19,20 +19,42 @@ File format (JSON object)::
                "shared_duplex": bool},         # true: H2D and D2H share one engine's bandwidth
       "step_overhead_us": float,             # per forward: sampling, scheduling, Python
       "tables": {                            # optional, measured; each takes precedence over the roofline
-        "gpu_expert": {"tokens": [...], "seconds": [...]},     # one routed expert on the GPU
-        "cpu_expert": {"tokens": [...], "seconds": [...]},     # one routed expert on the CPU
+        "gpu_expert": {"tokens": [...], "seconds": [...], "call_seconds": s},  # one routed expert on the GPU
+        "cpu_expert": {"tokens": [...], "seconds": [...], "call_seconds": s},  # one routed expert on the CPU
         "attention":  {"tokens": [...], "context": [...], "seconds": [[...], ...]},  # one layer, [tokens][context]
         "copy_h2d":   {"bytes": [...], "seconds": [...]},
-        "copy_d2h":   {"bytes": [...], "seconds": [...]}
+        "copy_d2h":   {"bytes": [...], "seconds": [...]},
+        "embed":        {"tokens": [...], "seconds": [...]},   # per forward: embeddings + rotary tables
+        "dense_mlp":    {"tokens": [...], "seconds": [...]},   # per dense layer: norm + MLP + residual
+        "moe_dense":    {"tokens": [...], "seconds": [...]},   # per MoE layer: norm + router + shared expert + residual
+        "moe_overhead": {"tokens": [...], "seconds": [...]},   # per MoE layer: the expert store's fixed work
+        "lm_head":      {"tokens": [...], "seconds": [...]},   # per forward with m > 0 logit rows: norm, lm_head, sampler
+        "copy_h2d_pageable", "copy_d2h_pageable", "copy_duplex": {"bytes": [...], "seconds": [...]},  # informational
+        "cpu_expert_threads": {"threads": [...], "tokens": [...], "seconds": [[...], ...]}            # informational
       },
+      "moe_layer_overhead_us": float,        # optional (default 0): per MoE layer fixed cost when no moe_overhead table
+      "single_device": bool,                 # optional (default false): the "GPU" is the host CPU (runtime --device
+                                             #   cpu): GPU, CPU and copies are one serial device; activations never move
+      "model": {"name", "config_hash", "layer_shape_hash", "dtype_bytes", "config"},  # optional: shape the tables
+                                             #   were measured for; a cost model refuses a model of another layer shape
+      "calibration": {...},                  # optional, informational: grids, repeats, held-out errors
       "environment": {...}                   # optional: where a calibrated profile was measured
     }
+
+``call_seconds`` (optional) is the fixed cost of one layer's batch of experts on that side (one grouped call),
+charged once per batch with at least one active expert, in place of the launch estimate. The informational
+tables are kept with the profile (what was measured) and not used by the cost model.
+
+Tables are per model *layer shape*: they hold for any number of layers of the same shape (``layer_shape_hash``
+covers the config's shape fields except num_hidden_layers and first_k_dense_replace), in the dtype they were
+measured in. Roofline-only profiles stay model-independent.
 
 Tables are interpolated piecewise-linearly and extrapolated along the last segment; x values must be strictly
 increasing and all values non-negative.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -81,10 +103,13 @@ class LinkSpec:
 
 @dataclass(frozen=True)
 class Table1D:
-    """Measured y(x); piecewise-linear, extrapolated along the last segment, never below 0."""
+    """Measured y(x); piecewise-linear, extrapolated along the last segment, never below 0.
+
+    ``call`` (expert tables only, optional): fixed seconds per layer batch, see the module docstring."""
 
     x: tuple[float, ...]
     y: tuple[float, ...]
+    call: float | None = None
 
     def __call__(self, q: Any) -> np.ndarray:
         x, y = np.asarray(self.x), np.asarray(self.y)
@@ -118,6 +143,33 @@ class Table2D:
         return np.maximum(lo + frac * (hi - lo), 0.0).reshape(qx.shape)
 
 
+# Every table the format knows: name -> its axis names (one: Table1D, two: Table2D [x][y]).
+TABLE_AXES: dict[str, tuple[str, ...]] = {
+    "gpu_expert": ("tokens",), "cpu_expert": ("tokens",), "attention": ("tokens", "context"),
+    "copy_h2d": ("bytes",), "copy_d2h": ("bytes",),
+    "embed": ("tokens",), "dense_mlp": ("tokens",), "moe_dense": ("tokens",), "moe_overhead": ("tokens",),
+    "lm_head": ("tokens",),
+    "copy_h2d_pageable": ("bytes",), "copy_d2h_pageable": ("bytes",), "copy_duplex": ("bytes",),
+    "cpu_expert_threads": ("threads", "tokens"),
+}
+_CALL_TABLES = ("gpu_expert", "cpu_expert")  # tables that may carry call_seconds
+# Shape fields whose values a per-layer table depends on (everything but the depth of the network).
+_LAYER_FIELDS = ("hidden_size", "intermediate_size", "moe_intermediate_size", "num_experts", "top_k",
+                 "num_shared_experts", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "n_group", "topk_group")
+
+
+def layer_shape_hash(spec: Any) -> str:
+    """16 hex digits of sha256 over a ModelSpec's per-layer shape (the config hash without the layer counts)."""
+    shape = {f: int(getattr(spec, f)) for f in _LAYER_FIELDS}
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def model_record(spec: Any, dtype_bytes: int) -> dict[str, Any]:
+    """The profile's ``model`` section for tables measured on ``spec`` in a dtype of ``dtype_bytes`` bytes."""
+    return {"name": spec.name, "config_hash": spec.config_hash, "layer_shape_hash": layer_shape_hash(spec),
+            "dtype_bytes": int(dtype_bytes), "config": dict(spec.raw_config)}
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     name: str
@@ -129,6 +181,10 @@ class HardwareProfile:
     sources: tuple[str, ...] = ()
     tables: Mapping[str, Any] = field(default_factory=dict)
     environment: Mapping[str, Any] = field(default_factory=dict)
+    moe_layer_overhead_us: float = 0.0
+    single_device: bool = False
+    model: Mapping[str, Any] = field(default_factory=dict)
+    calibration: Mapping[str, Any] = field(default_factory=dict)
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -154,18 +210,27 @@ class HardwareProfile:
                 if v == 0 and k in ("memory_gib", "matmul_tflops", "hbm_gbps", "threads", "dram_gbps", "h2d_gbps", "d2h_gbps"):
                     raise TideError(f"{origin}: {section}.{k} must be positive")
         tables = _parse_tables(d.get("tables") or {}, origin)
-        step = d.get("step_overhead_us", 500.0)
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or not np.isfinite(step) or step < 0:
-            raise TideError(f"{origin}: step_overhead_us must be a non-negative number")
+        step = _non_negative(d.get("step_overhead_us", 500.0), "step_overhead_us", origin)
+        moe_over = _non_negative(d.get("moe_layer_overhead_us", 0.0), "moe_layer_overhead_us", origin)
+        single = d.get("single_device", False)
+        if not isinstance(single, bool):
+            raise TideError(f"{origin}: single_device must be true or false")
         sources = d.get("sources", ())
         if not isinstance(sources, (list, tuple)) or not all(isinstance(x, str) for x in sources):
             raise TideError(f"{origin}: sources must be a list of strings")
-        environment = d.get("environment") or {}
-        if not isinstance(environment, Mapping):
-            raise TideError(f"{origin}: environment must be an object")
-        return cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=float(step),
-                   description=str(d.get("description", "")), sources=tuple(sources),
-                   tables=tables, environment=dict(environment))
+        sections = {}
+        for key in ("environment", "model", "calibration"):
+            val = d.get(key) or {}
+            if not isinstance(val, Mapping):
+                raise TideError(f"{origin}: {key} must be an object")
+            sections[key] = dict(val)
+        model = sections["model"]
+        if model and not (isinstance(model.get("layer_shape_hash"), str) and isinstance(model.get("dtype_bytes"), int)):
+            raise TideError(f"{origin}: model must name layer_shape_hash (string) and dtype_bytes (integer)")
+        return cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=step,
+                   description=str(d.get("description", "")), sources=tuple(sources), tables=tables,
+                   environment=sections["environment"], moe_layer_overhead_us=moe_over, single_device=single,
+                   model=model, calibration=sections["calibration"])
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "HardwareProfile":
@@ -185,21 +250,48 @@ class HardwareProfile:
     def to_dict(self) -> dict[str, Any]:
         tables: dict[str, Any] = {}
         for k, t in self.tables.items():
+            axes = TABLE_AXES[k]
             if isinstance(t, Table2D):
-                tables[k] = {"tokens": list(t.x), "context": list(t.y), "seconds": [list(r) for r in t.z]}
+                tables[k] = {axes[0]: list(t.x), axes[1]: list(t.y), "seconds": [list(r) for r in t.z]}
             else:
-                xname = "bytes" if k.startswith("copy") else "tokens"
-                tables[k] = {xname: list(t.x), "seconds": list(t.y)}
-        return {"format": FORMAT, "name": self.name, "description": self.description, "sources": list(self.sources),
-                "gpu": asdict(self.gpu), "cpu": asdict(self.cpu), "link": asdict(self.link),
-                "step_overhead_us": self.step_overhead_us, "tables": tables, "environment": dict(self.environment)}
+                tables[k] = {axes[0]: list(t.x), "seconds": list(t.y)}
+                if t.call is not None:
+                    tables[k]["call_seconds"] = t.call
+        out = {"format": FORMAT, "name": self.name, "description": self.description, "sources": list(self.sources),
+               "gpu": asdict(self.gpu), "cpu": asdict(self.cpu), "link": asdict(self.link),
+               "step_overhead_us": self.step_overhead_us, "tables": tables, "environment": dict(self.environment)}
+        # optional fields only when set, so roofline presets keep their original shape
+        if self.moe_layer_overhead_us:
+            out["moe_layer_overhead_us"] = self.moe_layer_overhead_us
+        if self.single_device:
+            out["single_device"] = True
+        for key in ("model", "calibration"):
+            if getattr(self, key):
+                out[key] = dict(getattr(self, key))
+        return out
 
     @property
     def gpu_memory_bytes(self) -> int:
         return int(self.gpu.memory_gib * 2**30)
 
+    def check_model(self, spec: Any) -> None:
+        """Refuse (TideError) a model whose layer shape or dtype differs from the one the tables were measured
+        for; profiles without tables, or without a model record, accept every model."""
+        if not self.tables or not self.model:
+            return
+        want, got = self.model.get("layer_shape_hash"), layer_shape_hash(spec)
+        if want != got:
+            raise TideError(f"hardware profile {self.name} was calibrated for model {self.model.get('name')!r} "
+                            f"(layer shape {want}); {spec.name} has layer shape {got}: recalibrate for it")
+        if int(self.model.get("dtype_bytes", spec.dtype_bytes)) != int(spec.dtype_bytes):
+            raise TideError(f"hardware profile {self.name} was calibrated with {self.model['dtype_bytes']}-byte "
+                            f"weights; {spec.name} uses {spec.dtype_bytes}-byte weights: recalibrate with its dtype")
 
-_TABLE_X = {"gpu_expert": "tokens", "cpu_expert": "tokens", "copy_h2d": "bytes", "copy_d2h": "bytes"}
+
+def _non_negative(v: Any, what: str, origin: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
+        raise TideError(f"{origin}: {what} must be a non-negative number")
+    return float(v)
 
 
 def _check_axis(vals: Any, what: str, origin: str) -> tuple[float, ...]:
@@ -212,33 +304,43 @@ def _check_axis(vals: Any, what: str, origin: str) -> tuple[float, ...]:
     return tuple(float(v) for v in arr)
 
 
+def _increasing(vals: tuple[float, ...]) -> bool:
+    return all(b > a for a, b in zip(vals, vals[1:]))
+
+
 def _parse_tables(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
     if not isinstance(raw, Mapping):
         raise TideError(f"{origin}: tables must be an object")
     out: dict[str, Any] = {}
     for name, t in raw.items():
-        if (name in _TABLE_X or name == "attention") and not isinstance(t, Mapping):
+        axes = TABLE_AXES.get(name)
+        if axes is None:
+            raise TideError(f"{origin}: unknown table {name!r} (known: {', '.join(TABLE_AXES)})")
+        if not isinstance(t, Mapping):
             raise TideError(f"{origin}: table {name} must be an object")
-        if name in _TABLE_X:
-            xs = _check_axis(t.get(_TABLE_X[name]), f"{name}.{_TABLE_X[name]}", origin)
+        if len(axes) == 1:
+            xs = _check_axis(t.get(axes[0]), f"{name}.{axes[0]}", origin)
             ys = _check_axis(t.get("seconds"), f"{name}.seconds", origin)
             if len(xs) != len(ys):
                 raise TideError(f"{origin}: table {name} has {len(xs)} x values but {len(ys)} times")
-            if any(b <= a for a, b in zip(xs, xs[1:])):
+            if not _increasing(xs):
                 raise TideError(f"{origin}: table {name} x values must be strictly increasing")
-            out[name] = Table1D(xs, ys)
-        elif name == "attention":
-            xs = _check_axis(t.get("tokens"), "attention.tokens", origin)
-            ys = _check_axis(t.get("context"), "attention.context", origin)
+            call = t.get("call_seconds")
+            if call is not None:
+                if name not in _CALL_TABLES:
+                    raise TideError(f"{origin}: table {name} takes no call_seconds")
+                call = _non_negative(call, f"table {name}.call_seconds", origin)
+            out[name] = Table1D(xs, ys, call)
+        else:
+            xs = _check_axis(t.get(axes[0]), f"{name}.{axes[0]}", origin)
+            ys = _check_axis(t.get(axes[1]), f"{name}.{axes[1]}", origin)
             z = t.get("seconds")
             if not isinstance(z, list) or len(z) != len(xs):
-                raise TideError(f"{origin}: table attention.seconds must have one row per tokens value")
-            rows = tuple(_check_axis(r, "attention.seconds row", origin) for r in z)
+                raise TideError(f"{origin}: table {name}.seconds must have one row per {axes[0]} value")
+            rows = tuple(_check_axis(r, f"{name}.seconds row", origin) for r in z)
             if any(len(r) != len(ys) for r in rows):
-                raise TideError(f"{origin}: table attention.seconds rows must have one value per context value")
-            if any(b <= a for a, b in zip(xs, xs[1:])) or any(b <= a for a, b in zip(ys, ys[1:])):
-                raise TideError(f"{origin}: table attention axes must be strictly increasing")
+                raise TideError(f"{origin}: table {name}.seconds rows must have one value per {axes[1]} value")
+            if not (_increasing(xs) and _increasing(ys)):
+                raise TideError(f"{origin}: table {name} axes must be strictly increasing")
             out[name] = Table2D(xs, ys, rows)
-        else:
-            raise TideError(f"{origin}: unknown table {name!r} (known: {', '.join([*_TABLE_X, 'attention'])})")
     return out

@@ -10,8 +10,13 @@ from sim.errors import TideError
 from sim.policies.base import (KEEP, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo)
 from sim.policies.baselines import AllGpu, CpuRoute, FetchLru
 from sim.policies.tide import Tide
+from sim.policies.oracle import Oracle
+from sim.policies.tide_opt import TideOpt
+from sim.policies.riptide import Riptide
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, FetchLru, Tide)}
+POLICIES.update({cls.name: cls for cls in (TideOpt, Oracle)})
+POLICIES[Riptide.name] = Riptide
 TAU_POLICIES = ("tide",)  # policies whose parameters include tau
 
 
@@ -27,4 +32,4 @@ def make_policy(name: str, **params: Any) -> Policy:
 
 
 __all__ = ["KEEP", "LayerDecision", "LayerView", "Policy", "PolicyContext", "Prefetch", "StepInfo", "POLICIES",
-           "TAU_POLICIES", "make_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide"]
+           "TAU_POLICIES", "make_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]

@@ -20,8 +20,14 @@ The returned :class:`LayerDecision` says:
 - ``prefetch``: asynchronous copies for any layer, issued on the copy engine once this layer's experts have
   run (so no slot in use is overwritten), without blocking; a prefetched expert is resident (holds a slot) from
   then on, and a GPU computation that uses it waits until its copy lands;
-- ``overlap_cpu``: whether the CPU's share of this layer runs concurrently with the GPU's share (False: the
-  GPU computes its experts, then waits for the CPU's).
+- ``overlap_cpu``: whether the CPU's share of this layer runs concurrently with the GPU's share: its
+  activations leave for the host right after the decision, so the CPU works while this layer's promotions and
+  streams are copied and while the GPU computes (False: the GPU fetches and computes its experts, then waits for
+  the CPU's);
+- ``budget``: a new budget for this layer (experts), applied after the demotions and before the promotions.
+  Per-layer budgets may be re-partitioned this way within the same GPU memory: every layer's budget must stay
+  at least its resident experts and at most E, and all layers' budgets together at most the total the executor
+  was given (``ctx.budget.sum()``); :class:`~sim.policies.residency.Residency` checks it. None: unchanged.
 
 Every active expert (count > 0) that is resident or streamed runs on the GPU; every other active expert runs
 on the CPU, with its token activations copied to the host and the results back.
@@ -91,6 +97,7 @@ class LayerDecision:
     stream: np.ndarray = field(default_factory=lambda: _EMPTY)
     prefetch: tuple[Prefetch, ...] = ()
     overlap_cpu: bool = False
+    budget: int | None = None
 
 
 KEEP = LayerDecision()

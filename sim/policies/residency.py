@@ -9,6 +9,11 @@ policy is checked and counted identically wherever it runs:
 
 Invariants asserted on every apply: demoted experts were resident, promoted and streamed ones were not, and a
 layer never holds more experts than its budget (unless the policy declares ``needs_budget = False``).
+
+Per-layer budgets start as the executor's ``budget`` [L]; a decision may set a new budget for its own layer
+(``LayerDecision.budget``), applied between its demotions and its promotions, provided
+  resident[l] <= new budget <= E   and   sum over layers of the budgets <= total = sum(initial budget),
+so a policy can move GPU memory between layers but never use more of it than it was given.
 """
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class Residency:
     def __init__(self, policy: Policy, placement: np.ndarray, budget: np.ndarray) -> None:
         placement = np.asarray(placement, dtype=bool)
         self.policy = policy
-        self.budget = np.asarray(budget, dtype=np.int64)
+        self.budget = np.array(budget, dtype=np.int64)  # current per-layer budgets (a copy: they may change)
+        self.total = int(self.budget.sum())               # the GPU memory given, in experts: never exceeded
         L = self.budget.size
         if placement.ndim != 2 or placement.shape[0] != L:
             raise TideError(f"policy {policy.name}: initial placement has shape {placement.shape}, expected ({L}, E)")
@@ -58,6 +64,8 @@ class Residency:
         if demote.size and not res[demote].all():
             raise TideError(f"policy {name} demoted a non-resident expert at layer {layer}")
         res[demote] = False
+        if dec.budget is not None and self.policy.needs_budget:
+            self._set_budget(layer, int(dec.budget))
         if promote.size and res[promote].any():
             raise TideError(f"policy {name} promoted a resident expert at layer {layer}")
         res[promote] = True
@@ -71,3 +79,15 @@ class Residency:
         self.moves.promotions += promote.size + stream.size
         self.moves.demotions += demote.size + stream.size
         return demote, promote, stream
+
+    def _set_budget(self, layer: int, new: int) -> None:
+        """Re-partition: this layer's budget becomes ``new`` (checked against its residents, E and the total)."""
+        name = self.policy.name
+        if not int(self.resident[layer].sum()) <= new <= self.resident.shape[1]:
+            raise TideError(f"policy {name} set the budget of layer {layer} to {new}, below its "
+                            f"{int(self.resident[layer].sum())} resident experts or above {self.resident.shape[1]}")
+        total = int(self.budget.sum()) - int(self.budget[layer]) + new
+        if total > self.total:
+            raise TideError(f"policy {name} set the budget of layer {layer} to {new}: the layers' budgets would "
+                            f"sum to {total}, more than the {self.total} experts of GPU memory given")
+        self.budget[layer] = new

@@ -29,6 +29,11 @@ SCHEDULE = [(-1, 0, KIND_PREFILL, 32)] + [(0, s, KIND_DENOISE, 16) for s in rang
     + [(1, s, KIND_DENOISE, 16) for s in range(4)]
 POLICY_CASES = [("all-gpu", {}), ("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}),
                 ("tide", {"tau": 1}), ("tide", {"tau": 3})]
+# riptide with every part on, and ablations; it is priced by RIPTIDE_COST on both sides (store and replay)
+RIPTIDE_CASES = [("riptide", {}), ("riptide", {"prefetch": False, "balance": False}),
+                 ("riptide", {"cost_aware": False, "layer_budgets": False, "carry": False}),
+                 ("riptide", {"drift": None, "tau": 2})]
+POLICY_CASES += RIPTIDE_CASES
 BUDGETS = [1, 8, 32]
 gpu = pytest.mark.gpu
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda unavailable)")
@@ -42,12 +47,14 @@ def make_experts(seed: int = 0, dtype: torch.dtype = torch.float32) -> list[dict
              "down": (torch.randn(E, H, I, generator=g) / I**0.5).to(dtype)} for _ in range(L)]
 
 
-def make_inputs(seed: int = 0) -> list[tuple[StepInfo, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]]:
+def make_inputs(seed: int = 0, skew: tuple[float, ...] | None = None
+                ) -> list[tuple[StepInfo, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]]:
     """Per step: its StepInfo and per MoE layer (x, topk_ids, topk_weights). Routing is skewed (Zipf-like
-    popularity per layer, drifting per block) and noisy per token, like a real router's."""
+    popularity per layer, exponent 1.5 or ``skew[layer]``, drifting per block) and noisy per token, like a real
+    router's."""
     g = torch.Generator().manual_seed(seed)
     rank = torch.stack([torch.randperm(E, generator=g) for _ in range(L)]).float()
-    base = -1.5 * torch.log1p(rank)  # [L, E]
+    base = -1.5 * torch.log1p(rank) if skew is None else -torch.tensor(skew)[:, None] * torch.log1p(rank)  # [L, E]
     steps = []
     for index, (block, sib, kind, T) in enumerate(SCHEDULE):
         drift = 0.5 * torch.randn(L, E, generator=torch.Generator().manual_seed(seed * 100 + block + 1))
@@ -73,10 +80,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+# copying an expert (0.5 s) costs half a CPU expert (1 s): riptide promotes, streams and prefetches here
+RIPTIDE_COST = ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes,
+                                 h2d_per_byte_s=0.5 / SPEC.expert_bytes, d2h_per_byte_s=0.5 / SPEC.expert_bytes)
+
+
+def policy_cost(policy: Policy) -> Any:
+    """The cost model the store hands the policy (None: none calibrated) -- the replay uses the same."""
+    return RIPTIDE_COST if policy.name == "riptide" else None
+
+
 def run_store(policy: Policy, budget: Any, stream_slots: int = 3, device: str = "cpu", dtype=torch.float32,
               experts=None, inputs=None) -> tuple[ExpertStore, list[torch.Tensor], np.ndarray]:
     store = ExpertStore(SPEC, experts or EXPERTS, policy, budget, torch.device(device), dtype,
-                        stream_slots=stream_slots, block_length=BLOCK_LENGTH, mode="block-cache")
+                        stream_slots=stream_slots, block_length=BLOCK_LENGTH, mode="block-cache",
+                        cost=policy_cost(policy))
     outs, counts = [], []
     for info, layers in inputs or INPUTS:
         store.begin_step(info)
@@ -124,11 +142,47 @@ class PrefetchStreamPolicy(Policy):
                              prefetch=(Prefetch(layer=t, promote=pf_promote, demote=pf_demote),))
 
 
+class RebudgetPolicy(Policy):
+    """Test policy re-partitioning the budgets (``LayerDecision.budget``): from step 2 on, layer 0 hands half its
+    slots to the last layer (which takes them once they are free); every layer promotes its busiest misses into
+    free slots and streams the next one, CPU overlapped. Exercises the shared slot pool in both directions."""
+
+    name = "test-rebudget"
+
+    def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
+        placement = super().initial_placement(ctx)
+        self.b = np.array(ctx.budget, dtype=np.int64)
+        return placement
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        l, c, res = view.layer, view.counts, view.resident.copy()
+        ctx, d = self.ctx, int(self.ctx.budget[0]) // 2
+        want = int(ctx.budget[l])
+        if view.step.index >= 2:
+            want += d if l == ctx.num_moe_layers - 1 else -d if l == 0 else 0
+        want = min(want, ctx.num_experts)
+        demote, budget = np.zeros(0, dtype=np.int64), None
+        if want < self.b[l]:
+            idle, busy = np.flatnonzero(res & (c == 0)), np.flatnonzero(res & (c > 0))
+            demote = np.concatenate([idle, busy])[: max(0, int(res.sum()) - want)]
+            res[demote] = False
+            budget = self.b[l] = want
+        elif want > self.b[l]:
+            budget = self.b[l] = self.b[l] + min(want - self.b[l], int(ctx.budget.sum() - self.b.sum()))
+        missing = np.flatnonzero((c > 0) & ~res)
+        missing = missing[np.argsort(-c[missing], kind="stable")]
+        free = max(0, int(self.b[l] - res.sum()))
+        return LayerDecision(promote=missing[:free], demote=demote, stream=missing[free:free + 1],
+                             overlap_cpu=True, budget=None if budget is None else int(budget))
+
+
 def all_cases() -> list[tuple[str, dict[str, Any]]]:
-    return POLICY_CASES + [(PrefetchStreamPolicy.name, {})]
+    return POLICY_CASES + [(PrefetchStreamPolicy.name, {}), (RebudgetPolicy.name, {})]
 
 
 def build(name: str, params: dict[str, Any]) -> Policy:
+    if name == RebudgetPolicy.name:
+        return RebudgetPolicy()
     return PrefetchStreamPolicy() if name == PrefetchStreamPolicy.name else make_policy(name, **params)
 
 
@@ -147,7 +201,7 @@ def replay(counts: np.ndarray, policy: Policy, budget: int):
     trace = make_trace(header, counts, block=[s[0] for s in SCHEDULE], step_in_block=[s[1] for s in SCHEDULE],
                        tokens_forwarded=tf, context_tokens=tf + 32, tokens_committed=np.zeros(len(SCHEDULE)),
                        kind=[s[2] for s in SCHEDULE])
-    cost = ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes)
+    cost = policy_cost(policy) or ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes)
     return simulate(trace, policy, cost, budget)
 
 
@@ -203,6 +257,32 @@ def test_counters_match_simulator(name, params, budget):
     assert m["hit_ratio"] == sim.hit_ratio
     assert np.array_equal(store.max_resident, sim.max_resident)
     assert np.array_equal(store.budget, sim.budget)
+
+
+def test_rebudget_moves_slots_between_layers():
+    store, _, counts = run_store(RebudgetPolicy(), 8)
+    assert store.residency.budget.tolist() == [4, 8, 12] and store.max_resident.tolist() == [8, 8, 12]
+    assert [s.size for s in store.slots] == [4, 8, 12] and store.free_slots.size == 0
+    assert sorted(store.slots[2].tolist()) == [0, 1, 2, 3] + list(range(16, 24))  # layer 0's upper half moved
+    for layer in range(L):  # each local slot holds its expert's weights, wherever in the pool it now lies
+        for e in np.flatnonzero(store.residency.resident[layer]):
+            assert torch.equal(store.pool[layer]["up"][store.e2s[layer, e]], EXPERTS[layer]["up"][e])
+
+
+def test_riptide_repartitions_by_marginal_benefit_losslessly():
+    """Layers routing very differently (Zipf exponents 4, 1.5, 0.3): riptide moves slots to the spread-out
+    layer; outputs stay bit-identical and counters equal to the simulator's."""
+    inputs = make_inputs(seed=1, skew=(4.0, 1.5, 0.3))
+    ref = run_store(make_policy("all-gpu"), None, inputs=inputs)[1]
+    store, outs, counts = run_store(make_policy("riptide"), 8, inputs=inputs)
+    budgets = store.residency.budget
+    assert budgets.sum() == 3 * 8 and budgets[2] > 8 > budgets[0]
+    assert all(torch.equal(a, b) for a, b in zip(outs, ref))
+    sim = replay(counts, make_policy("riptide"), 8)
+    m = store.metrics()
+    for key in ("promotions", "demotions", "h2d_bytes", "d2h_bytes", "cpu_assignments", "gpu_assignments"):
+        assert m[key] == getattr(sim, key), key
+    assert np.array_equal(store.max_resident, sim.max_resident)
 
 
 def test_step_counts_are_fresh_per_step():

@@ -25,7 +25,16 @@ CFG = RuntimeConfig.load("llada2-tiny")
 SPEC = CFG.spec
 STATE, EXPERTS = random_weights(CFG, seed=1)
 POLICIES = [("all-gpu", {}), ("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}),
-            ("tide", {"tau": 1}), ("tide", {"tau": 3})]
+            ("tide", {"tau": 1}), ("tide", {"tau": 3}),
+            ("riptide", {}), ("riptide", {"prefetch": False, "balance": False}),
+            ("riptide", {"cost_aware": False, "layer_budgets": False, "carry": False})]
+# riptide is priced by this model in the store and in the replay alike: a copy (0.5 s) costs half a CPU expert
+RIPTIDE_COST = ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes,
+                                 h2d_per_byte_s=0.5 / SPEC.expert_bytes, d2h_per_byte_s=0.5 / SPEC.expert_bytes)
+
+
+def policy_cost(name: str):
+    return RIPTIDE_COST if name == "riptide" else None
 
 
 @pytest.fixture(autouse=True)
@@ -40,7 +49,8 @@ def build(name: str, params: dict, budget: int = 8, mode: str = "prefix-recomput
     policy = make_policy(name, **params)
     store = ExpertStore(SPEC, [{"gate": l.gate, "up": l.up, "down": l.down} for l in EXPERTS.layers], policy,
                         None if not policy.needs_budget else np.full(SPEC.num_moe_layers, budget),
-                        device=torch.device("cpu"), dtype=torch.float32, block_length=block_length, mode=mode)
+                        device=torch.device("cpu"), dtype=torch.float32, block_length=block_length, mode=mode,
+                        cost=policy_cost(name))
     return LLaDA2MoE.from_state(CFG, STATE, store), store
 
 
@@ -113,7 +123,7 @@ def test_sampling_is_seeded():
 def test_counters_equal_the_simulators(name, params, mode):
     res, _, store = run(name, params, mode, budget=6)
     m = store.metrics()
-    cost = ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes)
+    cost = policy_cost(name) or ConstantCostModel(expert_bytes=SPEC.expert_bytes, token_bytes=SPEC.token_bytes)
     sim = simulate(res.trace, make_policy(name, **params), cost, 6).metrics()
     for key in ("promotions", "demotions", "h2d_bytes", "d2h_bytes", "cpu_assignments", "gpu_assignments"):
         assert m[key] == sim[key], key

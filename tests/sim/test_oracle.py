@@ -1,0 +1,126 @@
+"""oracle: hand-computed plans with the constant cost model, its mirrored clock equal to the engine's, never slower
+than any causal policy on synthetic and random traces, and refused by the runtime.
+
+ConstantCostModel: step 1 s, MoE pre-expert work 1 s per layer, 0.1 s per active GPU expert, 1 s per active CPU
+expert, copies 0.01 s per byte; an expert is 100 bytes, a token's activation 1 byte.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+
+from simcases import tiny_trace
+from sim.cost import ConstantCostModel, RooflineCostModel
+from sim.engine import simulate
+from sim.errors import TideError
+from sim.hardware import HardwareProfile
+from sim.model_spec import ModelSpec
+from sim.policies import POLICIES, make_policy
+from sim.policies.oracle import Oracle
+from traces.schema import make_trace, model_header
+from traces.synthetic import default_config, generate
+
+COST = ConstantCostModel()
+MINI = ModelSpec.load("llada2.0-mini")
+
+
+def run(counts, budget, cost=COST, **kw):
+    policy = Oracle()
+    return policy, simulate(tiny_trace(counts, **kw), policy, cost, budget)
+
+
+def test_registered_as_non_causal():
+    assert POLICIES["oracle"] is Oracle and not Oracle.causal
+    assert make_policy("oracle").params() == {} and make_policy("oracle", discount=0.5).params() == {"discount": 0.5}
+    with pytest.raises(TideError, match="discount"):
+        make_policy("oracle", discount=1.0)
+
+
+def test_prefetch_lands_just_in_time():
+    # step 0 uses experts 0, 1 (loaded up front), step 1 uses 2, 3. After step 0's layer (t = 2.2) the link is
+    # free until step 1's layer starts (4.2): 2 copies of 1 s fit, replacing 0 and 1. No wait: 4.4 s, the
+    # all-gpu time
+    policy, r = run([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], 2)
+    assert r.sim_time_s == pytest.approx(4.4) and policy.t == pytest.approx(4.4)
+    assert (r.promotions, r.demotions, r.cpu_assignments) == (2, 2, 0)
+
+
+def test_misses_run_on_cpu_when_cheaper_than_a_fetch():
+    # budget 1, expert 1 (3 tokens) loaded up front; expert 2 (1 token) misses: the CPU path (0.01 + 1 + 0.01)
+    # overlaps the GPU's 0.1, beating a fetch (1 s) then 0.2 of GPU work
+    _, r = run([[[0, 3, 1, 0]]], 1)
+    assert r.sim_time_s == pytest.approx(1 + 1 + 1.02)
+    assert (r.cpu_assignments, r.promotions) == (1, 0)
+
+
+def test_misses_are_streamed_when_the_link_is_cheap():
+    # copies at 0.001 s/byte: fetching expert 2 (0.1 s) then 0.2 s of GPU beats the CPU (1.002 s); no slot can
+    # be freed (expert 1 is in use), so it is streamed
+    _, r = run([[[0, 3, 1, 0]]], 1, cost=ConstantCostModel(h2d_per_byte_s=0.001, d2h_per_byte_s=0.001))
+    assert r.sim_time_s == pytest.approx(1 + 1 + 0.1 + 0.2)
+    assert (r.cpu_assignments, r.promotions, r.demotions) == (0, 1, 1) and r.max_resident.max() <= 1
+
+
+def test_needs_the_trace_and_a_cost_model():
+    from sim.policies.base import PolicyContext
+
+    ctx = PolicyContext(num_moe_layers=1, num_experts=4, top_k=1, budget=np.array([2]), expert_bytes=100,
+                        block_length=2, mode="block-cache", cost=COST, trace=None)
+    with pytest.raises(TideError, match="simulator only"):
+        Oracle().initial_placement(ctx)
+
+
+def test_refused_by_the_runtime():
+    torch = pytest.importorskip("torch")
+    from runtime.expert_store import ExpertStore
+
+    spec = ModelSpec.load("llada2-tiny")
+    E, H, I = spec.num_experts, spec.hidden_size, spec.moe_intermediate_size
+    experts = [{"gate": torch.zeros(E, I, H), "up": torch.zeros(E, I, H), "down": torch.zeros(E, H, I)}
+               for _ in range(spec.num_moe_layers)]
+    with pytest.raises(TideError, match="simulator only"):
+        ExpertStore(spec, experts, make_policy("oracle"), 8, torch.device("cpu"), torch.float32)
+
+
+# ---- never slower than a causal policy --------------------------------------------------------------------
+CAUSAL = [("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}), ("tide-opt", {})] \
+    + [("tide", {"tau": t}) for t in range(1, 9)]
+
+
+def random_trace(seed: int, steps: int = 16, tokens: int = 8):
+    """Unstructured routing (Dirichlet popularity per layer, multinomial per step) of a mini-shaped model."""
+    rng = np.random.default_rng(seed)
+    L, E, k = MINI.num_moe_layers, MINI.num_experts, MINI.top_k
+    pop = rng.dirichlet(np.full(E, 0.3), size=L)
+    counts = np.stack([[rng.multinomial(tokens * k, pop[l]) for l in range(L)] for _ in range(steps)])
+    header = {"version": 1, "model": model_header(MINI),
+              "generation": {"mode": "block-cache", "block_length": 32, "gen_length": 1024, "steps": 32,
+                             "threshold": 0.95, "prompt_length": 0},
+              "origin": {"kind": "synthetic", "seed": seed}}
+    s = np.arange(steps)
+    return make_trace(header, counts, block=s // 4, step_in_block=s % 4, tokens_forwarded=np.full(steps, tokens),
+                      context_tokens=np.full(steps, tokens) + 32 * (s // 4), tokens_committed=np.full(steps, 2),
+                      kind=np.zeros(steps))
+
+
+@lru_cache(maxsize=1)
+def traces():
+    return [(mode, generate(MINI, default_config(MINI, mode, gen_length=96, prompt_length=32, seed=3)))
+            for mode in ("prefix-recompute", "block-cache")] + [("random", random_trace(5))]
+
+
+@pytest.mark.parametrize("hardware,budget", [("h100-pcie5", 128), ("h100-pcie5", 32), ("a100-pcie4", 64),
+                                             ("rtx4090-pcie4", 64)])
+def test_oracle_beats_every_causal_policy(hardware, budget):
+    hw = HardwareProfile.load(hardware)
+    cost = RooflineCostModel(MINI, hw)
+    for name, trace in traces():
+        oracle = Oracle()
+        best = simulate(trace, oracle, cost, budget, shared_duplex=hw.link.shared_duplex)
+        # the mirrored clock is the engine's (a change of engine semantics shows up here first)
+        assert oracle.t == pytest.approx(best.sim_time_s, rel=1e-9), name
+        for policy, params in CAUSAL:
+            r = simulate(trace, make_policy(policy, **params), cost, budget, shared_duplex=hw.link.shared_duplex)
+            assert best.sim_time_s <= r.sim_time_s * (1 + 1e-9), (name, policy, params)

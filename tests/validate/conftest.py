@@ -1,0 +1,65 @@
+"""Shared fixtures for the validation tests: one CPU run of validate/gpu_validate.sh for the whole session.
+
+The script runs exactly as on the GPU machine, with its settings switched to the CPU equivalent (--device cpu,
+the llada2-tiny preset, one torch thread, quick calibration) and with simpy, plotly, scipy and tqdm made
+unimportable (a sitecustomize on PYTHONPATH), as they are absent on the GPU machine.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKED = ("simpy", "plotly", "scipy", "tqdm")
+CPU_SETTINGS = {"TIDE_DEVICE": "cpu", "TIDE_MODEL": "llada2-tiny", "TIDE_NUM_LAYERS": "4", "TIDE_BUDGET": "16",
+                "TIDE_THREADS": "1", "TIDE_QUICK": "1", "TIDE_GEN_LENGTH": "32", "TIDE_STEPS": "8",
+                "TIDE_CAL_TIMEOUT": "120", "TIDE_RUN_TIMEOUT": "120"}
+
+
+@pytest.fixture
+def cpu_settings() -> dict[str, str]:
+    return dict(CPU_SETTINGS)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _blocker(folder: Path) -> None:
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
+        import importlib.abc, importlib.machinery, sys
+        class _Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            # a spec whose loading fails: probing for the module (as torch does) still works
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {BLOCKED!r}:
+                    return importlib.machinery.ModuleSpec(name, self)
+            def create_module(self, spec):
+                raise ImportError("not on the GPU machine: " + spec.name)
+            def exec_module(self, module):
+                raise ImportError("blocked")
+        sys.meta_path.insert(0, _Block())
+    """))
+
+
+@pytest.fixture(scope="session")
+def gpu_script_cpu(tmp_path_factory) -> Path:
+    """The output folder of validate/gpu_validate.sh run with its CPU settings (torch + numpy only)."""
+    base = tmp_path_factory.mktemp("gpu_script")
+    site = base / "site"
+    site.mkdir()
+    _blocker(site)
+    out = base / "out"
+    env = {**os.environ, **CPU_SETTINGS, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out
