@@ -10,6 +10,10 @@ cpu-route and fetch-lru, and riptide / tide-best. ``--ablate`` adds one riptide 
         [--budgets 0.25 0.5 0.75] [--modes prefix-recompute block-cache] [--ablate] [--jobs 2] [--json OUT]
 
 A budget that would not fit the GPU with the non-expert weights is still simulated, and marked "no-fit".
+``--hetero`` replaces each trace by one whose layers route unlike each other (the calibrated model's layers are
+statistically alike, so per-layer budgets have nothing to gain there): the first half of the MoE layers from a
+concentrated configuration (block_concentration 0.3), the second half from a spread one (block_concentration
+5, popularity_skew 0.8), same seed, hence the same steps.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +45,29 @@ ABLATIONS = {"no-prefetch": {"prefetch": False}, "no-cost-aware": {"cost_aware":
 _TRACES: dict[tuple[str, str], Any] = {}
 
 
-def _trace(model: str, mode: str) -> Any:
-    if (model, mode) not in _TRACES:
+def _trace(model: str, mode: str, hetero: bool = False) -> Any:
+    if (model, mode, hetero) not in _TRACES:
         spec = ModelSpec.load(model)
-        _TRACES[(model, mode)] = generate(spec, default_config(spec, mode, seed=0))
-    return _TRACES[(model, mode)]
+        trace = generate(spec, default_config(spec, mode, seed=0))
+        if hetero:
+            spread = generate(spec, default_config(spec, mode, seed=0, block_concentration=5.0, popularity_skew=0.8))
+            tight = generate(spec, default_config(spec, mode, seed=0, block_concentration=0.3))
+            half = spec.num_moe_layers // 2
+            counts = np.concatenate([tight.counts[:, :half], spread.counts[:, half:]], axis=1)
+            trace = replace(trace, counts=counts)
+        _TRACES[(model, mode, hetero)] = trace
+    return _TRACES[(model, mode, hetero)]
 
 
-def run_setting(job: tuple[str, str, Any, str, bool, list[int]]) -> dict[str, Any]:
-    model, hw_name, budget_spec, mode, ablate, taus = job
+def run_setting(job: tuple[str, str, Any, str, bool, list[int], bool]) -> dict[str, Any]:
+    model, hw_name, budget_spec, mode, ablate, taus, hetero = job
     spec, hw = ModelSpec.load(model), HardwareProfile.load(hw_name)
     if isinstance(budget_spec, str):  # "70GB"
         budget = resolve_budget(spec, None, gpu_memory_gb=float(budget_spec[:-2]))
     else:
         budget = np.full(spec.num_moe_layers, max(1, int(round(budget_spec * spec.num_experts))))
     cost = RooflineCostModel(spec, hw)
-    trace = _trace(model, mode)
+    trace = _trace(model, mode, hetero)
     sim = lambda p: simulate(trace, p, cost, budget, shared_duplex=hw.link.shared_duplex)  # noqa: E731
     tide = {tau: sim(make_policy("tide", tau=tau)).tokens_per_s for tau in taus}
     best_tau = max(tide, key=lambda t: (tide[t], -t))
@@ -81,11 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["prefix-recompute", "block-cache"])
     ap.add_argument("--tau", nargs="+", type=int, default=list(range(1, 17)))
     ap.add_argument("--ablate", action="store_true", help="also run riptide with each part switched off")
+    ap.add_argument("--hetero", action="store_true", help="layers that route unlike each other (see above)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None, help="write the rows here")
     a = ap.parse_args(argv)
     budgets = [b if b.endswith("GB") else float(b) for b in a.budgets]
-    jobs = [(MODELS[m], h, b, mode, a.ablate, a.tau) for m in a.models for h in a.hardware for b in budgets
+    jobs = [(MODELS[m], h, b, mode, a.ablate, a.tau, a.hetero) for m in a.models for h in a.hardware for b in budgets
             for mode in a.modes]
     with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as pool:
         rows = list(pool.map(run_setting, jobs))

@@ -1,6 +1,6 @@
 """The runtime's routed experts: a GPU slot pool shared out among the MoE layers, host copies of every expert,
-and a placement policy (``sim.policies``) that decides per (step, layer) what moves, executed with the simulator's semantics
-and counted the simulator's way (``sim.engine``, ``sim.results``).
+and a placement policy (``sim.policies``) that decides per (step, layer) what moves, executed with the
+simulator's semantics and counted the simulator's way (``sim.engine``, ``sim.results``).
 
 Memory
   host    every expert of every MoE layer, in the store's dtype (pinned for CUDA so copies are asynchronous
@@ -28,8 +28,9 @@ What is copied when (one MoE layer, one forward; CUDA streams in brackets)
      overlap_cpu the CPU path runs while the promotions and streams are copied (as the simulator models it).
   3. GPU experts wait for earlier prefetches into this layer whose experts they use.
   4. GPU experts = active & (resident | streamed): resident ones as one grouped GEMM over the span of the
-     pool the layer's slots cover (rows sorted by slot, one stable device argsort); streamed ones in chunks through the staging slots
-     (two halves, ping-pong: the copy of chunk c+1 [copy stream] overlaps the compute of chunk c).
+     pool the layer's slots cover (rows sorted by slot, one stable device argsort); streamed ones in chunks
+     through the staging slots (two halves, ping-pong: the copy of chunk c+1 [copy stream] overlaps the
+     compute of chunk c).
   5. CPU experts = the other active ones: one hidden row per CPU token-assignment gathered on the device,
      copied to the host [activation stream, pinned], computed on the CPU from the host weights, copied back
      [activation stream] and placed. overlap_cpu=True: the GPU experts are enqueued first and run while the

@@ -46,6 +46,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="experts resident per MoE layer (default: half)")
     budget.add_argument("--gpu-memory-gb", type=float, default=None, help="GiB of GPU memory for routed experts")
+    p.add_argument("--hardware", default=None,
+                   help="hardware profile (preset or calibrated JSON) for cost-aware policies such as tide-opt and "
+                        "riptide; without it they fall back to their documented byte-ratio estimates")
     p.add_argument("--block-length", type=int, default=32)
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--threshold", type=float, default=0.95)
@@ -154,8 +157,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                                   steps=a.steps, threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
                                   temperature=a.temperature, seed=a.seed)
     settings.check()
+    cost = None
+    if a.hardware is not None:  # the same cost model the simulator would price this machine with
+        from sim.cost import RooflineCostModel
+        from sim.hardware import HardwareProfile
+
+        cost = RooflineCostModel(spec, HardwareProfile.load(a.hardware))
     store = ExpertStore(spec, [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers], policy, budget,
-                        device=device, dtype=dtype, threads=a.threads, block_length=settings.block_length,
+                        device=device, dtype=dtype, threads=a.threads, cost=cost, block_length=settings.block_length,
                         mode=settings.mode)
     model = LLaDA2MoE.from_state(cfg, state, store, device=device, dtype=dtype)
     del state

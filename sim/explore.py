@@ -28,7 +28,7 @@ from sim.budget import fits, resolve_budget
 from sim.errors import TideError, run_cli
 from sim.hardware import HARDWARE_PRESETS, HardwareProfile
 from sim.model_spec import MODEL_PRESETS, ModelSpec
-from sim.policies import POLICIES, TAU_POLICIES
+from sim.policies import POLICIES, TAU_POLICIES, make_policy
 from sim.policies.policy_file import PolicyChoice, write_policy_file
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from traces.io import atomic_write_text, read_trace, write_trace
@@ -123,7 +123,8 @@ def _tasks(a: argparse.Namespace, traces: dict[str, str], model: ModelSpec, hw: 
 def recommend(rows: list[dict[str, Any]], all_gpu_allowed: bool) -> dict[str, Any]:
     """The fastest row among policies that keep to the budget; all-gpu (the ceiling) only when the budget is
     every expert and they fit the GPU. Falls back to the fastest row when nothing else ran."""
-    eligible = [r for r in rows if r["policy"] != "all-gpu" or all_gpu_allowed] or rows
+    # a non-causal policy (oracle) is a bound, not something the runtime can execute
+    eligible = [r for r in rows if r.get("causal", True) and (r["policy"] != "all-gpu" or all_gpu_allowed)] or rows
     return max(eligible, key=lambda r: r["tokens_per_s"])
 
 
@@ -236,8 +237,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.timeline:
         from sim.chrome_trace import write_chrome_trace
 
+        # a row reports policy.params(), which may spell out defaults its task left implicit (riptide's switches)
         task = next(t for t in tasks if t.trace_name == best["trace"] and t.policy == best["policy"]
-                    and t.params == best["params"])
+                    and make_policy(t.policy, **t.params).params() == best["params"])
         res = run_task(task, timeline=True)
         write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
     if not a.no_report:

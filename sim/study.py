@@ -134,7 +134,7 @@ def headline(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "baseline_policy": max(("cpu-route", "fetch-lru"), key=lambda p: tput[p] or 0.0),
                     **{p: tput[p] for p in tput},
                     "tide_best_tau": get["tide"]["tau"] if get["tide"] else None,
-                    "tide_opt_tau": (opt["params"].get("chosen_tau", opt["params"].get("tau")) if opt else None),
+                    "tide_opt_tau": (opt.get("policy_report", {}).get("chosen_tau") if opt else None),
                     "tide_opt_vs_base": ratio("tide-opt", base), "tide_vs_base": ratio("tide", base),
                     "riptide_vs_tide_opt": ratio("riptide", "tide-opt"), "riptide_vs_tide": ratio("riptide", "tide"),
                     "riptide_vs_oracle": ratio("riptide", "oracle")})

@@ -33,7 +33,7 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
     rows = []
     for h in lines:
         vals = [("★ " if h["paper_setting"] else "") + f"{h['model']} {h['hardware']}", str(h["budget"]), h["mode"],
-                *[cell(h.get(k)) for k, _ in POLICY_COLUMNS], cell(h.get("tide_opt_tau"), "d"),
+                *[cell(h.get(k)) for k, _ in POLICY_COLUMNS], cell(h.get("tide_opt_tau") if isinstance(h.get("tide_opt_tau"), int) else None, "d"),
                 cell(h.get("tide_opt_vs_base"), ".2f"), cell(h.get("riptide_vs_tide_opt"), ".2f"),
                 cell(h.get("riptide_vs_oracle"), ".2f")]
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")

@@ -26,7 +26,7 @@ from sim.engine import simulate
 from sim.errors import TideError
 from sim.hardware import HardwareProfile
 from sim.model_spec import ModelSpec
-from sim.policies import make_policy
+from sim.policies import Policy, make_policy
 from sim.results import SimResult
 from traces.io import read_trace
 from traces.schema import Trace
@@ -64,22 +64,29 @@ def cost_of(task: Task) -> RooflineCostModel:
     return _cost(json.dumps(task.model, sort_keys=True), json.dumps(task.hardware, sort_keys=True))
 
 
-def run_task(task: Task, timeline: bool = False, trace: Trace | None = None) -> SimResult:
+def run_task(task: Task, timeline: bool = False, trace: Trace | None = None,
+             policy: Policy | None = None) -> SimResult:
     trace = trace if trace is not None else _trace(task.trace_path)
-    cost = cost_of(task)
-    return simulate(trace, make_policy(task.policy, **task.params), cost, task.budget,
+    return simulate(trace, policy or make_policy(task.policy, **task.params), cost_of(task), task.budget,
                     shared_duplex=bool(task.hardware["link"].get("shared_duplex", False)), timeline=timeline,
                     trace_name=task.trace_name)
 
 
 def task_row(task: Task, trace: Trace | None = None) -> dict[str, Any]:
     trace = trace if trace is not None else _trace(task.trace_path)
-    res = run_task(task, trace=trace)
+    policy = make_policy(task.policy, **task.params)
+    res = run_task(task, trace=trace, policy=policy)
     out = res.metrics()
-    out.update(trace=task.trace_name, mode=trace.mode, label=res.label, tau=res.params.get("tau"),
-               budget=task.budget if make_policy(task.policy, **task.params).needs_budget else trace.num_experts,
-               **task.tags)
+    # what a policy decided for itself during the run (tide-opt: the tau it chose), next to its parameters
+    report = policy.report() if hasattr(policy, "report") else {}
+    out.update(trace=task.trace_name, mode=trace.mode, label=res.label,
+               tau=res.params.get("tau", _scalar(report.get("chosen_tau"))), policy_report=report, causal=policy.causal,
+               budget=task.budget if policy.needs_budget else trace.num_experts, **task.tags)
     return out
+
+
+def _scalar(v: Any) -> int | None:
+    return int(v) if isinstance(v, (int, np.integer)) else None
 
 
 def run_tasks(tasks: Sequence[Task], workers: int | None = None, progress: bool = True,

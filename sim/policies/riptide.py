@@ -137,7 +137,7 @@ class Riptide(Policy):
             self.stats.observe(st.block)
         res = view.resident.copy()              # the residency as this decision changes it
         active = c > 0
-        t_cpu, t_gpu = self.tab.cpu(c), self.tab.gpu(c)
+        t_cpu, t_gpu = self.tab.times(c)
         save = t_cpu - t_gpu
         d = self.decay
         self.ema[l] = d * self.ema[l] + (1.0 - d) * c
@@ -166,15 +166,24 @@ class Riptide(Policy):
 
         stream = keep = _EMPTY
         if self.balance:
-            keep, stream, used = plan.balance(self.tab, c, res, t_cpu, t_gpu, B, sync_p.size, async_p, victims)
-            demote.append(used)
-            res[used] = False
-            res[keep] = True
-            victims = victims[~np.isin(victims, used)]
-            async_p = async_p[~np.isin(async_p, keep)]
+            keep, stream, used, t_layer, cpu_assign = plan.balance(self.tab, c, res, t_cpu, t_gpu, B, sync_p.size,
+                                                                   async_p, victims)
+            if used.size:
+                demote.append(used)
+                res[used] = False
+                victims = victims[~np.isin(victims, used)]
+            if keep.size:
+                res[keep] = True
+                if async_p.size:
+                    async_p = async_p[~np.isin(async_p, keep)]
+        else:
+            cpu = active & ~res
+            cpu_assign = int(c[cpu].sum())
+            t_layer = float(self.tab.layer_time(sync_p.size, t_gpu[active & res].sum(), t_cpu[cpu].sum(),
+                                                cpu_assign, False))
         promote = np.concatenate([sync_p, keep])
-        n_av = max(0, async_p.size - (B - int(res.sum())))
-        self._account(l, c, res, stream, t_cpu, t_gpu, promote.size + stream.size, async_p.size)
+        n_av = max(0, async_p.size - (B - int(np.count_nonzero(res))))
+        self._account(l, t_layer, cpu_assign, promote.size + stream.size, async_p.size)
         prefetch = (Prefetch(layer=l, promote=async_p, demote=victims[:n_av]),) if async_p.size else ()
         return LayerDecision(promote=promote, demote=np.concatenate(demote), stream=stream, prefetch=prefetch,
                              overlap_cpu=self.balance, budget=None if budget is None else int(budget))
@@ -214,8 +223,8 @@ class Riptide(Policy):
         if norm == 0.0 or float(c @ ref) / norm < self.drift:
             return True
         s_act = np.where(active, save, 0.0)
-        B = int(self.b[l])
-        best = float(np.partition(s_act, s_act.size - B)[s_act.size - B:].sum()) if B < s_act.size else float(s_act.sum())
+        k = s_act.size - int(self.b[l])
+        best = float(np.partition(s_act, k)[k:].sum()) if k > 0 else float(s_act.sum())  # the top-B savings
         return (best - float(s_act[res].sum())) * self._rest(st) > self.cost_bound * self.tab.copy_each
 
     def _refresh(self, st: StepInfo, l: int, c: np.ndarray, res: np.ndarray, active: np.ndarray, t_cpu: np.ndarray,
@@ -227,22 +236,21 @@ class Riptide(Policy):
             promote, victims = plan.tide_target(c, res, B)
         else:
             horizon = self._rest(st) * self.act[l]
-            back = horizon * np.maximum(self.tab.cpu(np.maximum(1, np.rint(self.ema[l])).astype(np.int64))
-                                        - self.tab.gpu(np.maximum(1, np.rint(self.ema[l])).astype(np.int64)), 0.0)
-            promote, victims = plan.cost_aware(self.tab, c, res, t_cpu, t_gpu, B, self._victims(l, res, active, save),
-                                               horizon, back, cap, self.balance)
+            victims, n_idle, back = _EMPTY, 0, _EMPTY
+            if np.count_nonzero(active & ~res) > B - int(np.count_nonzero(res)):  # some promotion needs a victim
+                victims = self._victims(l, res, active, save)
+                n_idle = int(np.count_nonzero(~active[victims]))
+                idle = victims[:n_idle]
+                t_c, t_g = self.tab.times(np.maximum(1, np.rint(self.ema[l, idle])).astype(np.int64))
+                back = horizon[idle] * np.maximum(t_c - t_g, 0.0)
+            promote, victims = plan.cost_aware(self.tab, c, res, t_cpu, t_gpu, B, victims, n_idle, horizon, back,
+                                               cap, self.balance)
         n_sync = max(0, promote.size - cap)     # what does not fit the window is promoted now (the best ones)
         return promote[:n_sync], promote[n_sync:], victims
 
-    def _account(self, l: int, c: np.ndarray, res: np.ndarray, stream: np.ndarray, t_cpu: np.ndarray,
-                 t_gpu: np.ndarray, n_fetch: int, n_async: int) -> None:
-        """This decision's estimated layer and link time, and the window it leaves to later layers."""
-        cpu = (c > 0) & ~res
-        cpu[stream] = False
-        gpu = (c > 0) & ~cpu
-        assign = int(c[cpu].sum())
-        self._est_layer[l] = float(self.tab.layer_time(n_fetch, t_gpu[gpu].sum(), t_cpu[cpu].sum(), assign,
-                                                       self.balance))
-        act = float(self.tab.cost.h2d(np.array(assign * self.tab.token_bytes, dtype=np.float64)))
-        self._est_link[l] = float(self.tab.copy[min(n_fetch, self.tab.E)]) + act
-        self._window = max(0.0, self._window - float(self.tab.copy[min(n_async, self.tab.E)]))
+    def _account(self, l: int, t_layer: float, cpu_assign: int, n_fetch: int, n_async: int) -> None:
+        """Record this decision's estimated layer time and synchronous link time (weights + the CPU's results),
+        and take its asynchronous copies off the window left to later layers."""
+        self._est_layer[l] = t_layer
+        self._est_link[l] = float(self.tab.copy[n_fetch]) + float(self.tab.act_copies(np.array(cpu_assign))[1])
+        self._window = max(0.0, self._window - float(self.tab.copy[n_async]))

@@ -74,6 +74,18 @@ class CostTables:
         self.copy_each = float(self.copy[2] - self.copy[1]) if self.E >= 2 else float(self.copy[1])
         self._cpu = np.zeros(0)
         self._gpu = np.zeros(0)
+        self._act_d2h = np.zeros(0)  # activation copies by token-assignments (tabulated: decide() is hot)
+        self._act_h2d = np.zeros(0)
+
+    def act_copies(self, assign: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(D2H, H2D) seconds for the activations of ``assign`` token-assignments (integers >= 0)."""
+        assign = np.asarray(assign, dtype=np.int64)
+        top = int(assign.max(initial=0))
+        if top >= self._act_d2h.size:
+            nbytes = np.arange(max(4096, 2 * top + 1), dtype=np.float64) * self.token_bytes
+            self._act_d2h = np.asarray(self.cost.d2h(nbytes), dtype=np.float64)
+            self._act_h2d = np.asarray(self.cost.h2d(nbytes), dtype=np.float64)
+        return self._act_d2h[assign], self._act_h2d[assign]
 
     def _grow(self, top: int) -> None:
         n = np.arange(max(1024, 2 * top + 1))[:, None]  # [N, 1]: one expert with n assignments per row
@@ -82,33 +94,30 @@ class CostTables:
         self._gpu = np.where(n[:, 0] > 0, np.maximum(gpu - self.launch, 0.0), 0.0)
         self._cpu[0] = 0.0
 
+    def times(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(CPU, GPU) seconds of each expert with ``counts`` assignments (0 for 0; GPU without the launch)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        top = int(counts.max(initial=0))
+        if top >= self._cpu.size:
+            self._grow(top)
+        return self._cpu[counts], self._gpu[counts]
+
     def cpu(self, counts: np.ndarray) -> np.ndarray:
         """Seconds each expert takes on the CPU with ``counts`` assignments (0 for 0)."""
-        counts = np.asarray(counts, dtype=np.int64)
-        if counts.size and counts.max() >= self._cpu.size:
-            self._grow(int(counts.max()))
-        return self._cpu[counts]
+        return self.times(counts)[0]
 
     def gpu(self, counts: np.ndarray) -> np.ndarray:
         """Seconds each expert takes on the GPU with ``counts`` assignments, without the batch launch."""
-        counts = np.asarray(counts, dtype=np.int64)
-        if counts.size and counts.max() >= self._gpu.size:
-            self._grow(int(counts.max()))
-        return self._gpu[counts]
+        return self.times(counts)[1]
 
     def layer_time(self, n_fetch: Any, gpu_s: Any, cpu_s: Any, cpu_assign: Any, overlap: bool) -> np.ndarray:
-        """Layer time (s) for arrays (broadcast together) of: experts fetched synchronously, GPU expert seconds
-        (without launch; a launch is added where > 0), CPU expert seconds and CPU token-assignments."""
-        n_fetch = np.asarray(n_fetch, dtype=np.int64)
-        gpu_s = np.asarray(gpu_s, dtype=np.float64)
-        f = self.copy[np.minimum(n_fetch, self.E)] + np.maximum(n_fetch - self.E, 0) * self.copy_each
-        g = gpu_s + np.where(gpu_s > 0, self.launch, 0.0)
-        act = np.asarray(cpu_assign, dtype=np.float64) * self.token_bytes
-        d2h = np.asarray(self.cost.d2h(act), dtype=np.float64)
-        h2d = np.asarray(self.cost.h2d(act), dtype=np.float64)
-        cpu_s = np.asarray(cpu_s, dtype=np.float64)
-        has_cpu = act > 0
+        """Layer time (s) for arrays (broadcast together) of: experts fetched synchronously (0..E: distinct
+        experts of the layer), GPU expert seconds (without launch; a launch is added where > 0), CPU expert
+        seconds and CPU token-assignments (integers). An empty CPU share costs 0: copies of 0 bytes take 0 s,
+        so max(d2h + C, F) + h2d = F there, under F + G."""
+        f = self.copy[n_fetch]
+        g = gpu_s + (np.asarray(gpu_s) > 0) * self.launch if self.launch else gpu_s
+        d2h, h2d = self.act_copies(cpu_assign)
         if overlap:
-            cpu_end = np.where(has_cpu, np.maximum(d2h + cpu_s, f) + h2d, 0.0)
-            return np.maximum(f + g, cpu_end)
-        return f + g + np.where(has_cpu, d2h + cpu_s + h2d, 0.0)
+            return np.maximum(f + g, np.maximum(d2h + cpu_s, f) + h2d)
+        return f + g + d2h + cpu_s + h2d

@@ -10,6 +10,7 @@ import pytest
 
 from sim.explore import main
 from sim.policies.policy_file import read_policy_file
+from sim.policies import POLICIES, TAU_POLICIES
 from sim.results import METRIC_KEYS
 
 SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet"]
@@ -24,8 +25,8 @@ def test_small_study_writes_run_directory(tmp_path, capsys):
               "traces/prefix-recompute.npz", "traces/block-cache.npz"):
         assert (out / f).is_file(), f
     rows = json.loads((tmp_path / "rows.json").read_text())
-    # 2 traces x (all-gpu, cpu-route, fetch-lru, tide x 2 taus)
-    assert len(rows) == 2 * 5
+    # 2 traces x (every policy once, tau policies once per tau)
+    assert len(rows) == 2 * (len(POLICIES) + len(TAU_POLICIES))
     for r in rows:
         assert set(METRIC_KEYS) <= set(r)
         assert r["tokens_per_s"] > 0 and 0 <= r["hit_ratio"] <= 1
@@ -34,8 +35,9 @@ def test_small_study_writes_run_directory(tmp_path, capsys):
     assert config["budget"]["experts_per_layer"] == 128 and config["hardware"]["name"] == "H100-80GB-PCIe5"
     choice = read_policy_file(out / "recommended-policy.json")
     assert choice.policy != "all-gpu"  # the budget (128 of 256) rules the ceiling out
+    assert POLICIES[choice.policy].causal  # the oracle is a bound, never a recommendation
     assert choice.experts_per_layer == 128
-    best = max((r for r in rows if r["policy"] != "all-gpu"), key=lambda r: r["tokens_per_s"])
+    best = max((r for r in rows if r["policy"] != "all-gpu" and r["causal"]), key=lambda r: r["tokens_per_s"])
     assert choice.predicted["tokens_per_s"] == pytest.approx(best["tokens_per_s"])
 
 

@@ -20,6 +20,7 @@ from sim.policies import LayerDecision, Policy, make_policy
 from sim.policies.residency import Residency
 from sim.policies.riptide_costs import CostTables
 from sim.policies.riptide_stats import BlockStats, allocate_budgets
+from sim.results import RESOURCES, WHAT
 from traces.synthetic import default_config, generate
 
 COST = ConstantCostModel()
@@ -198,3 +199,22 @@ def test_riptide_beats_tide_best_tau_on_a_small_trace(mode):
     r = simulate(trace, make_policy("riptide"), cost, 128)
     assert r.tokens_per_s >= best
     assert r.max_resident.sum() <= 128 * spec.num_moe_layers
+
+
+@pytest.mark.parametrize("mode", ["prefix-recompute", "block-cache"])
+def test_engine_invariants_hold_under_riptide(mode):
+    """Streams, overlapped CPU paths, prefetches and re-partitioned budgets keep the engine's books straight."""
+    spec = ModelSpec.load("llada2.0-mini")
+    cost = RooflineCostModel(spec, HardwareProfile.load("a100-pcie4"))
+    trace = generate(spec, default_config(spec, mode, gen_length=96, prompt_length=32, seed=2))
+    r = simulate(trace, make_policy("riptide"), cost, 32, timeline=True)
+    assert r.h2d_weight_bytes == r.promotions * spec.expert_bytes
+    assert r.h2d_bytes == r.h2d_weight_bytes + r.cpu_assignments * spec.token_bytes
+    assert r.d2h_bytes == r.cpu_assignments * spec.token_bytes
+    assert r.gpu_assignments + r.cpu_assignments == int(trace.counts.sum())
+    assert r.sim_time_s >= r.lower_bound_s and r.step_times_s.sum() == pytest.approx(r.sim_time_s)
+    tl = r.timeline
+    for i in range(len(RESOURCES)):  # every resource serialises its work
+        sel = (tl.resource == i) & (tl.what != WHAT.index("wait"))
+        order = np.argsort(tl.start[sel], kind="stable")
+        assert np.all(tl.start[sel][order][1:] >= tl.end[sel][order][:-1] - 1e-12)
