@@ -61,6 +61,11 @@ REBUDGET_GAIN = 0.02
 VALUE_DECAY = 0.95  # per step, for the experts' long-run value (about two blocks)
 
 
+_DEFAULTS: dict[str, Any] = {"prefetch": True, "cost_aware": True, "layer_budgets": True, "balance": True,
+                             "carry": True, "drift": 0.97, "tau": 4, "cost_bound": 1.0, "link_share": 0.5,
+                             "min_share": 0.5, "ema": 0.8}
+
+
 class Riptide(Policy):
     name = "riptide"
 
@@ -85,12 +90,18 @@ class Riptide(Policy):
         self.tau, self.cost_bound, self.link_share = int(tau), float(cost_bound), float(link_share)
         self.min_share, self.decay = float(min_share), float(ema)
 
+    def settings(self) -> dict[str, Any]:
+        """Every switch and knob, defaults included (what an ablation table shows)."""
+        return {"prefetch": self.prefetch, "cost_aware": self.cost_aware, "layer_budgets": self.layer_budgets,
+                "balance": self.balance, "carry": self.carry, "drift": self.drift, "tau": self.tau,
+                "cost_bound": self.cost_bound, "link_share": self.link_share, "min_share": self.min_share,
+                "ema": self.decay}
+
     def params(self) -> dict[str, Any]:
-        p: dict[str, Any] = {"prefetch": self.prefetch, "cost_aware": self.cost_aware,
-                             "layer_budgets": self.layer_budgets, "balance": self.balance, "carry": self.carry,
-                             "drift": self.drift}
-        if self.drift is None:
-            p["tau"] = self.tau
+        """The settings that differ from the defaults: enough to rebuild the policy, short enough for a label."""
+        p = {k: v for k, v in self.settings().items() if v != _DEFAULTS[k]}
+        if self.drift is not None:
+            p.pop("tau", None)  # tau only matters when refreshes are periodic
         return p
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:

@@ -286,6 +286,18 @@ def test_riptide_repartitions_by_marginal_benefit_losslessly():
     assert np.array_equal(store.max_resident, sim.max_resident)
 
 
+def test_riptide_without_a_cost_model_uses_the_proxy(reference):
+    """A runtime given no calibrated cost model: riptide prices work with its byte proxy, still lossless."""
+    store = ExpertStore(SPEC, EXPERTS, make_policy("riptide"), 8, torch.device("cpu"), torch.float32,
+                        stream_slots=3, block_length=BLOCK_LENGTH, mode="block-cache")
+    assert type(store.policy.tab.cost).__name__ == "ProxyCost"
+    outs = []
+    for info, layers in INPUTS:
+        store.begin_step(info)
+        outs += [store.forward(layer, x, ids, w) for layer, (x, ids, w) in enumerate(layers)]
+    assert all(torch.equal(a, b) for a, b in zip(outs, reference))
+
+
 def test_step_counts_are_fresh_per_step():
     _, _, counts = run_store(make_policy("all-gpu"), None)
     assert counts.shape == (len(SCHEDULE), L, E)

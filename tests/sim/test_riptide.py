@@ -180,10 +180,12 @@ def test_carry_keeps_the_placement_where_a_reset_would_copy():
 # ---- the policy's surface --------------------------------------------------------------------------------------
 def test_params_and_validation():
     p = make_policy("riptide")
-    assert p.params() == {"prefetch": True, "cost_aware": True, "layer_budgets": True, "balance": True,
-                          "carry": True, "drift": 0.97}
-    assert make_policy("riptide", drift=None, tau=3).params()["tau"] == 3
-    assert p.label().startswith("riptide(prefetch=True")
+    assert p.params() == {} and p.label() == "riptide"  # defaults: everything on
+    assert p.settings()["drift"] == 0.97 and p.settings()["balance"] is True
+    assert make_policy("riptide", drift=None, tau=3).params() == {"drift": None, "tau": 3}
+    off = make_policy("riptide", balance=False, link_share=0.25)
+    assert off.params() == {"balance": False, "link_share": 0.25}
+    assert make_policy("riptide", **off.params()).settings() == off.settings()  # params rebuild the policy
     for bad in ({"drift": 1.5}, {"tau": 0}, {"prefetch": "yes"}, {"link_share": 2.0}):
         with pytest.raises(TideError):
             make_policy("riptide", **bad)
