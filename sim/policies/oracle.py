@@ -15,19 +15,24 @@ which orders experts both by how soon and how much they are needed (Belady's nex
 
 One decision, in the engine's order (see :mod:`sim.engine`):
 
-1. Layer plan, chosen with hindsight. The active experts that are not resident are sorted by count; fetching
-   the k busiest of them synchronously (promote, or stream when no slot can be freed for something of lower
-   future value) and running the rest on the CPU concurrently with the GPU (``overlap_cpu``) gives a layer
-   end time, evaluated on the mirrored clock for every k = 0..K in one vectorised pass (per-expert marginal
-   times: exact for costs that are a sum over experts plus a constant per non-empty batch, as both cost
-   models in :mod:`sim.cost` are; the chosen plan is then re-timed exactly):
+1. Layer plan, chosen with hindsight: the overlapped split (as ``riptide``'s ``balance``, but timed on the
+   mirrored clock). The active experts that are not resident are sorted by CPU cost (the costliest first; among
+   equals, the most tokens); the k first of them are fetched synchronously (promoted into a free slot or over a
+   resident of lower future value, else streamed), the rest run on the CPU, whose path starts at the decision
+   (``overlap_cpu``) concurrently with the weight copy, as :mod:`sim.engine` runs it. The layer's end time is
+   evaluated for every k = 0..K in one vectorised pass (per-expert marginal times: exact for costs that are a
+   sum over experts plus a constant per non-empty batch, as both cost models in :mod:`sim.cost` are; the chosen
+   plan is then re-timed exactly), with t the decision time and ``link`` the end of the queued prefetches:
 
-     fetch(k) = max(t, link) + T_h2d(k * expert_bytes)               (t, if k = 0)
+     fetch(k) = max(t, link) + T_h2d(k * expert_bytes)               (t, and the link stays at link, if k = 0)
      start(k) = max(fetch(k), arrival of in-flight prefetches this layer uses)
-     end(k)   = max(start(k) + T_gpu(hits + k busiest),
-                    CPU path of the rest: D2H -> CPU experts -> H2D, each queued on its engine)
+     d2h(k)   = max(t, D2H engine) + T_d2h(act)                      (shared-duplex link: max(t, link after
+                                                                      the weights), it queues behind them)
+     h2d(k)   = max(max(d2h(k), CPU pool) + T_cpu(rest), link after the weights [and D2H]) + T_h2d(act)
+     end(k)   = max(start(k) + T_gpu(hits + k first), h2d(k))      (start + T_gpu when no CPU share)
 
-   and the argmin is taken: per layer and step, the best of all-CPU (k = 0), all-fetch (k = K) and every split.
+   and the argmin is taken: per layer and step, the best of all-CPU (k = 0), all-fetch (k = K) and every split
+   in between -- which includes the split a causal policy fetching the costliest misses can choose.
 2. Prefetch for the same layer at the next step, issued once this layer ran (so the slot is free: a prefetched
    expert holds its slot from issue, and is usable when its copy lands). Candidates, best W[s + 1] first:
    (a) experts needed at step s + 1 replace free slots (value 0), then residents of lower W[s + 1];
@@ -41,8 +46,9 @@ One decision, in the engine's order (see :mod:`sim.engine`):
 Initial placement (free, before timing): the B experts of each layer with the highest W[0].
 
 It is an upper bound in practice, not by proof: each layer-step takes the best of its candidate plans, but the
-prefetch schedule is a heuristic. tests/sim/test_oracle.py checks that it is never slower than any causal
-policy (cpu-route, fetch-lru, tide at every tau, tide-opt) on synthetic and random traces over several
+prefetch schedule is a heuristic, and it keeps the uniform per-layer budget (no ``LayerDecision.budget``
+re-partition, which riptide may use). tests/sim/test_oracle.py checks that it is never slower than any causal
+policy (cpu-route, fetch-lru, tide at every tau, tide-opt, riptide) on synthetic and random traces over several
 machines and budgets, and that the mirrored clock equals the engine's.
 
 Cost of one replay: backward passes over the trace for W and NU ([S + 1, L, E] each), then per decision
@@ -140,12 +146,14 @@ class Oracle(Policy):
     def _layer_end(self, k: np.ndarray, gpu_t: np.ndarray, cpu_t: np.ndarray, act: np.ndarray,
                    wait: float) -> tuple[np.ndarray, ...]:
         """Mirrored engine times of one layer for plans fetching k experts: (end, fetch end, D2H end, CPU end,
-        H2D end), vectorised over plans."""
+        H2D end), vectorised over plans. As :mod:`sim.engine` runs a decision with ``overlap_cpu``: the weight
+        copy is requested at the decision (behind the prefetches on the H2D engine), the CPU path's D2H at the
+        same moment (on a shared-duplex link: behind the weight copy), and its results queue behind both."""
         cost, t = self.cost, self.t
         fetch = np.where(k > 0, max(t, self.link) + np.asarray(cost.h2d(k * self.eb)), t)
         start = np.maximum(fetch, wait)
-        link = np.where(k > 0, fetch, self.link)
-        d2h_e = np.maximum(start, link if self.shared else self.d2h) + np.asarray(cost.d2h(act))
+        link = np.where(k > 0, fetch, self.link)      # the H2D engine, free after the weights
+        d2h_e = np.maximum(t, link if self.shared else self.d2h) + np.asarray(cost.d2h(act))
         if self.shared:
             link = np.where(act > 0, d2h_e, link)
         cpu_e = np.maximum(d2h_e, self.cpu) + cpu_t
@@ -159,7 +167,9 @@ class Oracle(Policy):
         active = counts > 0
         hit_mask = active & res
         miss = np.flatnonzero(active & ~res)
-        miss = miss[np.argsort(-counts[miss], kind="stable")]
+        # the costliest on the CPU first; among equals, the most tokens (the most activation copies saved)
+        c_all = np.asarray(cost.cpu_experts(counts[miss].astype(np.int64)[:, None])).reshape(-1)
+        miss = miss[np.lexsort((-counts[miss], -c_all))]
         K = miss.size
         wait = float(self.arrival[layer, hit_mask].max(initial=0.0))
         hits = np.where(hit_mask, counts, 0)

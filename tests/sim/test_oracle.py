@@ -63,6 +63,17 @@ def test_misses_are_streamed_when_the_link_is_cheap():
     assert (r.cpu_assignments, r.promotions, r.demotions) == (0, 1, 1) and r.max_resident.max() <= 1
 
 
+def test_overlapped_split_cpu_starts_at_the_decision():
+    # budget 1, expert 1 (5 tokens) loaded up front; misses 2 (2 tokens) and 3 (1 token), 0.5 s each on the CPU,
+    # 10 bytes a token. Fetching expert 2 (1 s, streamed: no slot can be freed) while the CPU path of expert 3
+    # starts at the decision (t = 2: D2H 0.1, CPU 0.5) -- its results (0.1) queue behind the weight copy on the
+    # H2D engine: 3.0 + 0.1 = 3.1, after the GPU's 3.0 + 0.02. All-CPU: 2 + 0.3 + 1 + 0.3 = 3.6; all-fetch 4.03
+    cost = ConstantCostModel(gpu_expert_s=0.01, cpu_expert_s=0.5, token_bytes=10)
+    policy, r = run([[[0, 5, 2, 1]]], 1, cost=cost)
+    assert r.sim_time_s == pytest.approx(3.1) and policy.t == pytest.approx(3.1)
+    assert (r.cpu_assignments, r.promotions, r.demotions) == (1, 1, 1) and r.max_resident.max() <= 1
+
+
 def test_needs_the_trace_and_a_cost_model():
     from sim.policies.base import PolicyContext
 
@@ -85,8 +96,8 @@ def test_refused_by_the_runtime():
 
 
 # ---- never slower than a causal policy --------------------------------------------------------------------
-CAUSAL = [("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}), ("tide-opt", {})] \
-    + [("tide", {"tau": t}) for t in range(1, 9)]
+CAUSAL = [("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}), ("tide-opt", {}),
+          ("riptide", {})] + [("tide", {"tau": t}) for t in range(1, 9)]
 
 
 def random_trace(seed: int, steps: int = 16, tokens: int = 8):
