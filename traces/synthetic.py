@@ -1,6 +1,6 @@
 """Synthetic routing traces of block-diffusion generation (LLaDA2.0), calibrated to published statistics.
 
-Generation being modelled (see /work/shared/reference/LLaDA2-MoE.md): a prompt of P tokens, then gen_length
+Generation being modelled (LLaDA2.0 block diffusion, as in runtime/diffusion.py): a prompt of P tokens, then gen_length
 tokens in blocks of T = block_length, denoised block by block. Each denoising step forwards the block and
 commits some of its masked tokens; a block ends when none is left.
 

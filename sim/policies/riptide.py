@@ -1,5 +1,6 @@
 """``riptide``: TIDE (keep the experts a dLLM reuses across denoising steps on the GPU, run the misses on the
-CPU) with its open ends (/work/shared/reference/TIDE.md) closed, each part switchable for ablation.
+CPU) with the open ends of its released code (synchronous copies, uniform budgets, raw-count ranking, fixed tau,
+no reuse across blocks) closed, each part switchable for ablation.
 
 Per (step, MoE layer), after the layer's router ran: c = the step's token-assignment counts; per-expert
 seconds from the cost model (:mod:`sim.policies.riptide_costs`) cpu(c_e), gpu(c_e), save_e = cpu - gpu; the
