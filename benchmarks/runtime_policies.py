@@ -21,8 +21,6 @@ import argparse
 import dataclasses
 import io
 import json
-import os
-import platform
 import sys
 import tarfile
 import time
@@ -36,6 +34,7 @@ import torch  # noqa: E402
 from runtime.checkpoint import random_weights  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
 from runtime.diffusion import GenerationSettings, generate  # noqa: E402
+from runtime.environment import environment  # noqa: E402
 from runtime.expert_store import ExpertStore  # noqa: E402
 from runtime.model import LLaDA2MoE  # noqa: E402
 from sim.policies import make_policy  # noqa: E402
@@ -66,32 +65,6 @@ def h2d_rate(device: torch.device, nbytes: int = 256 * 2**20, repeats: int = 5) 
             times.append(a.elapsed_time(b) / 1e3)
         out[f"h2d_{kind}_gbps"] = nbytes / float(np.median(times[1:])) / 1e9
     return out
-
-
-def environment(device: torch.device) -> dict:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(),
-           "cpu": _cpu_model(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-        try:
-            import subprocess
-
-            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=20).stdout.strip()
-        except Exception:  # nvidia-smi absent: the driver is unknown, not an error
-            env["driver"] = None
-    return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +20,7 @@ import numpy as np
 import torch
 
 from runtime.config import RuntimeConfig
+from runtime.environment import environment
 from runtime.diffusion import MODES, GenerationSettings, generate
 from sim.budget import resolve_budget
 from sim.errors import TideError, run_cli
@@ -129,15 +129,6 @@ def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: tor
     return ids.to(device)
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    env = {"torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-           "threads": torch.get_num_threads(), "device": str(device)}
-    if device.type == "cuda":
-        env.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                   driver=getattr(torch.cuda, "driver_version", lambda: None)() if hasattr(torch.cuda, "driver_version") else None)
-    return env
-
-
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Build everything from parsed arguments, generate, and return the metrics dict."""
     from runtime.expert_store import ExpertStore
@@ -179,7 +170,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                "step_wall_s": np.asarray(result.extra.get("step_wall_s", [])).tolist(),
                "cpu_s": result.extra.get("cpu_s"), "step_cpu_s": np.asarray(result.extra.get("step_cpu_s", [])).tolist(),
                "tokens": result.tokens,
-               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device),
+               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device, dtype),
                "dtype": str(dtype).replace("torch.", "")}
     if a.trace_out:
         write_trace(result.trace, a.trace_out)

@@ -31,7 +31,7 @@ from sim.errors import TideError, run_cli
 from sim.model_spec import MODEL_PRESETS
 from traces.io import atomic_write_text
 from validate import bench_copies, bench_experts, bench_layers, bench_store
-from validate.environment import environment
+from runtime.environment import environment
 from validate.profile_build import build_profile, holdout_summary
 from validate.rig import build_rig
 from validate.tables import Measured, geometric_midpoints

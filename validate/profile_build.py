@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from sim.hardware import FORMAT, HardwareProfile, model_record
-from validate.environment import host_memory_gib
+from runtime.environment import host_memory_gib
 from validate.rig import Rig
 from validate.tables import Measured
 

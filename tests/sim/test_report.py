@@ -1,7 +1,6 @@
 """sim.report: the HTML report, written from a few hand-made rows."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from typing import Any
