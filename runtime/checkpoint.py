@@ -130,6 +130,17 @@ def _to_device(name: str, t: torch.Tensor, device, dtype: torch.dtype) -> torch.
     return t.to(device=device, dtype=torch.float32 if keeps_float32(name) else dtype)
 
 
+def _place(name: str, t: torch.Tensor, non_expert: dict[str, torch.Tensor], experts: "ExpertWeights", first: int,
+           device, dtype: torch.dtype) -> None:
+    """A routed expert's tensor goes into its row of the host stacks; anything else to ``device``."""
+    parsed = parse_expert_name(name)
+    if parsed is None:
+        non_expert[name] = _to_device(name, t, device, dtype)
+    else:
+        layer, e, proj = parsed
+        experts[layer - first].proj(proj)[e].copy_(t)
+
+
 def split_state(state: Mapping[str, torch.Tensor], cfg: RuntimeConfig, device=None,
                 dtype: torch.dtype = torch.float32, pin: bool | None = None
                 ) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
@@ -144,12 +155,7 @@ def split_state(state: Mapping[str, torch.Tensor], cfg: RuntimeConfig, device=No
     first = cfg.spec.first_k_dense_replace
     for name, t in state.items():
         _check_shape(name, t.shape, expected[name], "state dict")
-        parsed = parse_expert_name(name)
-        if parsed is None:
-            non_expert[name] = _to_device(name, t, device, dtype)
-        else:
-            layer, e, proj = parsed
-            experts[layer - first].proj(proj)[e].copy_(t)
+        _place(name, t, non_expert, experts, first, device, dtype)
     return non_expert, experts
 
 
@@ -258,12 +264,7 @@ def load_checkpoint(model_dir: str | Path, cfg: RuntimeConfig | None = None, dev
                         raise TideError(f"{origin}: tensor {name} listed in {INDEX_FILE} is absent from the shard")
                     _check_shape(name, f.get_slice(name).get_shape(), expected[name], origin)
                     t = f.get_tensor(name)
-                    parsed = parse_expert_name(name)
-                    if parsed is None:
-                        non_expert[name] = _to_device(name, t, device, dtype)
-                    else:
-                        layer, e, proj = parsed
-                        experts[layer - first].proj(proj)[e].copy_(t)
+                    _place(name, t, non_expert, experts, first, device, dtype)
                     del t  # one tensor at a time: the next get_tensor may be as big
         except TideError:
             raise

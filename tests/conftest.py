@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny LLaDA2-MoE-shaped model and a small valid trace for it."""
+"""Shared fixtures: a tiny LLaDA2-MoE-shaped model, a small valid trace for it, and an import blocker."""
 from __future__ import annotations
+
+import textwrap
 
 import numpy as np
 import pytest
@@ -49,3 +51,25 @@ def build_tiny_trace(model: ModelSpec, with_topk: bool = True, seed: int = 0):
 def tiny_trace_factory(tiny_model):
     """Call with ``with_topk=...`` (and optionally ``seed=``) for a fresh valid trace of ``tiny_model``."""
     return lambda with_topk=True, seed=0: build_tiny_trace(tiny_model, with_topk=with_topk, seed=seed)
+
+
+def blocker_source(modules) -> str:
+    """Python source that makes importing any of ``modules`` fail, as on a GPU machine that lacks them. The
+    finder returns a spec whose loading raises, so probing for a module (as torch does) still works."""
+    return textwrap.dedent(f"""
+        import importlib.abc, importlib.machinery, sys
+        class _Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {tuple(modules)!r}:
+                    return importlib.machinery.ModuleSpec(name, self)
+            def create_module(self, spec):
+                raise ImportError("not on the GPU machine: " + spec.name)
+            def exec_module(self, module):
+                raise ImportError("blocked")
+        sys.meta_path.insert(0, _Block())
+    """)
+
+
+@pytest.fixture(scope="session")
+def import_blocker():
+    return blocker_source

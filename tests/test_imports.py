@@ -9,19 +9,8 @@ import textwrap
 BLOCKED = ("simpy", "plotly", "scipy", "tqdm", "safetensors", "transformers")
 
 
-def test_runtime_runs_with_torch_only(tmp_path):
-    code = textwrap.dedent(f"""
-        import importlib.abc, importlib.machinery, sys
-        class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-            # a spec whose loading fails: probing for the module (as torch does) still works
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {BLOCKED!r}:
-                    return importlib.machinery.ModuleSpec(name, self)
-            def create_module(self, spec):
-                raise ImportError("blocked for this test: " + spec.name)
-            def exec_module(self, module):
-                raise ImportError("blocked")
-        sys.meta_path.insert(0, Block())
+def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
+    code = import_blocker(BLOCKED) + textwrap.dedent(f"""
         import sim.policies, sim.model_spec, sim.hardware, sim.cost, sim.budget, traces.io, traces.validate
         sys.argv = ["runtime_policies", "--threads", "1", "--gen-length", "8", "--block-length", "8",
                     "--prompt-length", "8", "--policies", "all-gpu", "tide:2", "--modes", "block-cache",

@@ -126,19 +126,10 @@ def test_without_a_cost_model_uses_the_byte_proxy():
     assert policy.report()["cost_model"] == "byte-proxy" and policy.chosen_tau == BLOCK_LENGTH
 
 
-def test_importable_and_solves_without_scipy():
-    code = textwrap.dedent("""
-        import importlib.abc, importlib.machinery, sys
+def test_importable_and_solves_without_scipy(import_blocker):
+    code = import_blocker(["scipy"]) + textwrap.dedent("""
+        import sys
         sys.path.insert(0, "tests/sim")
-        class Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] == "scipy":
-                    return importlib.machinery.ModuleSpec(name, self)
-            def create_module(self, spec):
-                raise ImportError("blocked for this test: " + spec.name)
-            def exec_module(self, module):
-                raise ImportError("blocked")
-        sys.meta_path.insert(0, Block())
         from sim.cost import ConstantCostModel
         from sim.policies import make_policy
         from test_tide_opt import drive, rotating_trace

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -34,29 +33,13 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def _blocker(folder: Path) -> None:
-    (folder / "sitecustomize.py").write_text(textwrap.dedent(f"""
-        import importlib.abc, importlib.machinery, sys
-        class _Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-            # a spec whose loading fails: probing for the module (as torch does) still works
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {BLOCKED!r}:
-                    return importlib.machinery.ModuleSpec(name, self)
-            def create_module(self, spec):
-                raise ImportError("not on the GPU machine: " + spec.name)
-            def exec_module(self, module):
-                raise ImportError("blocked")
-        sys.meta_path.insert(0, _Block())
-    """))
-
-
 @pytest.fixture(scope="session")
-def gpu_script_cpu(tmp_path_factory) -> Path:
+def gpu_script_cpu(tmp_path_factory, import_blocker) -> Path:
     """The output folder of validate/gpu_validate.sh run with its CPU settings (torch + numpy only)."""
     base = tmp_path_factory.mktemp("gpu_script")
     site = base / "site"
     site.mkdir()
-    _blocker(site)
+    (site / "sitecustomize.py").write_text(import_blocker(BLOCKED))
     out = base / "out"
     env = {**os.environ, **CPU_SETTINGS, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
     proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
