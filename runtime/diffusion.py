@@ -141,7 +141,9 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
     """Run block diffusion with ``model`` (runtime.model) whose routed experts live in ``store``."""
     settings.check()
     device = prompt.device
-    sync = sync or (torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+    # after a forward the host waits for the compute stream only: prefetch copies the store queued on its copy
+    # stream run on into the next step, as the simulator lets them (a device-wide synchronize would wait for them)
+    sync = sync or (torch.cuda.current_stream(device).synchronize if device.type == "cuda" else (lambda: None))
     bl, P = settings.block_length, int(prompt.numel())
     n_blocks = -(-(P + settings.gen_length) // bl)
     total = n_blocks * bl

@@ -3,24 +3,29 @@ and a placement policy (``sim.policies``) that decides per (step, layer) what mo
 simulator's semantics and counted the simulator's way (``sim.engine``, ``sim.results``).
 
 Memory
-  host    every expert of every MoE layer, in the store's dtype (pinned for CUDA so copies are asynchronous
-          DMA; on ``device=cpu`` the caller's tensors are kept as they are).
+  host    every expert of every MoE layer, in the store's dtype; for CUDA page-locked *in place*
+          (cudaHostRegister, no copy) so copies are asynchronous DMA; if the OS refuses, the stacks stay
+          pageable (a warning; ``pinned`` False) and are never duplicated. On ``device=cpu`` the caller's
+          tensors are kept as they are.
   device  one pool of S = sum(budget) slots, gate/up [S, i, h], down [S, h, i] (all-gpu: L x E slots). MoE
           layer l owns budget[l] of them, listed in ``slots[l]`` (local slot j -> global slot slots[l][j]);
           initially layer l owns the contiguous range after layer l-1's. A policy that re-partitions the
           budgets (``LayerDecision.budget``) moves *free* slots between layers: a shrinking layer hands back its
           free local slots, a growing one takes the lowest free global slots; no weight moves for it. A slot a
           layer gave up is refilled only by a later copy, which on CUDA waits for the compute queued before it.
+          The bookkeeping is ``runtime.slot_pool.SlotMap``.
           ``stream_slots`` staging slots shared by all layers for streamed experts; per forward a [T*k, h]
           buffer of expert outputs and the rows gathered for the experts. On ``device=cpu`` the pool is a
           second copy in host memory and every copy below is a memcpy (the same code path).
   :func:`check_budget_fits` compares (sum(budget) + stream_slots) x expert_bytes with the free GPU memory.
 
-What is copied when (one MoE layer, one forward; CUDA streams in brackets)
+What is copied when (one MoE layer, one forward; streams in brackets). All device work is launched on the
+streams of ``runtime.streams`` and ordered by named events (``runtime.streams.WAITS``), the same code for
+CUDA, the host (device=cpu) and the tests' threaded stand-in for CUDA.
   0. at construction, not counted: the policy's initial placement into slots (before any timing, as TIDE's
      code loads its resident experts at model load).
   1. counts = bincount(topk_ids): one small D2H copy of E ints, the one host sync per layer (the policy needs
-     them; TIDE does the same).
+     them; TIDE does the same). The sort key goes back through a page-locked block without a host sync.
   2. policy.decide -> Residency.apply; demoted slots are freed, the layer's slot list resized to a new budget
      if the decision set one, promoted experts copied host -> free slots [copy stream, after the compute
      stream's queued work, so no slot still being read is overwritten]; the layer's GPU experts wait for them
@@ -54,18 +59,24 @@ h x element size (the store's dtype; equal to the spec's when the dtype is the c
 """
 from __future__ import annotations
 
+import warnings
+from functools import partial
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from runtime.kernels import grouped_experts
+from runtime.slot_pool import SlotMap
+from runtime.streams import ACT, COMPUTE, COPY, SERIAL_CPU, default_streams
 from sim.errors import TideError
 from sim.model_spec import ModelSpec
 from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from sim.policies.residency import MoveCounters, Residency
 
 _GIB = 2**30
+_PROJ = ("gate", "up", "down")
 
 
 def expert_nbytes(spec: ModelSpec, dtype: torch.dtype) -> int:
@@ -90,12 +101,16 @@ def check_budget_fits(budget: Any, expert_bytes: int, device: torch.device | str
 
 
 class ExpertStore:
-    """Routed experts of every MoE layer, placed by ``policy``; see the module docstring."""
+    """Routed experts of every MoE layer, placed by ``policy``; see the module docstring.
+
+    ``streams`` executes the device work (``runtime.streams``): by default CUDA streams on a CUDA device and
+    the host itself on ``device=cpu``; tests pass a :class:`~runtime.streams.ThreadStreams` to run every CUDA
+    ordering path on the CPU with injected delays."""
 
     def __init__(self, spec: ModelSpec, experts: Sequence[dict[str, torch.Tensor]], policy: Policy,
                  budget: np.ndarray | int | None, device: torch.device | str, dtype: torch.dtype,
                  threads: int | None = None, cost: Any = None, stream_slots: int = 8, *,
-                 block_length: int = 32, mode: str = "prefix-recompute") -> None:
+                 block_length: int = 32, mode: str = "prefix-recompute", streams: Any = None) -> None:
         if not policy.causal:
             raise TideError(f"policy {policy.name} reads the whole trace (non-causal): simulator only")
         if stream_slots < 1:
@@ -104,6 +119,7 @@ class ExpertStore:
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         self.spec, self.policy, self.device, self.dtype = spec, policy, device, dtype
+        self.s = streams if streams is not None else default_streams(device)
         self.cuda = device.type == "cuda"
         L, E = spec.num_moe_layers, spec.num_experts
         self.L, self.E, self.k = L, E, spec.top_k
@@ -120,7 +136,7 @@ class ExpertStore:
             self.budget = np.broadcast_to(np.asarray(budget, dtype=np.int64), (L,)).copy()
             if self.budget.min() < 1 or self.budget.max() > E:
                 raise TideError(f"budget must be between 1 and {E} experts per layer")
-        self.host = self._host_experts(experts)
+        self.host, self.pinned = self._host_experts(experts)
         check_budget_fits(self.budget, self.expert_bytes, device, stream_slots)
 
         ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=spec.top_k, budget=self.budget.copy(),
@@ -130,26 +146,14 @@ class ExpertStore:
         if self.residency.resident.shape != (L, E):
             raise TideError(f"policy {policy.name}: initial placement has shape {self.residency.resident.shape}, expected {(L, E)}")
 
-        # expert -> local slot ([L, E]) and local slot -> expert (per layer, [budget[l]]); -1 = none; local slot j
-        # of layer l is global slot slots[l][j] of the shared pool; free_slots: global slots no layer owns
-        self.e2s = np.full((L, E), -1, dtype=np.int64)
-        self.s2e = [np.full(int(b), -1, dtype=np.int64) for b in self.budget]
-        starts = np.concatenate([[0], np.cumsum(self.budget)])
-        self.slots = [np.arange(starts[l], starts[l + 1], dtype=np.int64) for l in range(L)]
-        self.free_slots = np.zeros(0, dtype=np.int64)
-        self._span = [(int(starts[l]), int(starts[l + 1])) for l in range(L)]  # [lo, hi) of each layer's slots
+        self.map = SlotMap(self.budget, E)
         self.stream_slots = int(stream_slots)
         self._nbuf = 2 if stream_slots >= 2 else 1  # staging halves for ping-pong
         self._chunk = self.stream_slots // self._nbuf
         with torch.inference_mode(False):  # plain tensors: updated in place inside and outside inference mode
-            self.slot_pool = {n: torch.empty((int(starts[-1]), *self._shape(n)), dtype=dtype, device=device)
-                              for n in ("gate", "up", "down")}
-            self.stage = {n: torch.empty((self.stream_slots, *self._shape(n)), dtype=dtype, device=device)
-                          for n in ("gate", "up", "down")}
-        self.pool = [{n: _LayerSlots(self, layer, n) for n in ("gate", "up", "down")} for layer in range(L)]
-        if self.cuda:
-            self._copy_stream = torch.cuda.Stream(device)  # expert weights: promotions, streams, prefetches
-            self._act_stream = torch.cuda.Stream(device)   # activations to and from the CPU experts
+            self.slot_pool = {n: self.s.empty((self.map.size, *self._shape(n)), dtype) for n in _PROJ}
+            self.stage = {n: self.s.empty((self.stream_slots, *self._shape(n)), dtype) for n in _PROJ}
+        self.pool = [{n: _LayerSlots(self, layer, n) for n in _PROJ} for layer in range(L)]
         self._stage_free: list[Any] = [None] * self._nbuf  # per half: event after its last compute
         self._half = 0
         self._pending: list[list[tuple[Any, np.ndarray]]] = [[] for _ in range(L)]  # in-flight prefetches
@@ -163,13 +167,15 @@ class ExpertStore:
     def _shape(self, name: str) -> tuple[int, int]:
         return (self.h, self.i) if name == "down" else (self.i, self.h)
 
-    def _host_experts(self, experts: Sequence[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    def _host_experts(self, experts: Sequence[dict[str, torch.Tensor]]) -> tuple[list[dict[str, torch.Tensor]], bool]:
+        """The host stacks in the store's dtype, page-locked in place where the executor copies asynchronously
+        (never re-pinned by copying: that would double host memory); returns (stacks, all pinned)."""
         if len(experts) != self.L:
             raise TideError(f"expert weights for {len(experts)} MoE layers, the model has {self.L}")
-        out = []
+        out, pinned = [], True
         for layer, d in enumerate(experts):
             w = {}
-            for name in ("gate", "up", "down"):
+            for name in _PROJ:
                 t = d.get(name) if isinstance(d, dict) else None
                 shape = (self.E, *self._shape(name))
                 if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
@@ -181,108 +187,61 @@ class ExpertStore:
                 if t.dtype != self.dtype:
                     t = t.to(self.dtype)
                 t = t.contiguous()
-                if self.cuda and not t.is_pinned():
-                    t = t.pin_memory()  # asynchronous H2D needs page-locked sources
+                pinned = self.s.pin_host(t) and pinned
                 w[name] = t
             out.append(w)
-        return out
+        if not pinned:
+            warnings.warn("could not page-lock every routed-expert stack; those copies run from pageable memory "
+                          "(synchronous with the host, about half the pinned bandwidth)", RuntimeWarning, stacklevel=3)
+        return out, pinned
 
     def _load_initial(self) -> None:
         """The initial placement into slots 0..n-1 (ascending expert id); not counted (happens before timing)."""
+        last = None
         for layer in range(self.L):
             ids = np.flatnonzero(self.residency.resident[layer])
-            slots = np.arange(ids.size)
-            self.e2s[layer, ids] = slots
-            self.s2e[layer][slots] = ids
-            self._copy_in(layer, ids, slots)
+            last = self._copy_in(layer, ids, self.map.place(layer, ids)) or last
             self._check_slots(layer)
-        if self.cuda:
-            self._copy_stream.synchronize()
+        self.s.host_wait(last, "host-after-initial")
 
     # ---- slots ------------------------------------------------------------------------------------------
+    e2s = property(lambda self: self.map.e2s)
+    s2e = property(lambda self: self.map.s2e)
+    slots = property(lambda self: self.map.slots)
+    free_slots = property(lambda self: self.map.free_slots)
+
     def _check_slots(self, layer: int) -> None:
-        """expert->slot and slot->expert are inverse bijections between the resident experts and the used slots."""
-        res = self.residency.resident[layer]
-        e2s, s2e = self.e2s[layer], self.s2e[layer]
-        ok = (np.array_equal(e2s >= 0, res) and int((s2e >= 0).sum()) == int(res.sum())
-              and np.array_equal(s2e[e2s[res]], np.flatnonzero(res))
-              and s2e.size == self.slots[layer].size == int(self.residency.budget[layer]))
-        if not ok:
-            raise AssertionError(f"slot maps disagree with the residency at MoE layer {layer}")
+        self.map.check(layer, self.residency.resident[layer], int(self.residency.budget[layer]))
 
     def check_slots(self) -> None:
         for layer in range(self.L):
             self._check_slots(layer)
-        owned = np.sort(np.concatenate(self.slots + [self.free_slots]))
-        if not np.array_equal(owned, np.arange(self.slot_pool["gate"].shape[0])):
-            raise AssertionError("the layers' slots and the free slots do not partition the pool")
-
-    def _compute_stream(self) -> Any:
-        return torch.cuda.current_stream(self.device)
+        self.map.check_partition()
 
     def _copy_in(self, layer: int, experts: np.ndarray, slots: np.ndarray) -> Any:
-        """Copy host experts into pool slots; on CUDA on the copy stream, returning the event of their arrival."""
+        """Copy host experts into the layer's local ``slots`` on the copy stream, after the compute queued so far
+        (a freed slot may still be read by it); returns the event of their arrival (None if nothing moved)."""
         if experts.size == 0:
             return None
         host, pool = self.host[layer], self.slot_pool
-        pairs = list(zip(experts.tolist(), self.slots[layer][slots].tolist()))  # the experts that move, never all E
-        if not self.cuda:
-            for e, s in pairs:
-                for n in ("gate", "up", "down"):
-                    pool[n][s].copy_(host[n][e])
-            return None
-        cs = self._copy_stream
-        cs.wait_stream(self._compute_stream())  # a freed slot may still be read by queued compute
-        with torch.cuda.stream(cs):
-            for e, s in pairs:
-                for n in ("gate", "up", "down"):
-                    pool[n][s].copy_(host[n][e], non_blocking=True)
-        ev = torch.cuda.Event()
-        ev.record(cs)
-        return ev
+        pairs = list(zip(experts.tolist(), self.map.global_slots(layer, slots).tolist()))  # never all E
 
-    def _resize(self, layer: int, new: int) -> None:
-        """Give layer ``layer`` ``new`` slots: hand back free ones, or take the lowest free global ones."""
-        s2e, slots = self.s2e[layer], self.slots[layer]
-        if new < s2e.size:
-            free = np.flatnonzero(s2e < 0)
-            if free.size < s2e.size - new:  # Residency checked resident <= new, so only a pool bug gets here
-                raise AssertionError(f"layer {layer} cannot shrink to {new} slots")
-            drop = free[free.size - (s2e.size - new):]
-            keep = np.setdiff1d(np.arange(s2e.size), drop, assume_unique=True)
-            self.free_slots = np.sort(np.concatenate([self.free_slots, slots[drop]]))
-            s2e, slots = s2e[keep], slots[keep]
-            used = s2e >= 0
-            self.e2s[layer, s2e[used]] = np.flatnonzero(used)  # local ids of kept slots shift down
-        elif new > s2e.size:
-            take, self.free_slots = self.free_slots[: new - s2e.size], self.free_slots[new - s2e.size:]
-            if take.size < new - s2e.size:
-                raise AssertionError(f"no free slot in the pool for layer {layer}")
-            s2e = np.concatenate([s2e, np.full(take.size, -1, dtype=np.int64)])
-            slots = np.concatenate([slots, take])
-        else:
-            return
-        self.s2e[layer], self.slots[layer] = s2e, slots
-        self._span[layer] = (int(slots.min(initial=0)), int(slots.max(initial=-1)) + 1)
+        def copy() -> None:
+            for e, s in pairs:
+                for n in _PROJ:
+                    pool[n][s].copy_(host[n][e], non_blocking=True)
+
+        self.s.wait(COPY, self.s.record(COMPUTE), "copy-after-compute")
+        self.s.launch(COPY, copy)
+        return self.s.record(COPY)
 
     def _move(self, layer: int, demote: np.ndarray, promote: np.ndarray) -> Any:
         """Free the demoted experts' slots, resize the layer to its budget, give the promoted ones free slots and
-        copy them in."""
-        e2s, s2e = self.e2s[layer], self.s2e[layer]
-        if demote.size:
-            s2e[e2s[demote]] = -1
-            e2s[demote] = -1
-        if s2e.size != self.residency.budget[layer]:
-            self._resize(layer, int(self.residency.budget[layer]))
-            s2e = self.s2e[layer]
-        ev = None
-        if promote.size:
-            free = np.flatnonzero(s2e < 0)[: promote.size]
-            if free.size < promote.size:  # Residency enforces the budget, so only a pool bug gets here
-                raise AssertionError(f"no free slot for {promote.size} experts at MoE layer {layer}")
-            e2s[promote] = free
-            s2e[free] = promote
-            ev = self._copy_in(layer, promote, free)
+        copy them in; returns the copies' event."""
+        self.map.remove(layer, demote)
+        if self.map.s2e[layer].size != self.residency.budget[layer]:
+            self.map.resize(layer, int(self.residency.budget[layer]))
+        ev = self._copy_in(layer, promote, self.map.place(layer, promote)) if promote.size else None
         self._check_slots(layer)
         return ev
 
@@ -290,10 +249,10 @@ class ExpertStore:
         """The compute stream waits for in-flight prefetches into ``layer`` of experts it is about to read."""
         keep = []
         for ev, mask in self._pending[layer]:
-            if ev.query():
+            if self.s.done(ev):
                 continue
             if (mask & used).any():
-                self._compute_stream().wait_event(ev)
+                self.s.wait(COMPUTE, ev, "compute-after-prefetch")
             else:
                 keep.append((ev, mask))
         self._pending[layer] = keep
@@ -324,18 +283,36 @@ class ExpertStore:
         if not 0 <= layer < self.L:
             raise TideError(f"MoE layer {layer} out of range (the model has {self.L})")
         with torch.no_grad():
-            return self._forward(layer, x, topk_ids, topk_weights)
+            out = self._forward(layer, x, topk_ids, topk_weights)
+        self.s.forward_done()
+        return out
+
+    def _counts(self, f: SimpleNamespace, x: torch.Tensor, topk_ids: torch.Tensor, layer: int) -> np.ndarray:
+        """Expert counts of this forward on the host: the layer's one host sync (the policy needs them)."""
+        E = self.E
+        host = self.s.pinned((E,), torch.int64)
+
+        def count() -> None:
+            f.x = x.to(self.dtype).contiguous()
+            f.flat = topk_ids.reshape(-1)
+            c = torch.bincount(f.flat, minlength=E)
+            f.ids_seen = int(c.numel())  # > E: an id out of range (bincount sized its output by the largest id)
+            host.copy_(c[:E], non_blocking=True)
+
+        self.s.launch(COMPUTE, count)
+        self.s.host_wait(self.s.record(COMPUTE), "host-after-counts")
+        if getattr(f, "ids_seen", E) != E:
+            raise TideError(f"expert id {f.ids_seen - 1} out of range at MoE layer {layer} ({E} experts)")
+        counts = host.numpy().copy()
+        counts.setflags(write=False)
+        return counts
 
     def _forward(self, layer: int, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
+        S = self.s
         T, k = topk_ids.shape
-        E, h, dev = self.E, self.h, self.device
-        out_dtype = x.dtype
-        x = x.to(self.dtype).contiguous()
-        flat = topk_ids.reshape(-1)
-        counts = torch.bincount(flat, minlength=E).cpu().numpy()  # the one sync of the layer
-        if counts.size != E:
-            raise TideError(f"expert id {counts.size - 1} out of range at MoE layer {layer} ({E} experts)")
-        counts.setflags(write=False)
+        E, h = self.E, self.h
+        f = SimpleNamespace()  # results of launched work; read only by later launches, never by the host
+        counts = self._counts(f, x, topk_ids, layer)
         self.step_counts[layer] = counts
         dec = self.policy.decide(LayerView(step=self._step, layer=layer, counts=counts,
                                            resident=self.residency.view(layer)))
@@ -357,9 +334,9 @@ class ExpertStore:
         # one sort key per expert: resident -> its slot (within the span [lo, hi) of the pool that the layer's
         # slots cover), streamed -> after the span, CPU -> last (by expert id); rows of one expert keep their
         # assignment order (stable), so every placement feeds it the same rows
-        lo, hi = self._span[layer]
+        lo, hi = self.map.span[layer]
         B, ns = hi - lo, stream.size
-        slot_ids = self.slots[layer][self.e2s[layer, res_act]] - lo
+        slot_ids = self.map.global_slots(layer, self.map.e2s[layer, res_act]) - lo
         key = np.zeros(E, dtype=np.int64)
         key[res_act] = slot_ids
         key[stream] = B + np.arange(ns)
@@ -367,101 +344,89 @@ class ExpertStore:
         slot_counts = np.zeros(B, dtype=np.int64)
         slot_counts[slot_ids] = counts[res_act]
         n_res, n_str = int(slot_counts.sum()), int(counts[stream].sum())
-        order = torch.argsort(torch.from_numpy(key).to(dev)[flat], stable=True)
-        tok = torch.div(order, k, rounding_mode="floor")
-        buf = torch.empty((T * k, h), dtype=self.dtype, device=dev)
+        key_dev = S.to_device(key, COMPUTE)  # page-locked and asynchronous: no host sync behind queued copies
+        buf = S.empty((T * k, h), self.dtype)
+        out = S.empty((T, h), x.dtype)
 
-        cpu_rows = y_cpu = gathered = None
-        if n_cpu:
-            cpu_rows = x.index_select(0, tok[n_res + n_str:])
-            if self.cuda:
-                # the CPU results' device buffer is allocated now and the activation stream waits for this event:
-                # all compute that could still touch its (recycled) memory was queued before it, and the D2H
-                # of the rows starts here, not after the GPU experts queued below
-                y_cpu = torch.empty_like(cpu_rows)
-                gathered = torch.cuda.Event()
-                gathered.record(self._compute_stream())
-        if self.cuda:  # only the GPU experts wait for this layer's promotions and for prefetches they read
-            if ev is not None:
-                self._compute_stream().wait_event(ev)
-            if self._pending[layer]:
-                self._wait_prefetch(layer, res_act)
+        def sort() -> None:
+            f.order = torch.argsort(key_dev[f.flat], stable=True)
+            f.tok = torch.div(f.order, k, rounding_mode="floor")
+
+        S.launch(COMPUTE, sort)
+        rows = y_cpu = gathered = None
+        if n_cpu:  # gathered before this layer's copies are waited for, so the CPU path overlaps them
+            rows, y_cpu = S.empty((n_cpu, h), self.dtype), S.empty((n_cpu, h), self.dtype)
+            S.launch(COMPUTE, lambda: torch.index_select(f.x, 0, f.tok[n_res + n_str:], out=rows))
+            gathered = S.record(COMPUTE)
+        S.wait(COMPUTE, ev, "compute-after-promotion")  # only the GPU experts wait for this layer's promotions
+        if self._pending[layer]:
+            self._wait_prefetch(layer, res_act)
         if n_res:
             pool = {n: t[lo:hi] for n, t in self.slot_pool.items()}
-            y = grouped_experts(x.index_select(0, tok[:n_res]), slot_counts, pool["gate"], pool["up"], pool["down"])
-            buf.index_copy_(0, order[:n_res], y)
+
+            def resident() -> None:
+                y = grouped_experts(f.x.index_select(0, f.tok[:n_res]), slot_counts, pool["gate"], pool["up"], pool["down"])
+                buf.index_copy_(0, f.order[:n_res], y)
+
+            S.launch(COMPUTE, resident)
         if ns:
-            self._streamed(layer, x, tok[n_res:n_res + n_str], order[n_res:n_res + n_str], stream, counts[stream], buf)
+            self._streamed(layer, f, n_res, stream, counts[stream], buf)
         if n_cpu:
-            if self.cuda and not dec.overlap_cpu:
-                self._compute_stream().synchronize()  # TIDE: GPU experts finish before the CPU starts
+            if not dec.overlap_cpu:  # TIDE: the GPU experts finish before the CPU starts (timing, not order)
+                S.host_wait(S.record(COMPUTE), SERIAL_CPU)
             cpu_counts = np.zeros(E, dtype=np.int64)
             cpu_counts[cpu_ids] = counts[cpu_ids]
-            y = self._cpu_experts(layer, cpu_rows, y_cpu, gathered, cpu_counts)
-            buf.index_copy_(0, order[n_res + n_str:], y)
+            self._cpu_experts(layer, rows, y_cpu, gathered, cpu_counts)
+            S.launch(COMPUTE, lambda: buf.index_copy_(0, f.order[n_res + n_str:], y_cpu))
         if dec.prefetch:  # after this layer's experts are enqueued: no slot they read is overwritten
             self._prefetch(dec.prefetch)
-        w = topk_weights.to(device=dev, dtype=torch.float32).reshape(T, k, 1)
-        return (buf.view(T, k, h).float() * w).sum(dim=1).to(out_dtype)
 
-    def _streamed(self, layer: int, x: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor, stream: np.ndarray,
-                  counts: np.ndarray, buf: torch.Tensor) -> None:
-        """Streamed experts through the staging slots, ``_chunk`` at a time, alternating halves."""
-        host, stage = self.host[layer], self.stage
-        ends = np.cumsum(counts)
+        def combine() -> None:
+            w = topk_weights.to(device=buf.device, dtype=torch.float32).reshape(T, k, 1)
+            out.copy_((buf.view(T, k, h).float() * w).sum(dim=1))
+
+        S.launch(COMPUTE, combine)
+        return out
+
+    def _streamed(self, layer: int, f: SimpleNamespace, base: int, stream: np.ndarray, counts: np.ndarray,
+                  buf: torch.Tensor) -> None:
+        """Streamed experts through the staging slots, ``_chunk`` at a time, alternating halves: the copy of one
+        chunk [copy stream] overlaps the compute of the previous one."""
+        S, host = self.s, self.host[layer]
+        ends = base + np.cumsum(counts)
         for c0 in range(0, stream.size, self._chunk):
             ids = stream[c0:c0 + self._chunk].tolist()
             half = self._half
             self._half = (self._half + 1) % self._nbuf
-            base = half * self._chunk
-            w = {n: stage[n][base:base + len(ids)] for n in ("gate", "up", "down")}
-            if self.cuda:
-                cs = self._copy_stream
-                if self._stage_free[half] is not None:
-                    cs.wait_event(self._stage_free[half])  # the half's previous chunk has been computed
-                with torch.cuda.stream(cs):
-                    for j, e in enumerate(ids):
-                        for n in ("gate", "up", "down"):
-                            w[n][j].copy_(host[n][e], non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record(cs)
-                self._compute_stream().wait_event(ready)
-            else:
-                for j, e in enumerate(ids):
-                    for n in ("gate", "up", "down"):
-                        w[n][j].copy_(host[n][e])
-            a = int(ends[c0 - 1]) if c0 else 0
+            lo = half * self._chunk
+            w = {n: self.stage[n][lo:lo + len(ids)] for n in _PROJ}
+            S.wait(COPY, self._stage_free[half], "stage-after-compute")  # the half's previous chunk was computed
+            S.launch(COPY, partial(_copy_rows, w, host, ids))
+            S.wait(COMPUTE, S.record(COPY), "compute-after-stage")
+            a = int(ends[c0 - 1]) if c0 else base
             b = int(ends[c0 + len(ids) - 1])
             if b > a:
-                y = grouped_experts(x.index_select(0, tok[a:b]), counts[c0:c0 + len(ids)], w["gate"], w["up"], w["down"])
-                buf.index_copy_(0, pos[a:b], y)
-            if self.cuda:
-                done = torch.cuda.Event()
-                done.record(self._compute_stream())
-                self._stage_free[half] = done
+                S.launch(COMPUTE, partial(_staged_chunk, f, a, b, counts[c0:c0 + len(ids)], w, buf))
+            self._stage_free[half] = S.record(COMPUTE)
 
-    def _cpu_experts(self, layer: int, rows: torch.Tensor, y: torch.Tensor | None, gathered: Any,
-                     counts: np.ndarray) -> torch.Tensor:
-        """Rows (sorted by expert id) to the host, the host experts over them, results back to the device
-        (into ``y``, allocated before ``gathered`` was recorded; CUDA only)."""
-        host = self.host[layer]
-        if not self.cuda:  # rows are already in host memory
-            return grouped_experts(rows, counts, host["gate"], host["up"], host["down"])
-        act, compute = self._act_stream, self._compute_stream()
-        xh = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-        act.wait_event(gathered)
-        with torch.cuda.stream(act):
-            xh.copy_(rows, non_blocking=True)
-        rows.record_stream(act)  # allocated on the compute stream, read on this one
-        d2h = torch.cuda.Event()
-        d2h.record(act)
-        d2h.synchronize()  # the host waits for the rows only, not for the GPU experts queued after them
-        yh = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+    def _cpu_experts(self, layer: int, rows: torch.Tensor, y: torch.Tensor, gathered: Any, counts: np.ndarray) -> None:
+        """Rows (sorted by expert id) to the host [act stream], the host experts over them, results back into
+        ``y`` [act stream]; the compute stream then waits for them."""
+        S, host = self.s, self.host[layer]
+        if S.host_is_device:  # rows are already in host memory
+            grouped_experts(rows, counts, host["gate"], host["up"], host["down"], out=y)
+            return
+        xh = S.pinned(tuple(rows.shape), rows.dtype)
+        S.wait(ACT, gathered, "act-after-gather")
+        S.launch(ACT, lambda: xh.copy_(rows, non_blocking=True))
+        S.keep_alive(rows, ACT)  # allocated on the compute stream, read on this one
+        S.host_wait(S.record(ACT), "host-after-d2h")  # the rows only, not the GPU experts queued after them
+        yh = S.pinned(tuple(rows.shape), rows.dtype)
         grouped_experts(xh, counts, host["gate"], host["up"], host["down"], out=yh)
-        with torch.cuda.stream(act):  # ordered after the wait on ``gathered`` above, so y's memory is ours
-            y.copy_(yh, non_blocking=True)  # the pinned block is recycled only after this copy (host allocator event)
-        compute.wait_stream(act)
-        return y
+        # y was allocated before ``gathered`` was recorded, so no queued compute still uses its memory; the pinned
+        # block yh is recycled only after this copy ran (caching host allocator event)
+        S.launch(ACT, lambda: y.copy_(yh, non_blocking=True))
+        S.wait(COMPUTE, S.record(ACT), "compute-after-h2d")
 
     # ---- counters ---------------------------------------------------------------------------------------
     @property
@@ -487,7 +452,22 @@ class ExpertStore:
                 "hit_ratio": self.hit_ratio, "promotions": int(moves.promotions), "demotions": int(moves.demotions),
                 "cpu_assignments": int(self.cpu_assignments), "gpu_assignments": int(self.gpu_assignments),
                 "h2d_weight_bytes": int(weight), "max_resident": self.max_resident.tolist(),
-                "budget": self.budget.tolist(), "layer_budgets": self.residency.budget.tolist()}
+                "budget": self.budget.tolist(), "layer_budgets": self.residency.budget.tolist(),
+                "host_pinned": bool(self.pinned)}
+
+
+def _copy_rows(w: dict[str, torch.Tensor], host: dict[str, torch.Tensor], ids: list[int]) -> None:
+    """Experts ``ids`` from the host stacks into the staging rows ``w`` (launched on the copy stream)."""
+    for j, e in enumerate(ids):
+        for n in _PROJ:
+            w[n][j].copy_(host[n][e], non_blocking=True)
+
+
+def _staged_chunk(f: SimpleNamespace, a: int, b: int, counts: np.ndarray, w: dict[str, torch.Tensor],
+                  buf: torch.Tensor) -> None:
+    """One staged chunk's experts over sorted rows a..b, placed into ``buf`` (launched on the compute stream)."""
+    y = grouped_experts(f.x.index_select(0, f.tok[a:b]), counts, w["gate"], w["up"], w["down"])
+    buf.index_copy_(0, f.order[a:b], y)
 
 
 class _LayerSlots:

@@ -12,7 +12,8 @@ rows ``x_sorted [n, h]`` already sorted by stack row: the first ``counts[0]`` ro
   nothing) when it exists, the tensors are CUDA bfloat16 on an sm90/sm100 GPU and the shapes meet its
   alignment rules (h and i multiples of 8, i.e. 16-byte strides; 16-byte aligned data pointers). Signature
   (torch >= 2.8): ``_grouped_mm(mat_a [n, K], mat_b [G, K, N], offs int32 [G] = cumulative row ends)``;
-  nn.Linear weights [G, N, K] are passed transposed (a view, no copy), the layout the kernel expects.
+  nn.Linear weights [G, N, K] are passed transposed (a view, no copy), the layout the kernel expects. At most
+  ``MAX_GROUPS`` groups per call: larger groups are cut into consecutive runs.
 - the fallback: a loop over the *active* experts only (counts > 0, found with one vectorised numpy call),
   each calling :func:`expert_mlp` on its contiguous slice. Why a loop: there is no grouped GEMM on the CPU,
   and a padded ``bmm`` over the group would need the weights of the active experts gathered into a new
@@ -34,6 +35,9 @@ import torch.nn.functional as F
 
 # Set to False to force the fallback everywhere (debugging, or comparing the two on a GPU).
 USE_GROUPED_MM = True
+# Groups per torch._grouped_mm call: PyTorch refuses more than 1023 (a store layer whose slots are spread over
+# the pool, e.g. riptide's per-layer budgets on a full-depth model, spans more).
+MAX_GROUPS = 1023
 
 
 def expert_mlp(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
@@ -69,9 +73,29 @@ def can_use_grouped_mm(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, do
 
 def _grouped_mm_path(x: torch.Tensor, counts: np.ndarray, gate: torch.Tensor, up: torch.Tensor,
                      down: torch.Tensor) -> torch.Tensor:
-    # offsets: cumulative row ends, int32, on the device; a pageable H2D copy of G ints (staged, so the numpy
-    # array may go away at once)
-    offs = torch.from_numpy(np.cumsum(counts, dtype=np.int64).astype(np.int32)).to(x.device, non_blocking=True)
+    """The grouped GEMMs, at most ``MAX_GROUPS`` groups per call (PyTorch refuses more): the groups are cut
+    into consecutive runs, each over its own contiguous rows; runs without a row are skipped."""
+    G = counts.size
+    if G <= MAX_GROUPS:
+        return _grouped_mm_run(x, counts, gate, up, down)
+    ends = np.concatenate([[0], np.cumsum(counts)])
+    parts = []
+    for g0 in range(0, G, MAX_GROUPS):
+        g1 = min(G, g0 + MAX_GROUPS)
+        a, b = int(ends[g0]), int(ends[g1])
+        if b > a:
+            parts.append(_grouped_mm_run(x[a:b], counts[g0:g1], gate[g0:g1], up[g0:g1], down[g0:g1]))
+    return torch.cat(parts)
+
+
+def _grouped_mm_run(x: torch.Tensor, counts: np.ndarray, gate: torch.Tensor, up: torch.Tensor,
+                    down: torch.Tensor) -> torch.Tensor:
+    # offsets: cumulative row ends, int32, on the device; copied from a page-locked block without a host sync
+    # (a pageable copy would first synchronise the host with the stream, behind any queued copies); the
+    # caching host allocator recycles the block only after the copy ran
+    offs = torch.from_numpy(np.cumsum(counts, dtype=np.int64).astype(np.int32))
+    if x.device.type == "cuda":
+        offs = offs.pin_memory().to(x.device, non_blocking=True)
     g = torch._grouped_mm(x, gate.transpose(-2, -1), offs=offs)
     u = torch._grouped_mm(x, up.transpose(-2, -1), offs=offs)
     a = (F.silu(g) * u).contiguous()
