@@ -49,24 +49,6 @@ def parse_policy(text: str) -> tuple[str, dict]:
     return name, ({"tau": int(tau)} if tau else {})
 
 
-def h2d_rate(device: torch.device, nbytes: int = 256 * 2**20, repeats: int = 5) -> dict[str, float]:
-    """Median host-to-device GB/s for pinned and pageable sources (CUDA events around each copy)."""
-    out = {}
-    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    for kind, pin in (("pinned", True), ("pageable", False)):
-        src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=pin)
-        times = []
-        for _ in range(repeats + 1):  # the first copy warms up
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            dst.copy_(src, non_blocking=pin)
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) / 1e3)
-        out[f"h2d_{kind}_gbps"] = nbytes / float(np.median(times[1:])) / 1e9
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -109,8 +91,11 @@ def main() -> None:
           f"{device}; weights built in {time.perf_counter() - t0:.1f} s")
     env = environment(device)
     if device.type == "cuda":
-        env.update(h2d_rate(device))
-        print(f"H2D: pinned {env['h2d_pinned_gbps']:.1f} GB/s, pageable {env['h2d_pageable_gbps']:.1f} GB/s")
+        from validate.bench_copies import copy_rates  # torch + numpy only, as this script; random-filled buffers
+
+        env.update(copy_rates(device))
+        print(f"copies (GB/s, 256 MiB): H2D pinned {env['h2d_pinned_gbps']:.1f}, pageable {env['h2d_pageable_gbps']:.1f};"
+              f" D2H pinned {env['d2h_pinned_gbps']:.1f}, pageable {env['d2h_pageable_gbps']:.1f}")
     g = torch.Generator().manual_seed(a.seed)
     prompt = torch.randint(0, min(spec.vocab_size, 150000), (a.prompt_length,), generator=g).to(device)
     runs, traces = [], {}

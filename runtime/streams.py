@@ -179,7 +179,16 @@ class CudaStreams:
 
     def pin_host(self, t: torch.Tensor) -> bool:
         """Page-lock ``t`` in place (cudaHostRegister: no copy, unlike ``pin_memory()``); False if refused."""
-        return pin_in_place(t, torch.cuda.cudart().cudaHostRegister)
+        if pin_in_place(t, torch.cuda.cudart().cudaHostRegister):
+            return True
+        # a refused registration leaves its error code for the next cudaGetLastError, which PyTorch's launch
+        # check after some later kernel would raise: consume it here, with a kernel of our own
+        try:
+            torch.empty(1, device=self.device).fill_(0)
+            torch.cuda.synchronize(self.device)
+        except RuntimeError:
+            pass
+        return False
 
     def forward_done(self) -> None:
         pass

@@ -1,7 +1,7 @@
 """Shared fixtures for the validation tests: one CPU run of validate/gpu_validate.sh for the whole session.
 
-The script runs exactly as on the GPU machine, with its settings switched to the CPU equivalent (--device cpu,
-the llada2-tiny preset, one torch thread, quick calibration) and with simpy, plotly, scipy and tqdm made
+The script runs exactly as on the GPU machine, in its dry-run mode (--dry-run: --device cpu, the llada2-tiny
+preset, one torch thread, quick calibration; the same settings are also given through the environment) and with simpy, plotly, scipy and tqdm made
 unimportable (a sitecustomize on PYTHONPATH), as they are absent on the GPU machine.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ def gpu_script_cpu(tmp_path_factory, import_blocker) -> Path:
     (site / "sitecustomize.py").write_text(import_blocker(BLOCKED))
     out = base / "out"
     env = {**os.environ, **CPU_SETTINGS, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), str(out)], cwd=ROOT, env=env,
+    proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), "--dry-run", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
