@@ -232,3 +232,32 @@ def test_grouped_mm_calls_stay_within_the_group_limit(monkeypatch):
     want = kernels._fallback(x, counts, *w, None)
     assert max(groups) <= kernels.MAX_GROUPS and len(groups) == 2 * 3
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ---- the same on a real GPU: delays are spin kernels queued before each launch --------------------------------
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (torch.cuda unavailable)")
+@pytest.mark.parametrize("name,params", cases.all_cases(), ids=lambda v: str(v))
+def test_cuda_delays_change_nothing(name, params):
+    from runtime.streams import CudaStreams
+
+    dev = torch.device("cuda")
+
+    def outputs(streams: Any) -> tuple[list[torch.Tensor], dict]:
+        policy = cases.build(name, params)
+        experts = [{n: t.to(torch.bfloat16) for n, t in d.items()} for d in cases.EXPERTS]
+        store = ExpertStore(SPEC, experts, policy, 8, dev, torch.bfloat16, stream_slots=3,
+                            block_length=cases.BLOCK_LENGTH, mode="block-cache", cost=cases.policy_cost(policy),
+                            streams=streams)
+        outs = []
+        for info, layers in cases.INPUTS:
+            store.begin_step(info)
+            for layer, (x, ids, w) in enumerate(layers):
+                outs.append(store.forward(layer, x.to(dev, torch.bfloat16), ids.to(dev), w.to(dev)).cpu())
+        torch.cuda.synchronize()
+        return outs, store.metrics()
+
+    plain, m_plain = outputs(CudaStreams(dev))
+    delayed, m_delayed = outputs(CudaStreams(dev, Delays(compute=2e-4, copy=5e-4, act=5e-4, seed=1)))
+    assert all(torch.equal(a, b) for a, b in zip(plain, delayed))
+    assert {k: m_plain[k] for k in COUNTERS} == {k: m_delayed[k] for k in COUNTERS}
