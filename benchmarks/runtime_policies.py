@@ -8,8 +8,8 @@ GPU (H100 class), needs only torch (+ numpy) and this repository:
 
 (a LLaDA2.0-mini shape with random weights and 4 MoE layers, 128 of 256 experts per layer resident).
 Weights are built once; each (policy, mode) gets a fresh expert store and one warm-up block before the timed
-generation. On CUDA it also measures the pinned and pageable host-to-device copy rate (GB/s, 1e9 B/s) with
-CUDA events over 256 MiB copies.
+generation. On CUDA it also measures pinned and pageable copy rates in both directions (GB/s, 1e9 B/s; CUDA
+events over 256 MiB copies of random bytes, ``validate.bench_copies.copy_rates``).
 
 Writes to --out-dir: ``runtime_results.json`` (environment, settings, per run: tokens/s, counters, forward
 times ``step_times_s`` and whole-step times ``step_wall_s`` that sum to ``wall_s``) and ``runtime_traces.tar``

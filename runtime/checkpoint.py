@@ -24,8 +24,8 @@ from typing import Iterable, Mapping
 import torch
 
 from runtime.config import RuntimeConfig
-from runtime.model import (checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of, parse_expert_name,
-                           random_expert_stacks, random_state)
+from runtime.model import (EXPERT_PROJS, checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of,
+                           non_expert_shapes, parse_expert_name, random_fill_, random_stack_name)
 from sim.errors import TideError
 from traces.io import atomic_write_bytes
 
@@ -160,16 +160,23 @@ def split_state(state: Mapping[str, torch.Tensor], cfg: RuntimeConfig, device=No
 
 
 def random_weights(cfg: RuntimeConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
-                   pin: bool | None = None) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
-    """The split of :func:`runtime.model.random_state` (same values), built without a per-expert dict:
-    experts go straight from one stacked random tensor per (layer, proj) into the host stacks."""
+                   pin: bool | None = None, threads: int | None = None
+                   ) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
+    """The split of :func:`runtime.model.random_state` (same values, rounded to ``dtype``), drawn on a pool of
+    ``threads`` threads (default: torch's thread count; the values do not depend on it).
+
+    Every tensor is drawn straight into its final host buffer, chunk by chunk: routed experts into the (pinned)
+    ``dtype`` host stacks, non-expert tensors into ``dtype`` (the expert bias float32) CPU tensors that then go
+    to ``device``. No full-size float32 copy of the experts is ever made: for a LLaDA2.0-mini shape that would
+    be 3 GiB per MoE layer."""
     device = torch.device(device if device is not None else "cpu")
-    non_expert = {n: _to_device(n, t, device, dtype) for n, t in random_state(cfg, seed, experts=False).items()}
+    host = {n: torch.empty(shape, dtype=torch.float32 if keeps_float32(n) else dtype)
+            for n, shape in non_expert_shapes(cfg).items()}
     experts = ExpertWeights.allocate(cfg, dtype, _wants_pin(device) if pin is None else pin)
-    for m in range(cfg.spec.num_moe_layers):
-        for proj, stack in random_expert_stacks(cfg, seed, m).items():
-            experts[m].proj(proj).copy_(stack)
-    return non_expert, experts
+    stacks = {random_stack_name(cfg, m, proj): experts[m].proj(proj)
+              for m in range(cfg.spec.num_moe_layers) for proj in EXPERT_PROJS}
+    random_fill_({**host, **stacks}, seed, threads)  # one pool over every chunk of every tensor
+    return {n: t.to(device) for n, t in host.items()}, experts
 
 
 # ---- loading ---------------------------------------------------------------------------------------------

@@ -70,6 +70,23 @@ def blocker_source(modules) -> str:
     """)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread(request):
+    """Runtime and validation tests run torch on one thread: their matmuls are tiny, and on this 2-core machine
+    OpenMP wake-ups made them 30-50x slower with the default threads; restored afterwards. Module scope, so it
+    is in force before any module-scoped fixture computes a reference (bit-identical results need the same
+    thread count: the reduction order of a matmul depends on it)."""
+    if request.path.parent.name not in ("runtime", "validate"):
+        yield
+        return
+    import torch  # here, not at the top: the simulator's tests need no torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def import_blocker():
     return blocker_source

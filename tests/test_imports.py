@@ -1,12 +1,19 @@
 """The GPU machines have torch (and numpy) but not simpy, plotly, scipy, tqdm, safetensors or transformers:
-policies, model spec, traces and the random-weight runtime must import and run there."""
+policies, model spec, traces and the random-weight runtime must import and run there, and the gpu-marked
+tests must be collected there."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 BLOCKED = ("simpy", "plotly", "scipy", "tqdm", "safetensors", "transformers")
+REPO = Path(__file__).resolve().parents[1]
+# gpu-marked tests when this test was written: 15 in tests/runtime/test_expert_store.py, 13 in
+# tests/runtime/test_store_streams.py; more may be added
+KNOWN_GPU_TESTS = 28
 
 
 def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
@@ -22,3 +29,25 @@ def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tide(tau=2)" in proc.stdout
     assert (tmp_path / "runtime_results.json").is_file() and (tmp_path / "runtime_traces.tar").is_file()
+
+
+def _collect_gpu(paths: list[str], bootstrap: str = "") -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``pytest -m gpu --collect-only -q PATHS`` in a fresh interpreter that first runs ``bootstrap``; returns
+    the process and the node ids it listed."""
+    args = ["-m", "gpu", "--collect-only", "-q", "-p", "no:cacheprovider", *paths]
+    code = bootstrap + f"\nimport pytest\nraise SystemExit(pytest.main({args!r}))\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    return proc, [line for line in proc.stdout.splitlines() if "::" in line]
+
+
+def test_gpu_tests_collect_with_torch_only(import_blocker):
+    """``python3 -m pytest -m gpu`` collects every gpu-marked test without simpy, plotly, scipy, ...: the GPU
+    machine has torch + numpy only. Test modules that need the simulator skip themselves there
+    (``pytest.importorskip``); the GPU ones import it only inside the tests that replay through it."""
+    full, gpu_ids = _collect_gpu(["tests/"])
+    assert full.returncode == 0, full.stdout[-3000:] + full.stderr[-2000:]
+    assert len(gpu_ids) >= KNOWN_GPU_TESTS, full.stdout[-3000:]
+    blocked, blocked_ids = _collect_gpu(["tests/"], import_blocker(BLOCKED))
+    assert blocked.returncode == 0, blocked.stdout[-3000:] + blocked.stderr[-2000:]
+    assert not re.search(r"\b\d+ errors?\b", blocked.stdout), blocked.stdout[-3000:]
+    assert blocked_ids == gpu_ids

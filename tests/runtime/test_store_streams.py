@@ -25,14 +25,6 @@ SPEC, E = cases.SPEC, cases.E
 COUNTERS = ("h2d_bytes", "d2h_bytes", "hit_ratio", "promotions", "demotions", "cpu_assignments", "gpu_assignments")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class SelfPrefetchPolicy(Policy):
     """Prefetch into the *same* layer for its next step, demoting experts this forward just computed with: the
     copy may overwrite a slot only after the queued compute read it (riptide's prefetch does the same)."""

@@ -6,10 +6,14 @@ expert, copies 0.01 s per byte; an expert is 100 bytes, a token's activation 1 b
 """
 from __future__ import annotations
 
+import pytest
+
+pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
+pytest.importorskip("scipy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
+
 from functools import lru_cache
 
 import numpy as np
-import pytest
 
 from simcases import tiny_trace
 from sim.cost import ConstantCostModel, RooflineCostModel

@@ -7,8 +7,12 @@ Every case switches off the parts it does not test.
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
+
+pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
+pytest.importorskip("scipy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
+
+import numpy as np
 
 from simcases import tiny_trace
 from sim.cost import ConstantCostModel, RooflineCostModel

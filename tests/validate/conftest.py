@@ -11,7 +11,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 BLOCKED = ("simpy", "plotly", "scipy", "tqdm")
@@ -23,14 +22,6 @@ CPU_SETTINGS = {"TIDE_DEVICE": "cpu", "TIDE_MODEL": "llada2-tiny", "TIDE_NUM_LAY
 @pytest.fixture
 def cpu_settings() -> dict[str, str]:
     return dict(CPU_SETTINGS)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
