@@ -120,7 +120,6 @@ class ExpertStore:
             device = torch.device("cuda", torch.cuda.current_device())
         self.spec, self.policy, self.device, self.dtype = spec, policy, device, dtype
         self.s = streams if streams is not None else default_streams(device)
-        self.cuda = device.type == "cuda"
         L, E = spec.num_moe_layers, spec.num_experts
         self.L, self.E, self.k = L, E, spec.top_k
         self.h, self.i = spec.hidden_size, spec.moe_intermediate_size
