@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from sim.budget import fits, resolve_budget  # noqa: E402
-from sim.cost import RooflineCostModel  # noqa: E402
+from offload.budget import fits, resolve_budget  # noqa: E402
+from offload.cost import RooflineCostModel  # noqa: E402
 from sim.engine import simulate  # noqa: E402
-from sim.hardware import HardwareProfile  # noqa: E402
-from sim.model_spec import ModelSpec  # noqa: E402
-from sim.policies import POLICIES, make_policy  # noqa: E402
+from offload.hardware import HardwareProfile  # noqa: E402
+from offload.model_spec import ModelSpec  # noqa: E402
+from offload.policies import POLICIES, make_policy  # noqa: E402
 from traces.synthetic import default_config, generate  # noqa: E402
 
 MODELS = {"mini": "llada2.0-mini", "flash": "llada2.0-flash"}

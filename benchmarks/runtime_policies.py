@@ -37,8 +37,9 @@ from runtime.diffusion import GenerationSettings, generate  # noqa: E402
 from runtime.environment import environment  # noqa: E402
 from runtime.expert_store import ExpertStore  # noqa: E402
 from runtime.model import LLaDA2MoE  # noqa: E402
-from sim.policies import make_policy  # noqa: E402
-from traces.io import atomic_write_bytes, atomic_write_text, write_trace  # noqa: E402
+from offload.policies import make_policy  # noqa: E402
+from offload.atomic_io import atomic_write_bytes, atomic_write_text
+from offload.trace_io import write_trace  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -77,8 +78,8 @@ def main() -> None:
     budget = a.budget or spec.num_experts // 2
     cost = None
     if a.profile:  # cost-aware policies decide from the cost model: the runtime's must be the replay's
-        from sim.cost import RooflineCostModel
-        from sim.hardware import HardwareProfile
+        from offload.cost import RooflineCostModel
+        from offload.hardware import HardwareProfile
 
         elem = torch.empty(0, dtype=dtype).element_size()
         cost = RooflineCostModel(dataclasses.replace(spec, dtype_bytes=elem), HardwareProfile.load(a.profile))

@@ -26,11 +26,11 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from sim.cost import RooflineCostModel  # noqa: E402
+from offload.cost import RooflineCostModel  # noqa: E402
 from sim.engine import simulate  # noqa: E402
-from sim.hardware import HardwareProfile  # noqa: E402
-from sim.model_spec import ModelSpec  # noqa: E402
-from sim.policies import make_policy  # noqa: E402
+from offload.hardware import HardwareProfile  # noqa: E402
+from offload.model_spec import ModelSpec  # noqa: E402
+from offload.policies import make_policy  # noqa: E402
 
 TARGET_S = 2.0
 POLICIES = (("all-gpu", {}), ("cpu-route", {}), ("fetch-lru", {}), ("tide", {"tau": 4}))

@@ -26,8 +26,8 @@ import torch
 from runtime.config import RuntimeConfig
 from runtime.model import (EXPERT_PROJS, checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of,
                            non_expert_shapes, parse_expert_name, random_fill_, random_stack_name)
-from sim.errors import TideError
-from traces.io import atomic_write_bytes
+from offload.errors import TideError
+from offload.atomic_io import atomic_write_bytes
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

@@ -1,4 +1,4 @@
-"""What the runtime needs beyond the shared :class:`~sim.model_spec.ModelSpec`: the numerical constants of the
+"""What the runtime needs beyond the shared :class:`~offload.model_spec.ModelSpec`: the numerical constants of the
 LLaDA2-MoE forward and generation, read from the same config.json (defaults from the published checkpoints).
 
   rotary: the first rotary_dim = head_dim x partial_rotary_factor dimensions of q and k, base rope_theta
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
 
 MASK_TOKEN_ID = 156895
 EOS_TOKEN_ID = 156892

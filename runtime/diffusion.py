@@ -38,9 +38,10 @@ except ImportError:  # pragma: no cover
         return iterable
 
 from runtime.config import RuntimeConfig
-from sim.errors import TideError
-from sim.policies.base import StepInfo
-from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, Trace, make_trace, model_header
+from offload.errors import TideError
+from offload.policies.base import StepInfo
+from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, Trace, model_header
+from offload.trace_check import make_trace
 
 MODES = ("prefix-recompute", "block-cache")
 

@@ -1,6 +1,6 @@
 """The runtime's routed experts: a GPU slot pool shared out among the MoE layers, host copies of every expert,
-and a placement policy (``sim.policies``) that decides per (step, layer) what moves, executed with the
-simulator's semantics and counted the simulator's way (``sim.engine``, ``sim.results``).
+and a placement policy (``offload.policies``) that decides per (step, layer) what moves, executed with the
+simulator's semantics and counted the simulator's way (``sim.engine``, ``offload.results``).
 
 Memory
   host    every expert of every MoE layer, in the store's dtype; for CUDA page-locked *in place*
@@ -51,7 +51,7 @@ weight and sum in float32). An expert always gets the same rows in the same orde
 device=cpu "GPU" path use the same per-expert function, so on device=cpu in float32 every policy's output is
 bit-identical to all-gpu's.
 
-Byte accounting (the simulator's, ``sim.results``): expert_bytes = 3 h i x element size, token_bytes =
+Byte accounting (the simulator's, ``offload.results``): expert_bytes = 3 h i x element size, token_bytes =
 h x element size (the store's dtype; equal to the spec's when the dtype is the checkpoint's);
   promotions, demotions = Residency.moves (promote + stream + prefetch; demote + stream + prefetch demote)
   h2d_bytes = promotions x expert_bytes + cpu_assignments x token_bytes,  d2h_bytes = cpu_assignments x token_bytes
@@ -70,10 +70,10 @@ import torch
 from runtime.kernels import grouped_experts
 from runtime.slot_pool import SlotMap
 from runtime.streams import ACT, COMPUTE, COPY, SERIAL_CPU, default_streams
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
-from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
-from sim.policies.residency import MoveCounters, Residency
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.residency import MoveCounters, Residency
 
 _GIB = 2**30
 _PROJ = ("gate", "up", "down")
@@ -443,7 +443,7 @@ class ExpertStore:
         self.h2d_act_bytes = self.d2h_bytes = self.cpu_assignments = self.gpu_assignments = 0
 
     def metrics(self) -> dict[str, Any]:
-        """The simulator's counter names (sim.results.METRIC_KEYS minus the timing ones), plus detail."""
+        """The simulator's counter names (offload.results.METRIC_KEYS minus the timing ones), plus detail."""
         moves = self.residency.moves
         weight = moves.promotions * self.expert_bytes
         return {"policy": self.policy.name, "params": dict(self.policy.params()),

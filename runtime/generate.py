@@ -22,12 +22,13 @@ import torch
 from runtime.config import RuntimeConfig
 from runtime.environment import environment
 from runtime.diffusion import MODES, GenerationSettings, generate
-from sim.budget import resolve_budget
-from sim.errors import TideError, run_cli
-from sim.model_spec import MODEL_PRESETS
-from sim.policies import POLICIES, TAU_POLICIES, Policy, make_policy
-from sim.policies.policy_file import read_policy_file
-from traces.io import atomic_write_text, write_trace
+from offload.budget import resolve_budget
+from offload.errors import TideError, run_cli
+from offload.model_spec import MODEL_PRESETS
+from offload.policies import POLICIES, TAU_POLICIES, Policy, make_policy
+from offload.policies.policy_file import read_policy_file
+from offload.atomic_io import atomic_write_text
+from offload.trace_io import write_trace
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -150,8 +151,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     settings.check()
     cost = None
     if a.hardware is not None:  # the same cost model the simulator would price this machine with
-        from sim.cost import RooflineCostModel
-        from sim.hardware import HardwareProfile
+        from offload.cost import RooflineCostModel
+        from offload.hardware import HardwareProfile
 
         cost = RooflineCostModel(spec, HardwareProfile.load(a.hardware))
     store = ExpertStore(spec, [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers], policy, budget,

@@ -1,6 +1,6 @@
 """The LLaDA2-MoE network in PyTorch (batch size 1; activations are [T, h] for the T tokens of one forward).
 
-Notation as in sim/model_spec.py: h hidden, H query heads, K key/value heads, d head_dim, r rotary_dim,
+Notation as in offload/model_spec.py: h hidden, H query heads, K key/value heads, d head_dim, r rotary_dim,
 E experts, k experts per token, V vocabulary. One decoder layer (eps = rms_norm_eps):
 
   RMSNorm(x)  = w * x / sqrt(mean(x^2) + eps)                           (in float32, cast back)

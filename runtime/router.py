@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from runtime.config import RuntimeConfig
-from sim.errors import TideError
+from offload.errors import TideError
 
 # Group score = sum of this many best biased scores per group (DeepSeek-V3 style, as in LLaDA2.0).
 _GROUP_SCORE_TOP = 2

@@ -3,7 +3,7 @@
 JSON object format: ``{"traceEvents": [...], "displayTimeUnit": "ms", "metadata": {...}}``. Each busy interval
 of a resource is one complete event (``"ph": "X"``) with ``ts`` and ``dur`` in microseconds of simulated time,
 ``pid`` 0, ``tid`` the resource (0 gpu, 1 cpu, 2 h2d, 3 d2h; named by ``thread_name`` metadata events),
-``name`` what it was (``sim.results.WHAT``) and ``args`` ``{"step", "layer"}`` (layer -1: not a MoE layer).
+``name`` what it was (``offload.results.WHAT``) and ``args`` ``{"step", "layer"}`` (layer -1: not a MoE layer).
 
 The intervals in which the GPU stream stalls (waiting for a blocking copy, a prefetch, or the CPU's share of a
 layer; ``what == "wait"``) go on their own track, tid 4 "gpu stalled", so that each resource track holds only
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.results import RESOURCES, WHAT, SimResult
-from traces.io import atomic_write_text
+from offload.errors import TideError
+from offload.results import RESOURCES, WHAT, SimResult
+from offload.atomic_io import atomic_write_text
 
 WAIT_TID = len(RESOURCES)
 TRACK_NAMES = (*RESOURCES, "gpu stalled")

@@ -5,7 +5,7 @@ runs a layer's CPU batch with all its threads), the H2D and D2H copy engines (on
 profile's link is ``shared_duplex``). Work is modelled at the granularity the hardware serialises at: one
 event per layer's batch of copies or experts, never one per expert.
 
-One forward pass s (times from the cost model, see ``sim.cost``):
+One forward pass s (times from the cost model, see ``offload.cost``):
 
   GPU: step_fixed(s)                                   overhead, dense layers, lm_head
   for each MoE layer l:
@@ -33,12 +33,12 @@ from typing import Any, Iterator
 import numpy as np
 import simpy
 
-from sim.cost import CostModel
-from sim.errors import TideError
-from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo
-from sim.policies.residency import Residency
-from sim.results import RESOURCES, WHAT, EventLog, SimResult
-from traces.schema import Trace
+from offload.cost import CostModel
+from offload.errors import TideError
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo
+from offload.policies.residency import Residency
+from offload.results import RESOURCES, WHAT, EventLog, SimResult
+from offload.trace import Trace
 
 _R = {name: i for i, name in enumerate(RESOURCES)}
 _W = {name: i for i, name in enumerate(WHAT)}

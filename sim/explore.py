@@ -24,15 +24,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sim.budget import fits, resolve_budget
-from sim.errors import TideError, run_cli
-from sim.hardware import HARDWARE_PRESETS, HardwareProfile
-from sim.model_spec import MODEL_PRESETS, ModelSpec
-from sim.policies import POLICIES, TAU_POLICIES, make_policy
-from sim.policies.policy_file import PolicyChoice, write_policy_file
+from offload.budget import fits, resolve_budget
+from offload.errors import TideError, run_cli
+from offload.hardware import HARDWARE_PRESETS, HardwareProfile
+from offload.model_spec import MODEL_PRESETS, ModelSpec
+from offload.policies import POLICIES, TAU_POLICIES, make_policy
+from offload.policies.policy_file import PolicyChoice, write_policy_file
 from sim.sweep import Task, model_payload, run_task, run_tasks
-from traces.io import atomic_write_text, read_trace, write_trace
-from traces.schema import MODES
+from offload.atomic_io import atomic_write_text
+from offload.trace_io import read_trace, write_trace
+from offload.trace import MODES
 
 BASELINES = ("cpu-route", "fetch-lru")
 
@@ -166,7 +167,7 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
         "synthetic": None if a.trace else {"modes": a.mode, "gen_length": a.gen_length, "block_length": a.block_length,
                                            "prompt_length": a.prompt_length, "seed": a.seed,
                                            "tokens_per_forward": a.tokens_per_forward},
-        "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (sim.cost.RooflineCostModel)",
+        "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (offload.cost.RooflineCostModel)",
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "numpy": np.__version__, "cores": os.cpu_count()},
     }

@@ -1,7 +1,7 @@
 """One self-contained HTML report of a set of simulated runs (plotly; the only module that imports it).
 
 ``write_report(path, rows, config)`` writes a single HTML file with plotly.js embedded (it opens offline in any
-browser), atomically. Each row is :meth:`sim.results.SimResult.metrics` plus the keys ``trace`` (trace name),
+browser), atomically. Each row is :meth:`offload.results.SimResult.metrics` plus the keys ``trace`` (trace name),
 ``mode``, ``label`` (e.g. ``"tide(tau=4)"``), ``tau`` (int, or None for policies without one) and ``budget``
 (GPU experts per MoE layer). Sections, one figure each, one subplot per trace where that helps:
 
@@ -25,9 +25,9 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from sim.errors import TideError
-from sim.results import RESOURCES
-from traces.io import atomic_write_text
+from offload.errors import TideError
+from offload.results import RESOURCES
+from offload.atomic_io import atomic_write_text
 
 BASELINES = ("cpu-route", "fetch-lru")
 CEILING = "all-gpu"

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sim.budget import GIB
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
+from offload.budget import GIB
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
 from sim.sweep import Task, model_payload
-from traces.io import write_trace
+from offload.trace_io import write_trace
 
 PAPER = {"models": ("llada2.0-mini", "llada2.0-flash"), "hardware": ("a100-pcie4", "h100-pcie5"),
          "fractions": (0.25, 0.5, 0.75), "modes": ("prefix-recompute", "block-cache")}

@@ -21,15 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from sim.cost import RooflineCostModel
+from offload.cost import RooflineCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from sim.policies import Policy, make_policy
-from sim.results import SimResult
-from traces.io import read_trace
-from traces.schema import Trace
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import Policy, make_policy
+from offload.results import SimResult
+from offload.trace_io import read_trace
+from offload.trace import Trace
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _materialise(digest: str, data: bytes) -> str:
     """Write a shipped trace once per node (content-addressed), return its local path."""
     path = Path(tempfile.gettempdir()) / "tide-moe-traces" / f"{digest}.npz"
     if not path.exists():
-        from traces.io import atomic_write_bytes
+        from offload.atomic_io import atomic_write_bytes
 
         atomic_write_bytes(path, lambda f: f.write(data))
     return str(path)

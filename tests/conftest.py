@@ -6,8 +6,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from sim.model_spec import ModelSpec
-from traces.schema import KIND_COMMIT, KIND_DENOISE, make_trace, model_header
+from offload.model_spec import ModelSpec
+from offload.trace import KIND_COMMIT, KIND_DENOISE, model_header
+from offload.trace_check import make_trace
 
 TINY_CONFIG = {
     "model_type": "llada2_moe", "hidden_size": 16, "intermediate_size": 32, "moe_intermediate_size": 8,

@@ -18,7 +18,7 @@ KNOWN_GPU_TESTS = 28
 
 def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
     code = import_blocker(BLOCKED) + textwrap.dedent(f"""
-        import sim.policies, sim.model_spec, sim.hardware, sim.cost, sim.budget, traces.io, traces.validate
+        import offload.policies, offload.model_spec, offload.hardware, offload.cost, offload.budget, offload.trace_io, offload.trace_check
         sys.argv = ["runtime_policies", "--threads", "1", "--gen-length", "8", "--block-length", "8",
                     "--prompt-length", "8", "--policies", "all-gpu", "tide:2", "--modes", "block-cache",
                     "--out-dir", {str(tmp_path)!r}]

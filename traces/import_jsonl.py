@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from sim.errors import run_cli
-from sim.model_spec import ModelSpec
+from offload.errors import run_cli
+from offload.model_spec import ModelSpec
 from traces.importers import import_jsonl
-from traces.io import write_trace
+from offload.trace_io import write_trace
 
 
 def main(argv: Sequence[str] | None = None) -> int:

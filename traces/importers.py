@@ -27,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from traces.schema import KIND_DECODE, KIND_PREFILL, Trace, make_trace, model_header
+from offload.errors import TideError
+from offload.trace import KIND_DECODE, KIND_PREFILL, Trace, model_header
+from offload.trace_check import make_trace
 
 _ROUTE_TYPES = (None, "route")
 
@@ -51,7 +52,7 @@ def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
 
 def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_is_prefill: bool = False,
                  keep_topk: bool = True) -> Trace:
-    """Read a JSONL decode routing log for ``model`` (a :class:`sim.model_spec.ModelSpec`) into a Trace."""
+    """Read a JSONL decode routing log for ``model`` (a :class:`offload.model_spec.ModelSpec`) into a Trace."""
     path = Path(path)
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
     if keep_topk and E > np.iinfo(np.int16).max + 1:

@@ -33,9 +33,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sim.errors import run_cli
-from traces.io import read_trace
-from traces.schema import KIND_COMMIT, KIND_DECODE, KIND_DENOISE, KIND_NAMES, KIND_PREFILL, Trace
+from offload.errors import run_cli
+from offload.trace_io import read_trace
+from offload.trace import KIND_COMMIT, KIND_DECODE, KIND_DENOISE, KIND_NAMES, KIND_PREFILL, Trace
 
 LAG = 5
 

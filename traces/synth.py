@@ -13,9 +13,9 @@ import argparse
 import time
 from typing import Sequence
 
-from sim.errors import run_cli
-from sim.model_spec import ModelSpec
-from traces.io import write_trace
+from offload.errors import run_cli
+from offload.model_spec import ModelSpec
+from offload.trace_io import write_trace
 from traces.synthetic import SYNTHETIC_MODES, default_config, generate
 
 # option name -> (SyntheticConfig field, type, help)

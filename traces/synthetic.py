@@ -43,7 +43,7 @@ experts, cosine 0.986 (adjacent) / 0.966 (lag 5); prefix-recompute top-half shar
 3.22 tokens/forward (3.14-3.22 over seeds 0-2). Prefix-recompute cosines are about 0.9999: the static
 prefix dominates its counts.
 
-How steps become trace rows (traces/schema.py), for generated block b with n_b denoising steps:
+How steps become trace rows (offload/trace.py), for generated block b with n_b denoising steps:
   prefix-recompute: n_b rows, kind 0, tokens_forwarded = context_tokens = P + (b + 1) T; counts = the final
       counts of the prompt and of blocks 0..b-1 plus the block's counts at that step. No prefill, no commit.
   block-cache: one prefill row first (kind 2, block -1, P tokens, the prompt's final counts; omitted when
@@ -65,9 +65,9 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 from scipy.stats import poisson
 
-from sim.errors import TideError
-from traces.schema import (KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS, Trace, make_trace,
-                           model_header)
+from offload.errors import TideError
+from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS, Trace, model_header
+from offload.trace_check import make_trace
 
 SYNTHETIC_MODES = ("prefix-recompute", "block-cache")
 # Published tokens per denoising forward at default decoding (routing-stats.md).

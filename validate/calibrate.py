@@ -3,7 +3,7 @@
     python -m validate.calibrate --device cuda|cpu [--out PROFILE.json] [--model M] [--dtype D] [--threads N]
                                  [--quick] [--max-seconds S] [--deadline-seconds S]
 
-Every table of the simulator's cost model (``sim.cost``) is measured with the runtime's own code, on one
+Every table of the simulator's cost model (``offload.cost``) is measured with the runtime's own code, on one
 decoder layer of each kind of ``--model`` (default llada2-tiny on cpu, llada2.0-mini on cuda), in the
 runtime's dtype (float32 on cpu, bfloat16 on cuda): routed experts on the device and on the host
 (validate.bench_experts), attention / embeddings / dense MLP / router + shared expert / lm_head + sampler and
@@ -38,9 +38,9 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from sim.errors import TideError, run_cli
-from sim.model_spec import MODEL_PRESETS
-from traces.io import atomic_write_text
+from offload.errors import TideError, run_cli
+from offload.model_spec import MODEL_PRESETS
+from offload.atomic_io import atomic_write_text
 from validate import bench_copies, bench_experts, bench_layers, bench_store
 from runtime.environment import environment
 from validate.profile_build import build_profile, holdout_summary
@@ -51,7 +51,7 @@ from validate.timing import Clock, TimingSettings, host_flush_size, last_level_c
 HOST_TABLES = ("cpu_expert", "cpu_expert_threads")  # timed after a host-cache flush too
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REQUIRED = ("gpu_expert", "cpu_expert", "copy_h2d", "copy_d2h")  # with the step overhead: what a profile needs
-PARTIAL_FORMAT = "tide-moe-incomplete-calibration/1"  # not sim.hardware.FORMAT: HardwareProfile.load refuses it
+PARTIAL_FORMAT = "tide-moe-incomplete-calibration/1"  # not offload.hardware.FORMAT: HardwareProfile.load refuses it
 
 
 def grids(device: str, quick: bool, E: int) -> dict[str, Any]:

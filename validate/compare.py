@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from sim.errors import TideError, run_cli
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from traces.io import atomic_write_text
+from offload.errors import TideError, run_cli
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.atomic_io import atomic_write_text
 from validate.replay import replay
 from validate.runs import RESULTS, Run, load_runs
 from validate.stats import run_row, summarise

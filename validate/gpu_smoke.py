@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from runtime.environment import environment
-from sim.errors import TideError, run_cli
-from sim.model_spec import ModelSpec
-from traces.io import atomic_write_text
+from offload.errors import TideError, run_cli
+from offload.model_spec import ModelSpec
+from offload.atomic_io import atomic_write_text
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 TOLERANCE = {torch.bfloat16: 2e-2, torch.float32: 1e-4}
@@ -164,7 +164,7 @@ def routing_steps(spec: ModelSpec, steps: int, tokens: int, seed: int, dtype: to
 
 
 def causal_policies() -> list[tuple[str, dict[str, Any]]]:
-    from sim.policies import POLICIES
+    from offload.policies import POLICIES
 
     cases = [(n, {}) for n, cls in POLICIES.items() if cls.causal and n != "tide"]
     return cases + [("tide", {"tau": 1}), ("tide", {"tau": 4})]
@@ -173,7 +173,7 @@ def causal_policies() -> list[tuple[str, dict[str, Any]]]:
 def _store_outputs(spec: ModelSpec, experts: list, name: str, params: dict, budget: int, device: torch.device,
                    dtype: torch.dtype, streams: Any, steps: list, cost: Any) -> tuple[list[torch.Tensor], dict]:
     from runtime.expert_store import ExpertStore
-    from sim.policies import StepInfo, make_policy
+    from offload.policies import StepInfo, make_policy
 
     policy = make_policy(name, **params)
     store = ExpertStore(spec, experts, policy, None if not policy.needs_budget else budget, device, dtype,
@@ -192,8 +192,8 @@ def _store_outputs(spec: ModelSpec, experts: list, name: str, params: dict, budg
 
 def check_store_sync(spec: ModelSpec, device: torch.device, dtype: torch.dtype, quick: bool) -> dict[str, Any]:
     from runtime.streams import CudaStreams, Delays, HostStreams, ThreadStreams
-    from sim.cost import RooflineCostModel
-    from sim.hardware import HardwareProfile
+    from offload.cost import RooflineCostModel
+    from offload.hardware import HardwareProfile
 
     g = torch.Generator().manual_seed(1)
     L, E, h, i = spec.num_moe_layers, spec.num_experts, spec.hidden_size, spec.moe_intermediate_size

@@ -113,7 +113,7 @@ cal=$?
 # cost-aware policies decide from the calibrated costs, as the simulator's replay will; without a loadable
 # profile they decide from the H100 preset, and compare cannot replay them exactly (it says so)
 profile=(--profile h100-pcie5)
-if [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from sim.hardware import HardwareProfile; HardwareProfile.load(sys.argv[1])" "$OUT/profile.json" >> "$LOG" 2>&1; then
+if [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from offload.hardware import HardwareProfile; HardwareProfile.load(sys.argv[1])" "$OUT/profile.json" >> "$LOG" 2>&1; then
   profile=(--profile "$OUT/profile.json")
 else
   echo "no loadable calibrated profile: tide-opt and riptide decide from the h100-pcie5 preset" | tee -a "$OUT/env.txt" "$LOG"

@@ -1,4 +1,4 @@
-"""Assemble a hardware profile (``sim.hardware`` format) from measured tables.
+"""Assemble a hardware profile (``offload.hardware`` format) from measured tables.
 
 The tables are what the simulator uses. The scalar sections every profile must have (gpu, cpu, link) are
 derived from the same tables, for tools that read them (budget checks, roofline fallbacks):
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from sim.hardware import FORMAT, HardwareProfile, model_record
+from offload.hardware import FORMAT, HardwareProfile, model_record
 from runtime.environment import host_memory_gib
 from validate.rig import Rig
 from validate.tables import Measured

@@ -3,7 +3,7 @@ calibrated on the machine the run came from.
 
 The model spec is rebuilt from the profile's model record (or ``--model``) with the run's number of MoE
 layers and its dtype, and must reproduce the trace's config_hash; the cost model then refuses a profile
-measured for another layer shape or dtype (``sim.hardware.HardwareProfile.check_model``).
+measured for another layer shape or dtype (``offload.hardware.HardwareProfile.check_model``).
 
 Timing accounting:
   * two devices (CUDA): the engine's own schedule, simulated time = completion of the last work item,
@@ -15,7 +15,7 @@ Timing accounting:
     sim_time = sum_s step_s[s]. The engine's own makespan equals this for policies without prefetch or
     overlap_cpu, except for the activation copies (sim.engine proposal: honour ``cost.serial``).
 
-Busy time per resource and seconds per kind of work (``sim.results.WHAT``) come from the engine's timeline,
+Busy time per resource and seconds per kind of work (``offload.results.WHAT``) come from the engine's timeline,
 with the same exclusions on a serial device.
 """
 from __future__ import annotations
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from sim.cost import RooflineCostModel
+from offload.cost import RooflineCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from sim.policies import make_policy
-from sim.results import RESOURCES, WHAT
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import make_policy
+from offload.results import RESOURCES, WHAT
 from validate.runs import COUNTERS, Run
 
 _ACT = (WHAT.index("act_d2h"), WHAT.index("act_h2d"))

@@ -22,8 +22,8 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from traces.io import atomic_write_text
-from traces.schema import KIND_NAMES
+from offload.atomic_io import atomic_write_text
+from offload.trace import KIND_NAMES
 
 _COLOURS = {"measured": "#444444", "simulated": "#1f77b4"}
 _WHAT_COLOURS = {"dense": "#2ca02c", "experts_gpu": "#98df8a", "experts_cpu": "#d62728", "weights_h2d": "#1f77b4",

@@ -24,10 +24,10 @@ import torch
 from runtime.config import RuntimeConfig
 from runtime.expert_store import ExpertStore
 from runtime.model import LLaDA2MoE
-from sim.model_spec import ModelSpec
-from sim.policies import make_policy
-from sim.policies.base import StepInfo
-from traces.schema import KIND_DENOISE
+from offload.model_spec import ModelSpec
+from offload.policies import make_policy
+from offload.policies.base import StepInfo
+from offload.trace import KIND_DENOISE
 
 
 @dataclass

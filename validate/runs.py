@@ -28,9 +28,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from sim.errors import TideError
-from traces.io import read_trace
-from traces.schema import Trace
+from offload.errors import TideError
+from offload.trace_io import read_trace
+from offload.trace import Trace
 
 COUNTERS = ("promotions", "demotions", "h2d_bytes", "d2h_bytes", "cpu_assignments", "gpu_assignments")
 RESULTS = "runtime_results.json"

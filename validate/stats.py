@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from traces.schema import KIND_NAMES
+from offload.trace import KIND_NAMES
 from validate.replay import Replay
 from validate.runs import COUNTERS
 

@@ -1,7 +1,7 @@
 """Measured tables and their held-out error.
 
 A table is measured on a grid of x values (and, for 2-D tables, y values); the simulator interpolates it
-piecewise-linearly (``sim.hardware.Table1D`` / ``Table2D``). Its quality is checked on *held-out* points:
+piecewise-linearly (``offload.hardware.Table1D`` / ``Table2D``). Its quality is checked on *held-out* points:
 extra measurements that were not used to build it. For each held-out point
 
   rel_error = (predicted - measured) / measured,   predicted = the table's interpolation (or, for the expert
@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from sim.hardware import TABLE_AXES, Table1D, Table2D
+from offload.hardware import TABLE_AXES, Table1D, Table2D
 from validate.timing import rel_errors
 
 

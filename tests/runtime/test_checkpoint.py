@@ -14,7 +14,7 @@ from runtime.checkpoint import (INDEX_FILE, ExpertWeights, load_checkpoint, rand
 from runtime.config import RuntimeConfig
 from runtime.model import LLaDA2MoE, block_causal_mask, random_state
 from runtime.reference_experts import LocalExperts
-from sim.errors import TideError
+from offload.errors import TideError
 
 SEED = 3
 SHARD2 = "model-00002-of-00003.safetensors"

@@ -13,12 +13,14 @@ import torch
 import runtime.kernels as kernels
 from runtime.expert_store import ExpertStore, check_budget_fits
 from runtime.kernels import expert_mlp, grouped_experts
-from sim.cost import ConstantCostModel
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
-from sim.policies import POLICIES, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo, make_policy
-from sim.policies.baselines import top_b
-from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, make_trace, model_header
+from offload.cost import ConstantCostModel
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
+from offload.policies import (POLICIES, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo,
+    make_policy)
+from offload.policies.baselines import top_b
+from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, model_header
+from offload.trace_check import make_trace
 
 SPEC = ModelSpec.load("llada2-tiny")
 L, E, K, H, I = SPEC.num_moe_layers, SPEC.num_experts, SPEC.top_k, SPEC.hidden_size, SPEC.moe_intermediate_size

@@ -15,10 +15,10 @@ from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationSettings, generate, transfer_schedule
 from runtime.expert_store import ExpertStore
 from runtime.model import LLaDA2MoE, random_state
-from sim.cost import ConstantCostModel
-from sim.policies import make_policy
-from traces.io import read_trace
-from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL
+from offload.cost import ConstantCostModel
+from offload.policies import make_policy
+from offload.trace_io import read_trace
+from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL
 
 CFG = RuntimeConfig.load("llada2-tiny")
 SPEC = CFG.spec

@@ -6,7 +6,7 @@ import torch
 
 from runtime.config import RuntimeConfig
 from runtime.router import route
-from sim.model_spec import ModelSpec
+from offload.model_spec import ModelSpec
 
 
 def _cfg(**overrides) -> RuntimeConfig:

@@ -19,7 +19,7 @@ import runtime.kernels as kernels
 import test_expert_store as cases  # the store's shared cases (same directory; collected on its own too)
 from runtime.expert_store import ExpertStore
 from runtime.streams import WAITS, Delays, HostStreams, ThreadStreams, pin_in_place
-from sim.policies import LayerDecision, LayerView, Policy, Prefetch, make_policy
+from offload.policies import LayerDecision, LayerView, Policy, Prefetch, make_policy
 
 SPEC, E = cases.SPEC, cases.E
 COUNTERS = ("h2d_bytes", "d2h_bytes", "hit_ratio", "promotions", "demotions", "cpu_assignments", "gpu_assignments")

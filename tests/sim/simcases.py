@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from traces.schema import KIND_DENOISE, make_trace
+from offload.trace import KIND_DENOISE
+from offload.trace_check import make_trace
 
 
 def tiny_trace(counts, *, block=None, step_in_block=None, kind=None, committed=None, mode="prefix-recompute",

@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 
 from sim.chrome_trace import TRACK_NAMES, WAIT_TID, write_chrome_trace
-from sim.cost import ConstantCostModel
+from offload.cost import ConstantCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.policies import LayerDecision, LayerView, Policy, Prefetch, make_policy
-from sim.results import RESOURCES, WHAT
-from traces.schema import KIND_COMMIT, KIND_DENOISE, make_trace
+from offload.errors import TideError
+from offload.policies import LayerDecision, LayerView, Policy, Prefetch, make_policy
+from offload.results import RESOURCES, WHAT
+from offload.trace import KIND_COMMIT, KIND_DENOISE
+from offload.trace_check import make_trace
 
 L, E, K, BLOCK = 2, 8, 2, 4
 

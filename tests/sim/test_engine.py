@@ -8,13 +8,14 @@ pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine:
 import numpy as np
 
 from simcases import tiny_trace
-from sim.cost import ConstantCostModel, RooflineCostModel
+from offload.cost import ConstantCostModel, RooflineCostModel
 from sim.engine import mandatory_gpu_time, simulate
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from sim.policies import make_policy
-from sim.results import RESOURCES, WHAT
-from traces.schema import make_trace, model_header
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import make_policy
+from offload.results import RESOURCES, WHAT
+from offload.trace_check import make_trace
+from offload.trace import model_header
 
 MODEL = ModelSpec.load("llada2.0-mini")
 COST = RooflineCostModel(MODEL, HardwareProfile.load("h100-pcie5"))

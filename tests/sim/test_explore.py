@@ -12,9 +12,9 @@ import sys
 
 
 from sim.explore import main
-from sim.policies.policy_file import read_policy_file
-from sim.policies import POLICIES, TAU_POLICIES
-from sim.results import METRIC_KEYS
+from offload.policies.policy_file import read_policy_file
+from offload.policies import POLICIES, TAU_POLICIES
+from offload.results import METRIC_KEYS
 
 SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet"]
 

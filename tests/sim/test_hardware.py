@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from sim.cost import RooflineCostModel
-from sim.errors import TideError
-from sim.hardware import FORMAT, HARDWARE_PRESETS, HardwareProfile, Table1D, Table2D
-from sim.model_spec import ModelSpec
+from offload.cost import RooflineCostModel
+from offload.errors import TideError
+from offload.hardware import FORMAT, HARDWARE_PRESETS, HardwareProfile, Table1D, Table2D
+from offload.model_spec import ModelSpec
 
 
 def _err(excinfo, *needles):

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from sim.errors import TideError
-from sim.model_spec import MODEL_PRESETS, ModelSpec
+from offload.errors import TideError
+from offload.model_spec import MODEL_PRESETS, ModelSpec
 
 GIB, MIB = 2**30, 2**20
 

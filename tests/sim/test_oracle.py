@@ -16,14 +16,15 @@ from functools import lru_cache
 import numpy as np
 
 from simcases import tiny_trace
-from sim.cost import ConstantCostModel, RooflineCostModel
+from offload.cost import ConstantCostModel, RooflineCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from sim.policies import POLICIES, make_policy
-from sim.policies.oracle import Oracle
-from traces.schema import make_trace, model_header
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import POLICIES, make_policy
+from offload.policies.oracle import Oracle
+from offload.trace_check import make_trace
+from offload.trace import model_header
 from traces.synthetic import default_config, generate
 
 COST = ConstantCostModel()
@@ -79,7 +80,7 @@ def test_overlapped_split_cpu_starts_at_the_decision():
 
 
 def test_needs_the_trace_and_a_cost_model():
-    from sim.policies.base import PolicyContext
+    from offload.policies.base import PolicyContext
 
     ctx = PolicyContext(num_moe_layers=1, num_experts=4, top_k=1, budget=np.array([2]), expert_bytes=100,
                         block_length=2, mode="block-cache", cost=COST, trace=None)

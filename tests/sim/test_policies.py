@@ -12,10 +12,10 @@ pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine:
 import numpy as np
 
 from simcases import tiny_trace
-from sim.cost import ConstantCostModel
+from offload.cost import ConstantCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
+from offload.errors import TideError
+from offload.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
 
 COST = ConstantCostModel()
 # one MoE layer, 4 experts, top-1, two tokens per step; step 0 uses experts 0 and 1, step 1 uses 2 and 3

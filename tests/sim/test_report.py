@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("plotly")
 
-from sim.errors import TideError  # noqa: E402
+from offload.errors import TideError  # noqa: E402
 from sim.report import SECTION_TITLES, speedups, write_report  # noqa: E402
 
 
@@ -81,6 +81,6 @@ def test_report_edge_cases(tmp_path):
 
 def test_package_imports_without_plotly():
     code = ("import sys; sys.modules['plotly'] = None\n"
-            "import sim, sim.results, sim.cost, sim.policies, sim.engine, sim.chrome_trace\n"
+            "import sim, offload.results, offload.cost, offload.policies, sim.engine, sim.chrome_trace\n"
             "assert 'plotly.graph_objects' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)

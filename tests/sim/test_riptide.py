@@ -15,16 +15,16 @@ pytest.importorskip("scipy", exc_type=ImportError)  # absent on the GPU machine:
 import numpy as np
 
 from simcases import tiny_trace
-from sim.cost import ConstantCostModel, RooflineCostModel
+from offload.cost import ConstantCostModel, RooflineCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
-from sim.policies import LayerDecision, Policy, make_policy
-from sim.policies.residency import Residency
-from sim.policies.riptide_costs import CostTables
-from sim.policies.riptide_stats import BlockStats, allocate_budgets
-from sim.results import RESOURCES, WHAT
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import LayerDecision, Policy, make_policy
+from offload.policies.residency import Residency
+from offload.policies.riptide_costs import CostTables
+from offload.policies.riptide_stats import BlockStats, allocate_budgets
+from offload.results import RESOURCES, WHAT
 from traces.synthetic import default_config, generate
 
 COST = ConstantCostModel()

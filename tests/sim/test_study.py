@@ -10,8 +10,8 @@ import json
 
 
 from sim.explore import main, policy_grid
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
 from sim.study import PAPER, grid_points, headline, max_fitting_budget, paper_setting
 
 SMALL = ["--gen-length", "32", "--prompt-length", "32", "--tau", "1", "4", "--quiet", "--no-report",

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from simcases import tiny_trace
-from sim.cost import ConstantCostModel
+from offload.cost import ConstantCostModel
 from sim.engine import simulate
-from sim.policies import POLICIES, TAU_POLICIES, make_policy
-from sim.policies.base import LayerView, PolicyContext, StepInfo
-from sim.policies.residency import Residency
-from sim.policies.tide_opt import TideOpt, block_objective, solve_tau
+from offload.policies import POLICIES, TAU_POLICIES, make_policy
+from offload.policies.base import LayerView, PolicyContext, StepInfo
+from offload.policies.residency import Residency
+from offload.policies.tide_opt import TideOpt, block_objective, solve_tau
 
 BLOCK_LENGTH = 8
 
@@ -133,8 +133,8 @@ def test_importable_and_solves_without_scipy(import_blocker):
     code = import_blocker(["scipy"]) + textwrap.dedent("""
         import sys
         sys.path.insert(0, "tests/sim")
-        from sim.cost import ConstantCostModel
-        from sim.policies import make_policy
+        from offload.cost import ConstantCostModel
+        from offload.policies import make_policy
         from test_tide_opt import drive, rotating_trace
         p = drive(make_policy("tide-opt"), rotating_trace(), 2, ConstantCostModel(h2d_per_byte_s=1e-4))
         assert "scipy" not in sys.modules or sys.modules["scipy"] is None, "scipy was imported"

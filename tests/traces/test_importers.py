@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from sim.errors import TideError, run_cli
-from sim.model_spec import ModelSpec
+from offload.errors import TideError, run_cli
+from offload.model_spec import ModelSpec
 from traces.import_jsonl import main as cli_main
 from traces.importers import import_jsonl
-from traces.io import read_trace
-from traces.schema import KIND_DECODE, KIND_PREFILL
-from traces.validate import validate_trace
+from offload.trace_io import read_trace
+from offload.trace import KIND_DECODE, KIND_PREFILL
+from offload.trace_check import validate_trace
 
 # tiny model (tests/conftest.py): 2 MoE layers, 8 experts, top-2
 HAND_LOG = [

@@ -11,11 +11,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
-from traces.io import atomic_write_bytes, atomic_write_text, read_trace, write_trace
-from traces.schema import STEP_DTYPES, STEP_FIELDS, Trace
-from traces.validate import check_model_match, validate_header, validate_trace
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
+from offload.atomic_io import atomic_write_bytes, atomic_write_text
+from offload.trace_io import read_trace, write_trace
+from offload.trace import STEP_DTYPES, STEP_FIELDS, Trace
+from offload.trace_check import check_model_match, validate_header, validate_trace
 
 
 def _one_line_error(excinfo, *needles: str) -> str:

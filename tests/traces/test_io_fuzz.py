@@ -18,10 +18,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
-from traces.io import read_trace, write_trace
-from traces.validate import validate_trace
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
+from offload.trace_io import read_trace, write_trace
+from offload.trace_check import validate_trace
 
 from conftest import TINY_CONFIG, build_tiny_trace  # tests/ is on sys.path through its rootdir conftest
 

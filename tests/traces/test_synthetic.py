@@ -19,14 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.model_spec import ModelSpec
-from traces.io import read_trace, write_trace
-from traces.schema import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, STEP_FIELDS, make_trace, model_header
+from offload.errors import TideError
+from offload.model_spec import ModelSpec
+from offload.trace_io import read_trace, write_trace
+from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, STEP_FIELDS, model_header
+from offload.trace_check import make_trace
 from traces.stats import gini, lag_cosine, top_share, trace_stats
 from traces.synthetic import (SyntheticConfig, commit_schedule, default_config, expected_steps_per_block,
                               extra_commit_rate, generate, scheduled_minimum)
-from traces.validate import validate_trace
+from offload.trace_check import validate_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -300,7 +301,7 @@ def test_stats_cli_rejects_garbage_with_one_line_error(tmp_path):
 
 def test_synth_cli_rejects_bad_input(tmp_path):
     from traces.synth import main
-    from sim.errors import run_cli
+    from offload.errors import run_cli
     with pytest.raises(SystemExit) as exc:
         run_cli(main, ["--model", "llada2.0-mini", "--out", str(tmp_path / "x.npz"), "--gen-length", "100"])
     assert exc.value.code == 2 and not (tmp_path / "x.npz").exists()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
 from validate.calibrate import PARTIAL_FORMAT, REQUIRED, calibrate, parse_args, partial_path
 
 ROOT = Path(__file__).resolve().parents[2]

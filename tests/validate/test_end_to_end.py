@@ -18,7 +18,7 @@ from pathlib import Path
 
 
 from runtime import generate as runtime_generate
-from sim.hardware import HardwareProfile
+from offload.hardware import HardwareProfile
 from validate import compare
 from validate.runs import COUNTERS
 
@@ -151,7 +151,7 @@ def test_counter_mismatch_is_flagged_as_a_bug(gpu_script_cpu, tmp_path, capsys):
 
 def _cli(args, capsys):
     with pytest.raises(SystemExit) as exc:
-        from sim.errors import run_cli
+        from offload.errors import run_cli
         run_cli(compare.main, args)
     err = capsys.readouterr().err.strip()
     return exc.value.code, err
@@ -186,9 +186,9 @@ def test_serial_accounting_matches_the_engine(gpu_script_cpu):
     non-prefetching policies that is the engine's makespan minus the activation copies (0 on one device)."""
     import numpy as np
 
-    from sim.cost import RooflineCostModel
+    from offload.cost import RooflineCostModel
     from sim.engine import simulate
-    from sim.policies import make_policy
+    from offload.policies import make_policy
     from validate.replay import replay, spec_for
     from validate.runs import load_runs
 
@@ -201,6 +201,6 @@ def test_serial_accounting_matches_the_engine(gpu_script_cpu):
         res = simulate(run.trace, make_policy(run.policy, **run.params), RooflineCostModel(spec, hw),
                        np.full(run.trace.num_moe_layers, run.budget), shared_duplex=True, timeline=True)
         tl = res.timeline
-        act = np.isin(tl.what, [6, 7])  # act_d2h, act_h2d (sim.results.WHAT)
+        act = np.isin(tl.what, [6, 7])  # act_d2h, act_h2d (offload.results.WHAT)
         assert rep.sim_time_s == pytest.approx(res.sim_time_s - float((tl.end - tl.start)[act].sum()), rel=1e-9)
         assert (run.policy == "all-gpu") == (not act.any())

@@ -10,12 +10,12 @@ import json
 
 import numpy as np
 
-from sim.cost import RooflineCostModel
+from offload.cost import RooflineCostModel
 from sim.engine import simulate
-from sim.errors import TideError
-from sim.hardware import HardwareProfile, Table1D, layer_shape_hash, model_record
-from sim.model_spec import ModelSpec
-from sim.policies import make_policy
+from offload.errors import TideError
+from offload.hardware import HardwareProfile, Table1D, layer_shape_hash, model_record
+from offload.model_spec import ModelSpec
+from offload.policies import make_policy
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,10 @@
 """``tide-opt``: TIDE with its refresh interval tau chosen by a mathematical program over the cost model.
 
-Mechanics are exactly :class:`sim.policies.tide.Tide` (top-B refresh at in-block steps 0, tau, 2 tau, ...,
+Mechanics are exactly :class:`offload.policies.tide.Tide` (top-B refresh at in-block steps 0, tau, 2 tau, ...,
 every step of the first generated block, synchronous transfers, misses on the CPU, no overlap). Only tau is
 chosen, once, at the first decision after the first generated block, from what a runtime knows then:
 
-* ``ctx.cost``, the profiled cost model (seconds; see :mod:`sim.cost`);
+* ``ctx.cost``, the profiled cost model (seconds; see :mod:`offload.cost`);
 * the first block's denoising steps j = 0..n-1, which all refresh: per layer l, the step's counts c_j[l, e]
   (token-assignments) and the placement R_j[l] left by its refresh (bool [E]).
 
@@ -55,9 +55,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from sim.policies.base import LayerDecision, LayerView, PolicyContext
-from sim.policies.tide import Tide
-from traces.schema import KIND_DECODE, KIND_DENOISE
+from offload.policies.base import LayerDecision, LayerView, PolicyContext
+from offload.policies.tide import Tide
+from offload.trace import KIND_DECODE, KIND_DENOISE
 
 _TIE = 1e-9  # relative tolerance under which two objective values count as equal
 

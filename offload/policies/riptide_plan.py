@@ -1,6 +1,6 @@
-"""The per-layer choices of ``riptide`` (:mod:`sim.policies.riptide`), as pure functions of one layer's state.
+"""The per-layer choices of ``riptide`` (:mod:`offload.policies.riptide`), as pure functions of one layer's state.
 
-Shared arguments: ``tab`` the cost tables (:class:`~sim.policies.riptide_costs.CostTables`), ``c`` [E] this
+Shared arguments: ``tab`` the cost tables (:class:`~offload.policies.riptide_costs.CostTables`), ``c`` [E] this
 step's token-assignment counts, ``res`` [E] bool residency, ``t_cpu``/``t_gpu`` [E] each expert's CPU/GPU
 seconds at its count (0 where inactive), ``B`` the layer's budget. Times are seconds, per step of this layer.
 Everything is vectorised over the layer's experts: cumulative sums over sorted candidates, no Python loop.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.policies.baselines import top_b
-from sim.policies.riptide_costs import CostTables
+from offload.policies.baselines import top_b
+from offload.policies.riptide_costs import CostTables
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 

@@ -1,7 +1,7 @@
 """Residency bookkeeping shared by the simulator and the runtime: which experts are on the GPU, and the
 counters of what moved.
 
-Both executors apply a policy's :class:`~sim.policies.base.LayerDecision` through :meth:`Residency.apply`, so a
+Both executors apply a policy's :class:`~offload.policies.base.LayerDecision` through :meth:`Residency.apply`, so a
 policy is checked and counted identically wherever it runs:
 
   promotions = |promote| + |stream| (+ prefetched promotions), demotions = |demote| + |stream|
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.policies.base import LayerDecision, Policy, ids
+from offload.errors import TideError
+from offload.policies.base import LayerDecision, Policy, ids
 
 
 @dataclass

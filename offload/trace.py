@@ -41,7 +41,7 @@ STEP_DTYPES = {"block": np.int32, "step_in_block": np.int32, "tokens_forwarded":
 
 @dataclass(frozen=True, eq=False)
 class Trace:
-    """One trace in memory. Build with :func:`make_trace` (or read with :func:`traces.io.read_trace`)."""
+    """One trace in memory. Build with :func:`make_trace` (or read with :func:`offload.trace_io.read_trace`)."""
 
     header: dict[str, Any]
     counts: np.ndarray
@@ -96,25 +96,7 @@ class Trace:
         return out
 
 
-def make_trace(header: dict[str, Any], counts: Any, *, block: Any, step_in_block: Any, tokens_forwarded: Any,
-               context_tokens: Any, tokens_committed: Any, kind: Any, topk_ids: Any = None) -> Trace:
-    """Cast to the schema's dtypes and validate; raises TideError naming the first problem."""
-    from traces.validate import validate_trace  # local import: validate imports this module
-
-    trace = Trace(
-        header=header,
-        counts=np.ascontiguousarray(counts, dtype=np.int32),
-        block=np.asarray(block, dtype=np.int32), step_in_block=np.asarray(step_in_block, dtype=np.int32),
-        tokens_forwarded=np.asarray(tokens_forwarded, dtype=np.int32),
-        context_tokens=np.asarray(context_tokens, dtype=np.int32),
-        tokens_committed=np.asarray(tokens_committed, dtype=np.int32), kind=np.asarray(kind, dtype=np.uint8),
-        topk_ids=None if topk_ids is None else np.asarray(topk_ids, dtype=np.int16),
-    )
-    validate_trace(trace)
-    return trace
-
-
 def model_header(model: Any) -> dict[str, Any]:
-    """The header's model section for a :class:`sim.model_spec.ModelSpec`."""
+    """The header's model section for a :class:`offload.model_spec.ModelSpec`."""
     return {"name": model.name, "config_hash": model.config_hash, "num_moe_layers": model.num_moe_layers,
             "num_experts": model.num_experts, "top_k": model.top_k}

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.policies.base import KEEP, LayerDecision, LayerView, Policy
-from sim.policies.baselines import top_b
-from traces.schema import KIND_DECODE, KIND_DENOISE
+from offload.errors import TideError
+from offload.policies.base import KEEP, LayerDecision, LayerView, Policy
+from offload.policies.baselines import top_b
+from offload.trace import KIND_DECODE, KIND_DENOISE
 
 
 class Tide(Policy):

@@ -21,7 +21,7 @@ One decision, in the engine's order (see :mod:`sim.engine`):
    resident of lower future value, else streamed), the rest run on the CPU, whose path starts at the decision
    (``overlap_cpu``) concurrently with the weight copy, as :mod:`sim.engine` runs it. The layer's end time is
    evaluated for every k = 0..K in one vectorised pass (per-expert marginal times: exact for costs that are a
-   sum over experts plus a constant per non-empty batch, as both cost models in :mod:`sim.cost` are; the chosen
+   sum over experts plus a constant per non-empty batch, as both cost models in :mod:`offload.cost` are; the chosen
    plan is then re-timed exactly), with t the decision time and ``link`` the end of the queued prefetches:
 
      fetch(k) = max(t, link) + T_h2d(k * expert_bytes)               (t, and the link stays at link, if k = 0)
@@ -60,8 +60,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, ids
+from offload.errors import TideError
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, ids
 
 
 def _leading(ok: np.ndarray) -> int:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sim.errors import TideError
-from sim.policies.base import (KEEP, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo)
-from sim.policies.baselines import AllGpu, CpuRoute, FetchLru
-from sim.policies.tide import Tide
-from sim.policies.oracle import Oracle
-from sim.policies.tide_opt import TideOpt
-from sim.policies.riptide import Riptide
+from offload.errors import TideError
+from offload.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.baselines import AllGpu, CpuRoute, FetchLru
+from offload.policies.tide import Tide
+from offload.policies.oracle import Oracle
+from offload.policies.tide_opt import TideOpt
+from offload.policies.riptide import Riptide
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, FetchLru, Tide)}
 POLICIES.update({cls.name: cls for cls in (TideOpt, Oracle)})

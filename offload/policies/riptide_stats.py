@@ -1,4 +1,4 @@
-"""What ``riptide`` (:mod:`sim.policies.riptide`) learns about the generation, and its budget allocation.
+"""What ``riptide`` (:mod:`offload.policies.riptide`) learns about the generation, and its budget allocation.
 
 :class:`BlockStats` (causal: updated from the steps already decided, in order)
   n_bar  mean denoising steps per generated block, over the blocks finished so far (before the first one ends:

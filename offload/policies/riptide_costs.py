@@ -1,10 +1,10 @@
-"""The cost arithmetic of ``riptide`` (:mod:`sim.policies.riptide`): per-expert times tabulated from a
-:class:`sim.cost.CostModel`, and the time of one MoE layer as the engine schedules it.
+"""The cost arithmetic of ``riptide`` (:mod:`offload.policies.riptide`): per-expert times tabulated from a
+:class:`offload.cost.CostModel`, and the time of one MoE layer as the engine schedules it.
 
 All times are in seconds, counts are token-assignments, bytes are bytes.
 
 Per-expert tables, built lazily from the cost model's own batch functions (so they hold for any model that
-prices a batch as a sum over its active experts, as both of ``sim.cost``'s models do):
+prices a batch as a sum over its active experts, as both of ``offload.cost``'s models do):
 
   cpu(n)  = cost.cpu_experts([n])                       one expert with n assignments on the CPU
   gpu(n)  = cost.gpu_experts([n]) - launch              the same on the GPU, without the per-batch launch

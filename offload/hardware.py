@@ -63,7 +63,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sim.errors import TideError
+from offload.errors import TideError
 
 FORMAT = "tide-moe-hardware/1"
 HARDWARE_PRESETS = {
@@ -236,7 +236,7 @@ class HardwareProfile:
     def load(cls, name_or_path: str | Path) -> "HardwareProfile":
         key = str(name_or_path)
         if key in HARDWARE_PRESETS:
-            text = resources.files("sim.presets.hardware").joinpath(HARDWARE_PRESETS[key]).read_text()
+            text = resources.files("offload.presets.hardware").joinpath(HARDWARE_PRESETS[key]).read_text()
             return cls.from_dict(json.loads(text), origin=key)
         path = Path(key)
         if not path.is_file():

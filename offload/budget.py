@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
 
 GIB = 2**30
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, ids
+from offload.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, ids
 
 
 class AllGpu(Policy):

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sim.errors import TideError
-from sim.policies import Policy, make_policy
+from offload.errors import TideError
+from offload.policies import Policy, make_policy
 
 FORMAT = "tide-moe-policy/1"
 
@@ -42,7 +42,7 @@ class PolicyChoice:
 
 
 def write_policy_file(path: str | Path, choice: PolicyChoice) -> Path:
-    from traces.io import atomic_write_text
+    from offload.atomic_io import atomic_write_text
 
     atomic_write_text(path, json.dumps(choice.to_dict(), indent=2) + "\n")
     return Path(path)

@@ -10,8 +10,8 @@ The engine asks a cost model for six kinds of time, all in seconds and vectorise
   cpu_experts(counts)  the same experts computed on the host CPU.
   h2d(bytes), d2h(bytes)  one batch of copies over the host link.
 
-:class:`RooflineCostModel` derives them from a :class:`~sim.model_spec.ModelSpec` and a
-:class:`~sim.hardware.HardwareProfile`: an operator takes max(FLOPs / rate, bytes / bandwidth) plus a fixed
+:class:`RooflineCostModel` derives them from a :class:`~offload.model_spec.ModelSpec` and a
+:class:`~offload.hardware.HardwareProfile`: an operator takes max(FLOPs / rate, bytes / bandwidth) plus a fixed
 launch overhead; a measured table in the profile replaces the roofline for its operator. Routed experts run
 one GEMM group per expert, so a batch costs the sum over active experts (e: n_e > 0):
 
@@ -19,7 +19,7 @@ one GEMM group per expert, so a batch costs the sum over active experts (e: n_e 
   T_cpu = sum_e [max(6 n_e h i / R_cpu, b (3 h i + 2 n_e h) / BW_dram) + expert_overhead]
   T_copy(B) = latency + B / BW_link   (0 when B = 0)
 
-With measured tables (``sim.hardware``; L_d dense layers, all times per call):
+With measured tables (``offload.hardware``; L_d dense layers, all times per call):
 
   step_fixed(n, c, m) = step_overhead + embed(n) + L_d [attention(n, c) + dense_mlp(n)] + [m > 0] lm_head(m)
   moe_pre(n, c)       = attention(n, c) + moe_dense(n) + moe_overhead(n)
@@ -41,8 +41,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from sim.hardware import HardwareProfile
-from sim.model_spec import ModelSpec, OpCost
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec, OpCost
 
 # Kernel launches per operator group in an eager PyTorch forward (calibration absorbs the rest).
 _LAUNCH = {"attention": 8, "router": 4, "shared": 3, "dense_mlp": 3, "experts": 3, "lm_head": 1, "norms": 4}

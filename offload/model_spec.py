@@ -37,7 +37,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sim.errors import TideError
+from offload.errors import TideError
 
 MODEL_PRESETS = {"llada2.0-mini": "llada2.0-mini.json", "llada2.0-flash": "llada2.0-flash.json",
                  "llada2-tiny": "llada2-tiny.json"}
@@ -138,7 +138,7 @@ class ModelSpec:
         """A preset name (``llada2.0-mini``, ``llada2.0-flash``), a config.json, or a model directory."""
         key = str(name_or_path)
         if key in MODEL_PRESETS:
-            text = resources.files("sim.presets.models").joinpath(MODEL_PRESETS[key]).read_text()
+            text = resources.files("offload.presets.models").joinpath(MODEL_PRESETS[key]).read_text()
             return cls.from_config(json.loads(text), name=key)
         path = Path(key)
         if path.is_dir():

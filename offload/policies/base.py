@@ -27,7 +27,7 @@ The returned :class:`LayerDecision` says:
 - ``budget``: a new budget for this layer (experts), applied after the demotions and before the promotions.
   Per-layer budgets may be re-partitioned this way within the same GPU memory: every layer's budget must stay
   at least its resident experts and at most E, and all layers' budgets together at most the total the executor
-  was given (``ctx.budget.sum()``); :class:`~sim.policies.residency.Residency` checks it. None: unchanged.
+  was given (``ctx.budget.sum()``); :class:`~offload.policies.residency.Residency` checks it. None: unchanged.
 
 Every active expert (count > 0) that is resident or streamed runs on the GPU; every other active expert runs
 on the CPU, with its token activations copied to the host and the results back.
@@ -58,7 +58,7 @@ class PolicyContext:
     expert_bytes: int
     block_length: int
     mode: str
-    cost: Any = None    # a sim.cost.CostModel for cost-aware policies (the runtime passes its calibrated one)
+    cost: Any = None    # an offload.cost.CostModel for cost-aware policies (the runtime passes its calibrated one)
     trace: Any = None   # the whole trace: given to non-causal policies only
 
 
@@ -67,7 +67,7 @@ class StepInfo:
     index: int            # forward pass number, from 0
     block: int            # generated block index from 0 (-1: prompt prefill)
     step_in_block: int    # denoising step within the block
-    kind: int             # traces.schema KIND_*: 0 denoise, 1 commit, 2 prefill, 3 decode
+    kind: int             # offload.trace KIND_*: 0 denoise, 1 commit, 2 prefill, 3 decode
     tokens_forwarded: int
 
     @property

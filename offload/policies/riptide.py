@@ -3,14 +3,14 @@ CPU) with the open ends of its released code (synchronous copies, uniform budget
 no reuse across blocks) closed, each part switchable for ablation.
 
 Per (step, MoE layer), after the layer's router ran: c = the step's token-assignment counts; per-expert
-seconds from the cost model (:mod:`sim.policies.riptide_costs`) cpu(c_e), gpu(c_e), save_e = cpu - gpu; the
+seconds from the cost model (:mod:`offload.policies.riptide_costs`) cpu(c_e), gpu(c_e), save_e = cpu - gpu; the
 layer's time T as the engine schedules it (riptide_costs.CostTables.layer_time). The choices themselves are
-pure functions in :mod:`sim.policies.riptide_plan`.
+pure functions in :mod:`offload.policies.riptide_plan`.
 
 1. ``layer_budgets`` -- per-layer budgets by marginal benefit, same total memory. Each expert's value is the
    smoothed (decay 0.95 per step) saving it would bring if resident, save_e x 1[active]. At the first denoising
    step of every block after the first, the total sum_l B_l is split by
-   :func:`~sim.policies.riptide_stats.allocate_budgets` (each layer keeps min_share x B), adopted when the
+   :func:`~offload.policies.riptide_stats.allocate_budgets` (each layer keeps min_share x B), adopted when the
    resident sets could hold > REBUDGET_GAIN (2%) more value. A layer then moves there itself
    (``LayerDecision.budget``): shrinking demotes its least valuable residents; growing takes slots the others
    have handed back. Off: the uniform budget.
@@ -40,7 +40,7 @@ pure functions in :mod:`sim.policies.riptide_plan`.
    promoted), the behaviour the issue compares with.
 
 Initial placement: experts 0..B-1 (nothing is known before the first router runs). Needs ``ctx.cost``; a
-runtime given none gets :class:`~sim.policies.riptide_costs.ProxyCost`.
+runtime given none gets :class:`~offload.policies.riptide_costs.ProxyCost`.
 """
 from __future__ import annotations
 
@@ -48,12 +48,12 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from sim.policies import riptide_plan as plan
-from sim.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
-from sim.policies.riptide_costs import CostTables, ProxyCost
-from sim.policies.riptide_stats import BlockStats, allocate_budgets
-from traces.schema import KIND_DECODE, KIND_DENOISE
+from offload.errors import TideError
+from offload.policies import riptide_plan as plan
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.riptide_costs import CostTables, ProxyCost
+from offload.policies.riptide_stats import BlockStats, allocate_budgets
+from offload.trace import KIND_DECODE, KIND_DENOISE
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 # adopt a new split of the budgets only when it holds this much more value per step (relative): layers that

@@ -1,6 +1,6 @@
 """Validation of a trace against schema v1 (and optionally against a model spec).
 
-Every check raises :class:`sim.errors.TideError` with a one-line message naming what is wrong; a trace that
+Every check raises :class:`offload.errors.TideError` with a one-line message naming what is wrong; a trace that
 passes is safe to replay: shapes agree, counts are non-negative and each (step, layer) holds exactly
 tokens_forwarded * top_k assignments.
 """
@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import TideError
-from traces.schema import MODES, ORIGINS, SCHEMA_VERSION, STEP_FIELDS, Trace
+from offload.errors import TideError
+from offload.trace import MODES, ORIGINS, SCHEMA_VERSION, STEP_FIELDS, Trace
 
 _MAX_COUNT = 2**31 - 1
 
@@ -123,3 +123,19 @@ def check_model_match(trace: Trace, model: Any) -> None:
     if have != want:
         raise TideError(f"trace shape ({have[0]} MoE layers, {have[1]} experts, top-{have[2]}) does not match model "
                         f"{model.name} ({want[0]} MoE layers, {want[1]} experts, top-{want[2]})")
+
+
+def make_trace(header: dict[str, Any], counts: Any, *, block: Any, step_in_block: Any, tokens_forwarded: Any,
+               context_tokens: Any, tokens_committed: Any, kind: Any, topk_ids: Any = None) -> Trace:
+    """Cast to the schema's dtypes and validate; raises TideError naming the first problem."""
+    trace = Trace(
+        header=header,
+        counts=np.ascontiguousarray(counts, dtype=np.int32),
+        block=np.asarray(block, dtype=np.int32), step_in_block=np.asarray(step_in_block, dtype=np.int32),
+        tokens_forwarded=np.asarray(tokens_forwarded, dtype=np.int32),
+        context_tokens=np.asarray(context_tokens, dtype=np.int32),
+        tokens_committed=np.asarray(tokens_committed, dtype=np.int32), kind=np.asarray(kind, dtype=np.uint8),
+        topk_ids=None if topk_ids is None else np.asarray(topk_ids, dtype=np.int16),
+    )
+    validate_trace(trace)
+    return trace
