@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from offload.policies.spec import format_policy
+
 RESOURCES = ("gpu", "cpu", "h2d", "d2h")
 # what an event was, for the timeline
 WHAT = ("step", "dense", "experts_gpu", "experts_cpu", "weights_h2d", "prefetch_h2d", "act_d2h", "act_h2d", "wait")
@@ -78,8 +80,7 @@ class SimResult:
 
     @property
     def label(self) -> str:
-        p = ", ".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.policy}({p})" if p else self.policy
+        return format_policy(self.policy, self.params)
 
     def metrics(self) -> dict[str, Any]:
         """JSON-ready summary: the shared counter names plus timing detail."""

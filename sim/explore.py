@@ -28,7 +28,7 @@ from offload.budget import fits, resolve_budget
 from offload.errors import TideError, run_cli
 from offload.hardware import HARDWARE_PRESETS, HardwareProfile
 from offload.model_spec import MODEL_PRESETS, ModelSpec
-from offload.policies import POLICIES, TAU_POLICIES, make_policy
+from offload.policies import POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
@@ -51,7 +51,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-length", type=int, default=128, help="synthetic traces: prompt tokens")
     p.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed per denoising step (default: the model's published figure)")
     p.add_argument("--seed", type=int, default=0, help="synthetic traces: seed")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run ({', '.join(POLICIES)})")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), e.g. tide(tau=4) "
+                   f"riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="budget: experts resident per MoE layer (default 128, capped at the layer's experts)")
     budget.add_argument("--gpu-memory-gb", type=float, default=None, help="budget: GiB of GPU memory for routed experts")
@@ -73,9 +74,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def _check_args(a: argparse.Namespace) -> None:
     if any(t < 1 for t in a.tau):
         raise TideError(f"tau must be >= 1, got {min(a.tau)}")
-    unknown = [p for p in a.policies if p not in POLICIES]
-    if unknown:
-        raise TideError(f"unknown policy {unknown[0]!r} (known: {', '.join(POLICIES)})")
+    for text in a.policies:  # name or name(k=v, ...): unknown names and bad values end here, in one line
+        policy_from_text(text)
     if a.gen_length < 1 or a.block_length < 1 or a.prompt_length < 0:
         raise TideError("gen length and block length must be >= 1, prompt length >= 0")
     if a.jobs is not None and a.jobs < 1:
@@ -107,11 +107,17 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str
 
 
 def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
-    """(policy, params) pairs: tau policies once per tau, the others once."""
+    """(policy, params) pairs from policy specs (``name`` or ``name(k=v, ...)``): a policy whose tau is a sweep
+    knob and not given runs once per tau, every other spec once, as written."""
     grid: list[tuple[str, dict[str, Any]]] = []
-    for p in dict.fromkeys(policies):
-        grid += [(p, {"tau": t}) for t in sorted(set(taus))] if p in TAU_POLICIES else [(p, {})]
-    return grid
+    for text in dict.fromkeys(policies):
+        name, params = parse_policy(text)
+        if name in TAU_POLICIES and "tau" not in params:
+            grid += [(name, {**params, "tau": t}) for t in sorted(set(taus))]
+        else:
+            grid.append((name, params))
+    unique = dict.fromkeys((n, tuple(sorted(p.items()))) for n, p in grid)  # a spec given twice runs once
+    return [(n, dict(p)) for n, p in unique]
 
 
 def _tasks(a: argparse.Namespace, traces: dict[str, str], model: ModelSpec, hw: HardwareProfile,

@@ -78,7 +78,7 @@ def task_row(task: Task, trace: Trace | None = None) -> dict[str, Any]:
     res = run_task(task, trace=trace, policy=policy)
     out = res.metrics()
     # what a policy decided for itself during the run (tide-opt: the tau it chose), next to its parameters
-    report = policy.report() if hasattr(policy, "report") else {}
+    report = policy.report()
     out.update(trace=task.trace_name, mode=trace.mode, label=res.label,
                tau=res.params.get("tau", _scalar(report.get("chosen_tau"))), policy_report=report, causal=policy.causal,
                budget=task.budget if policy.needs_budget else trace.num_experts, **task.tags)

@@ -13,23 +13,25 @@ from offload.policies.tide import Tide
 from offload.policies.oracle import Oracle
 from offload.policies.tide_opt import TideOpt
 from offload.policies.riptide import Riptide
+from offload.policies.spec import format_policy, parse_policy
 
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, FetchLru, Tide)}
 POLICIES.update({cls.name: cls for cls in (TideOpt, Oracle)})
 POLICIES[Riptide.name] = Riptide
-TAU_POLICIES = ("tide",)  # policies whose parameters include tau
+TAU_POLICIES = tuple(n for n, cls in POLICIES.items() if "tau" in cls.Params.sweepable())  # studies sweep their tau
+
+
+def policy_from_text(text: str) -> Policy:
+    """A policy from the CLI syntax ``name`` or ``name(k=v, ...)`` (``offload.policies.spec``)."""
+    name, params = parse_policy(text)
+    return make_policy(name, **params)
 
 
 def make_policy(name: str, **params: Any) -> Policy:
     if name not in POLICIES:
         raise TideError(f"unknown policy {name!r} (known: {', '.join(POLICIES)})")
-    try:
-        return POLICIES[name](**params)
-    except TypeError as exc:
-        raise TideError(f"bad parameters for policy {name}: {exc}") from None
-    except ValueError as exc:
-        raise TideError(str(exc)) from None
+    return POLICIES[name](**params)  # its Params check the values (one-line TideError)
 
 
 __all__ = ["KEEP", "LayerDecision", "LayerView", "Policy", "PolicyContext", "Prefetch", "StepInfo", "POLICIES",
-           "TAU_POLICIES", "make_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]
+           "TAU_POLICIES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]

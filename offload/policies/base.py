@@ -43,6 +43,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from offload.policies.params import PolicyParams
+from offload.policies.spec import format_policy
+
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
 
@@ -114,6 +117,10 @@ class Policy(ABC):
     name: ClassVar[str] = "policy"
     causal: ClassVar[bool] = True
     needs_budget: ClassVar[bool] = True
+    Params: ClassVar[type[PolicyParams]] = PolicyParams  # its knobs (offload.policies.params)
+
+    def __init__(self, **params: Any) -> None:
+        self.p = self.Params.build(self.name, **params)
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         """Default (as TIDE's code): experts 0..B-1 of every layer."""
@@ -129,8 +136,16 @@ class Policy(ABC):
 
     def params(self) -> dict[str, Any]:
         """Parameters that reproduce this policy (recorded with results and in recommended-policy files)."""
+        return self.p.params()
+
+    def settings(self) -> dict[str, Any]:
+        """Every knob, defaults included."""
+        return self.p.settings()
+
+    def report(self) -> dict[str, Any]:
+        """What the policy decided that a result should show (tide-opt: the chosen tau); none by default."""
         return {}
 
     def label(self) -> str:
-        p = self.params()
-        return self.name + ("(" + ", ".join(f"{k}={v}" for k, v in p.items()) + ")" if p else "")
+        """``name(k=v, ...)``: the policy syntax every CLI reads back (``offload.policies.spec``)."""
+        return format_policy(self.name, self.params())

@@ -10,11 +10,13 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from offload.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, ids
+from offload.policies.params import PolicyParams, knob
 
 
 class AllGpu(Policy):
@@ -35,20 +37,27 @@ def top_b(counts: np.ndarray, b: int) -> np.ndarray:
     return order[counts[order] > 0]
 
 
+@dataclass(frozen=True)
+class CpuRouteParams(PolicyParams):
+    policy: ClassVar[str] = "cpu-route"
+    initial: str = knob("first-experts", "fixed resident set: experts 0..B-1 (first-experts) or the first "
+                        "step's top-B (first-step)")
+
+    def check(self) -> None:
+        if self.initial not in ("first-experts", "first-step"):
+            raise ValueError(f"initial must be 'first-experts' or 'first-step', got {self.initial!r}")
+
+
 class CpuRoute(Policy):
     name = "cpu-route"
-
-    def __init__(self, initial: str = "first-experts") -> None:
-        if initial not in ("first-experts", "first-step"):
-            raise ValueError(f"cpu-route initial must be 'first-experts' or 'first-step', got {initial!r}")
-        self.initial = initial
+    Params = CpuRouteParams
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         self._placed = np.zeros(ctx.num_moe_layers, dtype=bool)
         return super().initial_placement(ctx)
 
     def decide(self, view: LayerView) -> LayerDecision:
-        if self.initial == "first-step" and not self._placed[view.layer]:
+        if self.p.initial == "first-step" and not self._placed[view.layer]:
             self._placed[view.layer] = True
             target = np.zeros_like(view.resident)
             target[top_b(view.counts, int(self.ctx.budget[view.layer]))] = True
@@ -56,9 +65,6 @@ class CpuRoute(Policy):
             demote = np.flatnonzero(view.resident & ~target)[: len(promote)]
             return LayerDecision(promote=promote, demote=demote)
         return KEEP
-
-    def params(self) -> dict[str, Any]:
-        return {} if self.initial == "first-experts" else {"initial": self.initial}
 
 
 class FetchLru(Policy):

@@ -56,12 +56,14 @@ O(E + L x E) numpy work: about 3 s for LLaDA2.0-mini, gen length 1024 (the engin
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
 from offload.errors import TideError
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, ids
+from offload.policies.params import PolicyParams, check_unit, knob
 
 
 def _leading(ok: np.ndarray) -> int:
@@ -78,19 +80,22 @@ def expert_value(cost: Any, max_count: int) -> np.ndarray:
     return np.where(n > 0, np.maximum(v, 1e-12), 0.0)  # resident never loses; keeps the ordering strict
 
 
+@dataclass(frozen=True)
+class OracleParams(PolicyParams):
+    policy: ClassVar[str] = "oracle"
+    discount: float = knob(0.8, "gamma in W[s] = v(c[s]) + gamma W[s + 1]: the value of keeping an expert "
+                              "resident, future steps discounted")
+
+    def check(self) -> None:
+        check_unit("discount", self.discount, closed=False)
+
+
 class Oracle(Policy):
     """Clairvoyant upper bound for a budget and machine (see the module docstring)."""
 
     name = "oracle"
     causal = False
-
-    def __init__(self, discount: float = 0.8) -> None:
-        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0.0 <= discount < 1.0:
-            raise ValueError(f"oracle discount must be a number in [0, 1), got {discount!r}")
-        self.discount = float(discount)
-
-    def params(self) -> dict[str, Any]:
-        return {} if self.discount == 0.8 else {"discount": self.discount}
+    Params = OracleParams
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
@@ -103,7 +108,7 @@ class Oracle(Policy):
         v = expert_value(cost, int(counts.max(initial=0)))
         self.W = np.zeros((S + 1, L, E), dtype=np.float32)  # W[S] = 0: nothing after the last step
         for s in range(S - 1, -1, -1):
-            np.multiply(self.W[s + 1], self.discount, out=self.W[s])
+            np.multiply(self.W[s + 1], self.p.discount, out=self.W[s])
             self.W[s] += v[counts[s]]
         self.NU = np.full((S + 1, L, E), S, dtype=np.int32)  # next use: first step >= s with a count (S: never)
         for s in range(S - 1, -1, -1):

@@ -44,13 +44,14 @@ runtime given none gets :class:`~offload.policies.riptide_costs.ProxyCost`.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from offload.errors import TideError
 from offload.policies import riptide_plan as plan
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.params import DEFAULT_TAU, PolicyParams, check_bool, check_int, check_unit, knob
 from offload.policies.riptide_costs import CostTables, ProxyCost
 from offload.policies.riptide_stats import BlockStats, allocate_budgets
 from offload.trace import KIND_DECODE, KIND_DENOISE
@@ -62,48 +63,47 @@ REBUDGET_GAIN = 0.02
 VALUE_DECAY = 0.95  # per step, for the experts' long-run value (about two blocks)
 
 
-_DEFAULTS: dict[str, Any] = {"prefetch": True, "cost_aware": True, "layer_budgets": True, "balance": True,
-                             "carry": True, "drift": 0.97, "tau": 4, "cost_bound": 1.0, "link_share": 0.5,
-                             "min_share": 0.5, "ema": 0.8}
+@dataclass(frozen=True)
+class RiptideParams(PolicyParams):
+    policy: ClassVar[str] = "riptide"
+    prefetch: bool = knob(True, "copy the next step's predicted promotions asynchronously after this layer")
+    cost_aware: bool = knob(True, "promote only when the CPU time saved over the expected residency beats the "
+                            "unhidden copy")
+    layer_budgets: bool = knob(True, "re-split the total budget across layers by marginal benefit")
+    balance: bool = knob(True, "CPU share overlapped from the decision on; the costliest misses fetched while "
+                         "that shortens the layer")
+    carry: bool = knob(True, "placements carry across blocks")
+    drift: float | None = knob(0.97, "refresh when the cosine between this step's and the last refresh's counts "
+                               "falls below it; None: every tau steps")
+    tau: int = knob(DEFAULT_TAU, "refresh interval when drift is None")
+    cost_bound: float = knob(1.0, "re-plan a layer when its placement's regret over the block's remaining "
+                                      "steps would pay for this many expert copies")
+    link_share: float = knob(0.5, "prefetch window: this share of the estimated step time, less the link "
+                                      "time already booked")
+    min_share: float = knob(0.5, "share of its budget each layer keeps when budgets are re-split")
+    ema: float = knob(0.8, "per-step decay of the smoothed counts and activity")
+
+    def check(self) -> None:
+        for flag in ("prefetch", "cost_aware", "layer_budgets", "balance", "carry"):
+            check_bool(flag, getattr(self, flag))
+        if self.drift is not None:
+            check_unit("drift", self.drift)
+        check_int("tau", self.tau)
+        check_unit("cost_bound", self.cost_bound, hi=float("inf"))
+        for name in ("link_share", "min_share", "ema"):
+            check_unit(name, getattr(self, name))
+
+    def params(self) -> dict[str, Any]:
+        """The settings that differ from the defaults: enough to rebuild the policy, short enough for a label."""
+        p = super().params()
+        if self.drift is not None:
+            p.pop("tau", None)  # tau only matters when refreshes are periodic
+        return p
 
 
 class Riptide(Policy):
     name = "riptide"
-
-    def __init__(self, prefetch: bool = True, cost_aware: bool = True, layer_budgets: bool = True,
-                 balance: bool = True, carry: bool = True, drift: float | None = 0.97, tau: int = 4,
-                 cost_bound: float = 1.0, link_share: float = 0.5, min_share: float = 0.5, ema: float = 0.8) -> None:
-        for flag, v in (("prefetch", prefetch), ("cost_aware", cost_aware), ("layer_budgets", layer_budgets),
-                        ("balance", balance), ("carry", carry)):
-            if not isinstance(v, (bool, np.bool_)):
-                raise TideError(f"riptide {flag} must be true or false, got {v!r}")
-        if drift is not None and not 0.0 <= float(drift) <= 1.0:
-            raise TideError(f"riptide drift must be a cosine in [0, 1] or None, got {drift!r}")
-        if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)) or tau < 1:
-            raise TideError(f"tau must be an integer >= 1, got {tau!r}")
-        for pname, v, hi in (("cost_bound", cost_bound, np.inf), ("link_share", link_share, 1.0),
-                             ("min_share", min_share, 1.0), ("ema", ema, 1.0)):
-            if not 0.0 <= float(v) <= hi:
-                raise TideError(f"riptide {pname} must be in [0, {hi}], got {v!r}")
-        self.prefetch, self.cost_aware, self.layer_budgets = bool(prefetch), bool(cost_aware), bool(layer_budgets)
-        self.balance, self.carry = bool(balance), bool(carry)
-        self.drift = None if drift is None else float(drift)
-        self.tau, self.cost_bound, self.link_share = int(tau), float(cost_bound), float(link_share)
-        self.min_share, self.decay = float(min_share), float(ema)
-
-    def settings(self) -> dict[str, Any]:
-        """Every switch and knob, defaults included (what an ablation table shows)."""
-        return {"prefetch": self.prefetch, "cost_aware": self.cost_aware, "layer_budgets": self.layer_budgets,
-                "balance": self.balance, "carry": self.carry, "drift": self.drift, "tau": self.tau,
-                "cost_bound": self.cost_bound, "link_share": self.link_share, "min_share": self.min_share,
-                "ema": self.decay}
-
-    def params(self) -> dict[str, Any]:
-        """The settings that differ from the defaults: enough to rebuild the policy, short enough for a label."""
-        p = {k: v for k, v in self.settings().items() if v != _DEFAULTS[k]}
-        if self.drift is not None:
-            p.pop("tau", None)  # tau only matters when refreshes are periodic
-        return p
+    Params = RiptideParams
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         placement = super().initial_placement(ctx)
@@ -118,7 +118,7 @@ class Riptide(Policy):
         self.b = np.array(ctx.budget, dtype=np.int64)  # the budgets set so far (Residency holds the same)
         self.total = int(self.b.sum())
         self.target = self.b.copy()
-        self.floor = max(1, int(self.min_share * (self.total // L)))
+        self.floor = max(1, int(self.p.min_share * (self.total // L)))
         self._est_layer = np.zeros(L)          # estimated MoE-expert time of each layer's last decision (s)
         self._est_link = np.zeros(L)           # its estimated synchronous link time (s)
         self._window = 0.0                     # asynchronous link time left in this step (s)
@@ -129,8 +129,8 @@ class Riptide(Policy):
         cost, L = self.tab.cost, self.ctx.num_moe_layers
         n = np.array([step.tokens_forwarded])
         est_step = float(cost.step_fixed(n, n, n)[0] + L * cost.moe_pre(n, n)[0]) + float(self._est_layer.sum())
-        self._window = max(0.0, self.link_share * est_step - float(self._est_link.sum()))
-        if self.layer_budgets and step.kind in (KIND_DENOISE, KIND_DECODE) and step.step_in_block == 0 \
+        self._window = max(0.0, self.p.link_share * est_step - float(self._est_link.sum()))
+        if self.p.layer_budgets and step.kind in (KIND_DENOISE, KIND_DECODE) and step.step_in_block == 0 \
                 and step.block >= 1:
             target = allocate_budgets(self.value, self.total, self.floor)
             held = np.cumsum(np.concatenate([np.zeros((L, 1)), -np.sort(-self.value, axis=1)], axis=1), axis=1)
@@ -151,15 +151,15 @@ class Riptide(Policy):
         active = c > 0
         t_cpu, t_gpu = self.tab.times(c)
         save = t_cpu - t_gpu
-        d = self.decay
+        d = self.p.ema
         self.ema[l] = d * self.ema[l] + (1.0 - d) * c
         self.act[l] = d * self.act[l] + (1.0 - d) * active
-        if self.layer_budgets:
+        if self.p.layer_budgets:
             self.value[l] = VALUE_DECAY * self.value[l] + (1.0 - VALUE_DECAY) * np.where(active, save, 0.0)
 
         demote: list[np.ndarray] = []
         budget = None
-        if self.layer_budgets and denoise and self.b[l] != self.target[l]:
+        if self.p.layer_budgets and denoise and self.b[l] != self.target[l]:
             budget, shrink = self._rebudget(l, res, active, save)
             res[shrink] = False
             demote.append(shrink)
@@ -177,7 +177,7 @@ class Riptide(Policy):
         victims = victims[n_sv:]
 
         stream = keep = _EMPTY
-        if self.balance:
+        if self.p.balance:
             keep, stream, used, t_layer, cpu_assign = plan.balance(self.tab, c, res, t_cpu, t_gpu, B, sync_p.size,
                                                                    async_p, victims)
             if used.size:
@@ -198,7 +198,7 @@ class Riptide(Policy):
         self._account(l, t_layer, cpu_assign, promote.size + stream.size, async_p.size)
         prefetch = (Prefetch(layer=l, promote=async_p, demote=victims[:n_av]),) if async_p.size else ()
         return LayerDecision(promote=promote, demote=np.concatenate(demote), stream=stream, prefetch=prefetch,
-                             overlap_cpu=self.balance, budget=None if budget is None else int(budget))
+                             overlap_cpu=self.p.balance, budget=None if budget is None else int(budget))
 
     # ---- parts --------------------------------------------------------------------------------------------------
     def _rebudget(self, l: int, res: np.ndarray, active: np.ndarray, save: np.ndarray) -> tuple[int, np.ndarray]:
@@ -226,25 +226,25 @@ class Riptide(Policy):
 
     def _is_refresh(self, st: StepInfo, l: int, c: np.ndarray, res: np.ndarray, active: np.ndarray,
                     save: np.ndarray) -> bool:
-        if not self.refreshed[l] or (not self.carry and st.step_in_block == 0):
+        if not self.refreshed[l] or (not self.p.carry and st.step_in_block == 0):
             return True
-        if self.drift is None:
-            return st.first_block or st.step_in_block % self.tau == 0
+        if self.p.drift is None:
+            return st.first_block or st.step_in_block % self.p.tau == 0
         ref = self.ref[l]
         norm = float(np.sqrt(float(c @ c) * float(ref @ ref)))
-        if norm == 0.0 or float(c @ ref) / norm < self.drift:
+        if norm == 0.0 or float(c @ ref) / norm < self.p.drift:
             return True
         s_act = np.where(active, save, 0.0)
         k = s_act.size - int(self.b[l])
         best = float(np.partition(s_act, k)[k:].sum()) if k > 0 else float(s_act.sum())  # the top-B savings
-        return (best - float(s_act[res].sum())) * self._rest(st) > self.cost_bound * self.tab.copy_each
+        return (best - float(s_act[res].sum())) * self._rest(st) > self.p.cost_bound * self.tab.copy_each
 
     def _refresh(self, st: StepInfo, l: int, c: np.ndarray, res: np.ndarray, active: np.ndarray, t_cpu: np.ndarray,
                  t_gpu: np.ndarray, save: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(synchronous promotions, asynchronous promotions, victims in eviction order)."""
-        window = self._window / (self.ctx.num_moe_layers - l) if self.prefetch else 0.0
+        window = self._window / (self.ctx.num_moe_layers - l) if self.p.prefetch else 0.0
         cap = int(np.searchsorted(self.tab.copy, window, side="right") - 1)  # copies the window holds
-        if (not self.carry and st.step_in_block == 0) or not self.cost_aware:
+        if (not self.p.carry and st.step_in_block == 0) or not self.p.cost_aware:
             promote, victims = plan.tide_target(c, res, B)
         else:
             horizon = self._rest(st) * self.act[l]
@@ -256,7 +256,7 @@ class Riptide(Policy):
                 t_c, t_g = self.tab.times(np.maximum(1, np.rint(self.ema[l, idle])).astype(np.int64))
                 back = horizon[idle] * np.maximum(t_c - t_g, 0.0)
             promote, victims = plan.cost_aware(self.tab, c, res, t_cpu, t_gpu, B, victims, n_idle, horizon, back,
-                                               cap, self.balance)
+                                               cap, self.p.balance)
         n_sync = max(0, promote.size - cap)     # what does not fit the window is promoted now (the best ones)
         return promote[:n_sync], promote[n_sync:], victims
 

@@ -11,23 +11,34 @@ Commit and prefill forwards never refresh.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
-from offload.errors import TideError
 from offload.policies.base import KEEP, LayerDecision, LayerView, Policy
+from offload.policies.params import DEFAULT_TAU, PolicyParams, check_int, knob
 from offload.policies.baselines import top_b
 from offload.trace import KIND_DECODE, KIND_DENOISE
 
 
+@dataclass(frozen=True)
+class TideParams(PolicyParams):
+    policy: ClassVar[str] = "tide"
+    tau: int = knob(DEFAULT_TAU, "refresh at in-block steps 0, tau, 2 tau, ... (every step of the first block)",
+                    sweep=True)
+
+    def check(self) -> None:
+        check_int("tau", self.tau)
+
+
 class Tide(Policy):
     name = "tide"
+    Params = TideParams
 
-    def __init__(self, tau: int = 1) -> None:
-        if isinstance(tau, bool) or not isinstance(tau, (int, np.integer)) or tau < 1:
-            raise TideError(f"tau must be an integer >= 1, got {tau!r}")
-        self.tau = int(tau)
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.tau = self.p.tau  # tide-opt replaces it with the tau it solves for
 
     def is_refresh(self, view: LayerView) -> bool:
         step = view.step
@@ -46,6 +57,3 @@ class Tide(Policy):
         # capped at promotions; resident - min(P, NT) + P <= max(resident, |target|) <= B, so it always fits
         demote = np.flatnonzero(view.resident & ~target)[: len(promote)]
         return LayerDecision(promote=promote, demote=demote)
-
-    def params(self) -> dict[str, Any]:
-        return {"tau": self.tau}

@@ -51,11 +51,12 @@ shortest prefix, so later (longer) steps make staleness costlier than measured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from offload.policies.base import LayerDecision, LayerView, PolicyContext
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext
+from offload.policies.params import PolicyParams, check_bool, knob
 from offload.policies.tide import Tide
 from offload.trace import KIND_DECODE, KIND_DENOISE
 
@@ -182,14 +183,26 @@ def solve_tau(step: np.ndarray, refresh: np.ndarray, use_scipy: bool = True) -> 
             return tau, "scipy"
 
 
+@dataclass(frozen=True)
+class TideOptParams(PolicyParams):
+    policy: ClassVar[str] = "tide-opt"
+    per_layer: bool = knob(False, "solve one tau per MoE layer instead of one for all")
+
+    def check(self) -> None:
+        check_bool("per_layer", self.per_layer)
+
+
 class TideOpt(Tide):
     """TIDE whose tau (one, or one per layer) is solved for after the first generated block."""
 
     name = "tide-opt"
 
-    def __init__(self, per_layer: bool = False) -> None:
-        super().__init__(tau=1)  # the first block refreshes every step whatever tau is
-        self.per_layer = bool(per_layer)
+    Params = TideOptParams
+
+    def __init__(self, **params: Any) -> None:
+        Policy.__init__(self, **params)
+        self.tau = 1  # the first block refreshes every step whatever tau is
+        self.per_layer = self.p.per_layer
         self.chosen_tau: int | list[int] | None = None
         self._report: dict[str, Any] = {}
 
@@ -258,6 +271,3 @@ class TideOpt(Tide):
     def report(self) -> dict[str, Any]:
         """What the solver chose (empty before the first block ended)."""
         return dict(self._report)
-
-    def params(self) -> dict[str, Any]:
-        return {"per_layer": True} if self.per_layer else {}
