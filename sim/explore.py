@@ -38,7 +38,23 @@ from offload.trace import MODES
 BASELINES = ("cpu-route", "fetch-lru")
 
 
+# flags a run would not use: refused rather than silently ignored
+SYNTHETIC_FLAGS = ("mode", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed")
+NOT_IN_STUDY = ("model", "hardware", "trace", "mode", "block_length", "prompt_length", "tokens_per_forward",
+                "gpu_experts_per_layer", "gpu_memory_gb", "timeline")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options, with ``given``: the set of options given on the command line (for refusing ignored ones)."""
+    p = _parser()
+    a = p.parse_args(argv)
+    for action in p._actions:  # a second parse with no defaults tells which options were given
+        action.default = argparse.SUPPRESS
+    a.given = set(vars(p.parse_args(argv)))
+    return a
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim.explore", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="llada2.0-mini", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path")
@@ -63,15 +79,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the sweep on this Ray cluster ('auto', 'ray://host:port', or 'local' to start one)")
-    p.add_argument("--study", default=None, choices=("paper",),
-                   help="run a predefined study instead (paper: mini and flash x A100/PCIe 4 and H100/PCIe 5 x "
-                        "budgets 25/50/75%% x both modes x every policy)")
+    p.add_argument("--study", default=None, metavar="NAME|FILE",
+                   help="run a study instead: 'paper' (sim/studies/paper.json: mini and flash x A100/PCIe 4 and "
+                        "H100/PCIe 5 x budgets 25/50/75%% x both modes x every policy) or a study JSON file; "
+                        "--policies, --tau, --gen-length and --seed override the study's")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    return p
 
 
 def _check_args(a: argparse.Namespace) -> None:
+    ignored = [f for f in (NOT_IN_STUDY if a.study else SYNTHETIC_FLAGS if a.trace else ()) if f in a.given]
+    if ignored:
+        why = f"--study {a.study} sets its own grid" if a.study else "--trace replays recorded traces"
+        raise TideError(f"{why}: {', '.join('--' + f.replace('_', '-') for f in ignored)} would be ignored")
     if any(t < 1 for t in a.tau):
         raise TideError(f"tau must be >= 1, got {min(a.tau)}")
     for text in a.policies:  # name or name(k=v, ...): unknown names and bad values end here, in one line
@@ -181,21 +202,27 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
 
 def run_study(a: argparse.Namespace) -> int:
     """``--study paper``: the grid of sim.study, one run directory, a headline table (markdown and HTML)."""
-    from sim.study import PAPER, grid_points, headline, make_traces, markdown_table, study_tasks
+    from dataclasses import replace
 
-    out = Path(a.out or f"runs/study-{a.study}-{time.strftime('%Y%m%d-%H%M%S')}")
+    from sim.study import grid_points, headline, make_traces, markdown_table, study_tasks
+    from sim.study_spec import load_study
+
+    study = load_study(a.study)
+    overrides = {k: tuple(getattr(a, k)) if k in ("policies", "tau") else getattr(a, k)
+                 for k in ("policies", "tau", "gen_length", "seed") if k in a.given}
+    study = replace(study, **overrides)
+    out = Path(a.out or f"runs/study-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
-    points = grid_points(PAPER["models"], PAPER["hardware"], PAPER["fractions"], PAPER["modes"])
-    traces = make_traces(PAPER["models"], PAPER["modes"], out, a.gen_length, a.seed)
-    tasks = study_tasks(points, traces, policy_grid(a.policies, a.tau))
-    print(f"study {a.study}: {len(points)} grid points x {len(tasks) // len(points)} policy runs = {len(tasks)} runs"
+    points = grid_points(study)
+    traces = make_traces(study, out)
+    tasks = study_tasks(study, points, traces, policy_grid(study.policies, study.tau))
+    print(f"study {study.name}: {len(points)} grid points x {len(tasks) // len(points)} policy runs = {len(tasks)} runs"
           + (f" on Ray ({a.ray})" if a.ray else ""))
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     lines = headline(rows)
     table = markdown_table(lines)
-    config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": a.study, "grid": PAPER,
-              "points": [p.label for p in points], "policies": a.policies, "tau": sorted(set(a.tau)),
-              "gen_length": a.gen_length, "seed": a.seed, "traces": {f"{m}/{mode}": p for (m, mode), p in traces.items()}}
+    config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
+              "points": [p.label for p in points], "traces": {f"{m}/{mode}": p for (m, mode), p in traces.items()}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
     atomic_write_text(out / "headline.json", json.dumps(lines, indent=1) + "\n")
@@ -206,7 +233,7 @@ def run_study(a: argparse.Namespace) -> int:
         from sim.report import write_report
         from sim.study_report import headline_html
 
-        write_report(out / "report.html", rows, config, title=f"tide-moe study: {a.study}", intro_html=headline_html(lines))
+        write_report(out / "report.html", rows, config, title=f"tide-moe study: {study.name}", intro_html=headline_html(lines))
     print(table)
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ (study.md, report.html, results.json)")
     return 0

@@ -1,17 +1,17 @@
-"""Predefined studies: the paper-scale grid of ``python -m sim.explore --study paper``.
+"""Running a study (``python -m sim.explore --study paper|FILE.json``; the grid is data, ``sim.study_spec``).
 
-Grid: LLaDA2.0-mini and LLaDA2.0-flash x A100/PCIe 4 and H100/PCIe 5 x GPU budgets of 25%, 50% and 75% of
-the routed experts x ``prefix-recompute`` and ``block-cache``, every policy (tau swept where it applies), on
-seeded synthetic traces (one per model and mode, calibrated as in ``traces.synthetic``).
+The paper's grid (``sim/studies/paper.json``): LLaDA2.0-mini and LLaDA2.0-flash x A100/PCIe 4 and H100/PCIe 5 x
+GPU budgets of 25%, 50% and 75% of the routed experts x ``prefix-recompute`` and ``block-cache``, every policy
+(tau swept where it applies), on seeded synthetic traces (one per model and mode, as in ``traces.synthetic``).
 
 Budget per layer B = floor(f E), capped by what fits the GPU next to the non-expert weights and a reserve
 for activations and workspace:
 
-  B_max = floor((M_gpu - M_non_expert - M_reserve) / (L expert_bytes)),   M_reserve = 4 GiB
+  B_max = floor((M_gpu - M_non_expert - M_reserve) / (L expert_bytes)),   M_reserve = the study's reserve_gib
 
 Fractions that cap to the same B collapse into one grid point (its label keeps every fraction asked).
-The paper's setting (TIDE, arXiv 2605.20179): prefix-recompute, mini at 128 of 256 experts per layer, flash at
-the largest budget that fits 80 GB.
+The points marked as the paper's setting come from the study's ``paper_setting`` (TIDE, arXiv 2605.20179:
+prefix-recompute, mini at 128 of 256 experts per layer, flash at the largest budget that fits 80 GB).
 """
 from __future__ import annotations
 
@@ -22,12 +22,11 @@ from typing import Any, Sequence
 from offload.budget import GIB
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
+from sim.study_spec import StudySpec
 from sim.sweep import Task, model_payload
 from offload.trace_io import write_trace
 
-PAPER = {"models": ("llada2.0-mini", "llada2.0-flash"), "hardware": ("a100-pcie4", "h100-pcie5"),
-         "fractions": (0.25, 0.5, 0.75), "modes": ("prefix-recompute", "block-cache")}
-RESERVE_GIB = 4.0
+RESERVE_GIB = 4.0  # the default reserve for activations and workspace next to the weights
 
 
 @dataclass(frozen=True)
@@ -54,48 +53,48 @@ def max_fitting_budget(model: ModelSpec, hw: HardwareProfile, reserve_gib: float
     return max(0, min(model.num_experts, int(free // (model.num_moe_layers * model.expert_bytes))))
 
 
-def grid_points(models: Sequence[str], hardware: Sequence[str], fractions: Sequence[float],
-                modes: Sequence[str]) -> list[Point]:
+def grid_points(study: StudySpec) -> list[Point]:
     points: list[Point] = []
-    for m in models:
+    for m in study.models:
         spec = ModelSpec.load(m)
-        for h in hardware:
+        for h in study.hardware:
             hw = HardwareProfile.load(h)
-            cap = max_fitting_budget(spec, hw)
+            cap = max_fitting_budget(spec, hw, study.reserve_gib)
             by_budget: dict[int, list[float]] = {}
-            for f in fractions:
+            for f in study.fractions:
                 b = min(max(1, int(f * spec.num_experts)), cap)
                 if b >= 1:
                     by_budget.setdefault(b, []).append(f)
             for b, fs in by_budget.items():
                 capped = any(int(f * spec.num_experts) > b for f in fs)
-                points += [Point(m, h, b, tuple(fs), capped, mode) for mode in modes]
+                points += [Point(m, h, b, tuple(fs), capped, mode) for mode in study.modes]
     return points
 
 
-def paper_setting(p: Point, points: Sequence[Point]) -> bool:
-    """TIDE's reported setting: prefix-recompute; mini at 128 of 256; flash at the largest budget that fits."""
-    if p.mode != "prefix-recompute":
+def paper_setting(p: Point, points: Sequence[Point], study: StudySpec) -> bool:
+    """Whether ``p`` is the study's paper setting: its mode, and per model a budget or the largest that fits."""
+    want = study.paper_setting
+    if not want or p.mode != want.get("mode"):
         return False
-    if "mini" in p.model:
-        return p.budget == 128
-    same = [q.budget for q in points if q.model == p.model and q.hardware == p.hardware]
-    return p.budget == max(same)
+    budget = want.get("budget", {}).get(p.model)
+    if budget == "largest":
+        return p.budget == max(q.budget for q in points if q.model == p.model and q.hardware == p.hardware)
+    return budget is not None and p.budget == budget
 
 
-def make_traces(models: Sequence[str], modes: Sequence[str], out: Path, gen_length: int, seed: int) -> dict[tuple[str, str], str]:
+def make_traces(study: StudySpec, out: Path) -> dict[tuple[str, str], str]:
     from traces.synthetic import default_config, generate
 
     paths = {}
-    for m in models:
+    for m in study.models:
         spec = ModelSpec.load(m)
-        for mode in modes:
-            trace = generate(spec, default_config(spec, mode, gen_length=gen_length, seed=seed))
+        for mode in study.modes:
+            trace = generate(spec, default_config(spec, mode, gen_length=study.gen_length, seed=study.seed))
             paths[(m, mode)] = str(write_trace(trace, out / "traces" / f"{m}-{mode}.npz"))
     return paths
 
 
-def study_tasks(points: Sequence[Point], traces: dict[tuple[str, str], str],
+def study_tasks(study: StudySpec, points: Sequence[Point], traces: dict[tuple[str, str], str],
                 policies: Sequence[tuple[str, dict[str, Any]]]) -> list[Task]:
     tasks = []
     payloads = {m: model_payload(ModelSpec.load(m)) for m in {p.model for p in points}}
@@ -103,7 +102,7 @@ def study_tasks(points: Sequence[Point], traces: dict[tuple[str, str], str],
     for p in points:
         for name, params in policies:
             tasks.append(Task(traces[(p.model, p.mode)], p.label, payloads[p.model], profiles[p.hardware], p.budget,
-                              name, params, {**p.tags(), "paper_setting": paper_setting(p, points)}))
+                              name, params, {**p.tags(), "paper_setting": paper_setting(p, points, study)}))
     return tasks
 
 

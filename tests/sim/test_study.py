@@ -12,9 +12,11 @@ import json
 from sim.explore import main, policy_grid
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
-from sim.study import PAPER, grid_points, headline, max_fitting_budget, paper_setting
+from offload.errors import TideError
+from sim.study import grid_points, headline, max_fitting_budget, paper_setting
+from sim.study_spec import load_study
 
-SMALL = ["--gen-length", "32", "--prompt-length", "32", "--tau", "1", "4", "--quiet", "--no-report",
+SMALL = ["--gen-length", "32", "--tau", "1", "4", "--quiet", "--no-report",
          "--policies", "all-gpu", "cpu-route", "fetch-lru", "tide"]
 
 
@@ -27,12 +29,13 @@ def test_budget_cap_fits_the_gpu():
 
 
 def test_grid_collapses_capped_budgets_and_marks_the_paper_setting():
-    points = grid_points(**{k: PAPER[k] for k in ("models", "hardware", "fractions", "modes")})
+    study = load_study("paper")
+    points = grid_points(study)
     mini = {p.budget for p in points if "mini" in p.model}
     flash = sorted({p.budget for p in points if "flash" in p.model})
     assert mini == {64, 128, 192}
     assert flash[0] == 64 and len(flash) == 2  # 50% and 75% both cap at what fits 80 GB
-    paper = [p for p in points if paper_setting(p, points)]
+    paper = [p for p in points if paper_setting(p, points, study)]
     assert {(p.model, p.budget) for p in paper} == {("llada2.0-mini", 128), ("llada2.0-flash", flash[1])}
     assert all(p.mode == "prefix-recompute" for p in paper)
 
@@ -51,6 +54,49 @@ def test_headline_ratios():
 def test_policy_grid():
     assert policy_grid(["tide", "cpu-route", "tide"], [4, 1]) == [("tide", {"tau": 1}), ("tide", {"tau": 4}),
                                                                   ("cpu-route", {})]
+    # a spec with tau runs once as written; a spec given twice (or equal to a swept one) runs once
+    assert policy_grid(["tide(tau=3)", "riptide(prefetch=false)", "tide", "tide(tau=1)"], [1, 2]) == [
+        ("tide", {"tau": 3}), ("riptide", {"prefetch": False}), ("tide", {"tau": 1}), ("tide", {"tau": 2})]
+
+
+def test_a_study_is_a_file(tmp_path):
+    spec = {"name": "tiny", "models": ["llada2-tiny"], "hardware": ["h100-pcie5"], "fractions": [0.5],
+            "modes": ["block-cache"], "policies": ["cpu-route", "tide(tau=2)"], "tau": [1], "gen_length": 32,
+            "seed": 1, "paper_setting": {"mode": "block-cache", "budget": {"llada2-tiny": 16}}}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    assert main(["--study", str(path), "--quiet", "--no-report", "--jobs", "1", "--out", str(out)]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["cpu-route", "tide(tau=2)"] and all(r["budget"] == 16 for r in rows)
+    assert json.loads((out / "headline.json").read_text())[0]["paper_setting"] is True
+    assert json.loads((out / "config.json").read_text())["study"]["models"] == ["llada2-tiny"]
+
+
+@pytest.mark.parametrize("edit,match", [
+    ({"fractions": [0]}, r"fractions must be in \(0, 1\]"), ({"modes": ["autoregressive"]}, "modes must be among"),
+    ({"tau": []}, "tau must be a non-empty list"), ({"policies": ["tide(tua=1)"]}, "no parameter tua"),
+    ({"gen_length": 0}, "gen_length must be an integer >= 1"), ({"extra": 1}, "unknown field extra"),
+])
+def test_bad_study_files_are_one_line_errors(tmp_path, edit, match):
+    spec = {**json.loads(json.dumps(load_study("paper").to_dict())), **edit}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(TideError, match=match) as exc:
+        load_study(str(path))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(TideError, match="no such file"):
+        load_study(str(tmp_path / "missing.json"))
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--study", "paper", "--model", "llada2.0-flash"], "--model would be ignored"),
+    (["--study", "paper", "--prompt-length", "8", "--timeline"], "--prompt-length, --timeline would be ignored"),
+    (["--trace", "x.npz", "--gen-length", "8"], "--trace replays recorded traces: --gen-length would be ignored"),
+])
+def test_flags_a_run_would_ignore_are_refused(args, match):
+    with pytest.raises(TideError, match=match):
+        main(args)
 
 
 def test_small_paper_study_end_to_end(tmp_path):
