@@ -31,6 +31,7 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 MODES = ("prefix-recompute", "block-cache", "autoregressive")
+DIFFUSION_MODES = MODES[:2]  # block diffusion: what the runtime generates, the synthetic traces and studies model
 ORIGINS = ("recorded", "synthetic", "imported")
 KIND_DENOISE, KIND_COMMIT, KIND_PREFILL, KIND_DECODE = 0, 1, 2, 3
 KIND_NAMES = {KIND_DENOISE: "denoise", KIND_COMMIT: "commit", KIND_PREFILL: "prefill", KIND_DECODE: "decode"}

@@ -40,10 +40,10 @@ except ImportError:  # pragma: no cover
 from runtime.config import RuntimeConfig
 from offload.errors import TideError
 from offload.policies.base import StepInfo
-from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, Trace, model_header
+from offload.trace import DIFFUSION_MODES, KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, Trace, model_header
 from offload.trace_check import make_trace
 
-MODES = ("prefix-recompute", "block-cache")
+MODES = DIFFUSION_MODES  # the generation modes (offload.trace: one definition for runtime and simulator)
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,13 @@ from offload.budget import fits, resolve_budget
 from offload.errors import TideError, run_cli
 from offload.hardware import HARDWARE_PRESETS, HardwareProfile
 from offload.model_spec import MODEL_PRESETS, ModelSpec
-from offload.policies import POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
+from offload.policies import BASELINES, POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
-from offload.trace import MODES
+from offload.trace import DIFFUSION_MODES
 
-BASELINES = ("cpu-route", "fetch-lru")
 
 
 # flags a run would not use: refused rather than silently ignored
@@ -60,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="llada2.0-mini", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path")
     p.add_argument("--hardware", default="h100-pcie5", help=f"preset ({', '.join(HARDWARE_PRESETS)}) or profile JSON")
     p.add_argument("--trace", nargs="+", metavar="FILE", help="replay these trace files instead of synthetic ones")
-    p.add_argument("--mode", nargs="+", default=["prefix-recompute", "block-cache"], choices=MODES[:2],
+    p.add_argument("--mode", nargs="+", default=["prefix-recompute", "block-cache"], choices=DIFFUSION_MODES,
                    help="synthetic traces: generation modes")
     p.add_argument("--gen-length", type=int, default=1024, help="synthetic traces: generated tokens")
     p.add_argument("--block-length", type=int, default=32, help="synthetic traces: block length")

@@ -25,11 +25,11 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from offload.policies import BASELINES
 from offload.errors import TideError
 from offload.results import RESOURCES
 from offload.atomic_io import atomic_write_text
 
-BASELINES = ("cpu-route", "fetch-lru")
 CEILING = "all-gpu"
 SECTION_TITLES = {
     "throughput": "Throughput vs refresh interval tau",

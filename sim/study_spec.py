@@ -21,10 +21,10 @@ from typing import Any, Mapping
 
 from offload.errors import TideError
 from offload.policies import policy_from_text
+from offload.trace import DIFFUSION_MODES
 
 PACKAGED = ("paper",)
 _REQUIRED = ("name", "models", "hardware", "fractions", "modes", "policies", "tau", "gen_length", "seed")
-_MODES = ("prefix-recompute", "block-cache")
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ def study_from_dict(d: Any, origin: str) -> StudySpec:
     if not all(0.0 < f <= 1.0 for f in fractions):
         raise TideError(f"study {origin}: fractions must be in (0, 1]")
     modes = _list(d, "modes", str, origin)
-    if not set(modes) <= set(_MODES):
-        raise TideError(f"study {origin}: modes must be among {', '.join(_MODES)}")
+    if not set(modes) <= set(DIFFUSION_MODES):
+        raise TideError(f"study {origin}: modes must be among {', '.join(DIFFUSION_MODES)}")
     tau = _list(d, "tau", int, origin)
     if min(tau) < 1:
         raise TideError(f"study {origin}: tau must be >= 1")

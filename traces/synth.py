@@ -16,7 +16,8 @@ from typing import Sequence
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
-from traces.synthetic import SYNTHETIC_MODES, default_config, generate
+from offload.trace import DIFFUSION_MODES
+from traces.synthetic import default_config, generate
 
 # option name -> (SyntheticConfig field, type, help)
 _OPTIONS = {
@@ -38,7 +39,7 @@ _OPTIONS = {
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m traces.synth", description=__doc__.splitlines()[0])
     ap.add_argument("--model", required=True, help="model preset name, config.json or model directory")
-    ap.add_argument("--mode", choices=SYNTHETIC_MODES, default="prefix-recompute",
+    ap.add_argument("--mode", choices=DIFFUSION_MODES, default="prefix-recompute",
                     help="generation loop (default prefix-recompute, as TIDE's released code)")
     ap.add_argument("--out", required=True, help="trace file to write (.npz)")
     for opt, (field, typ, text) in _OPTIONS.items():

@@ -66,10 +66,10 @@ from scipy.special import logsumexp
 from scipy.stats import poisson
 
 from offload.errors import TideError
-from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS, Trace, model_header
+from offload.trace import (DIFFUSION_MODES, KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS,
+                           Trace, model_header)
 from offload.trace_check import make_trace
 
-SYNTHETIC_MODES = ("prefix-recompute", "block-cache")
 # Published tokens per denoising forward at default decoding (routing-stats.md).
 TOKENS_PER_FORWARD = {"mini": 2.55, "flash": 3.19}
 _LOG_Q_FLOOR = -60.0  # log q below the layer's best expert by more than this counts as e^-60: keeps S/q finite
@@ -108,8 +108,8 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.mode not in SYNTHETIC_MODES:
-            raise TideError(f"synthetic mode {self.mode!r} is not one of {', '.join(SYNTHETIC_MODES)}")
+        if self.mode not in DIFFUSION_MODES:
+            raise TideError(f"synthetic mode {self.mode!r} is not one of {', '.join(DIFFUSION_MODES)}")
         for name, minimum in (("block_length", 1), ("gen_length", 1), ("prompt_length", 0), ("steps", 1),
                               ("seed", 0)):
             v = getattr(self, name)

@@ -18,6 +18,7 @@ from offload.policies.spec import format_policy, parse_policy
 POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, FetchLru, Tide)}
 POLICIES.update({cls.name: cls for cls in (TideOpt, Oracle)})
 POLICIES[Riptide.name] = Riptide
+BASELINES = ("cpu-route", "fetch-lru")  # the earlier offload designs TIDE compares with ("CPU routing", "full swap")
 TAU_POLICIES = tuple(n for n, cls in POLICIES.items() if "tau" in cls.Params.sweepable())  # studies sweep their tau
 
 
@@ -34,4 +35,4 @@ def make_policy(name: str, **params: Any) -> Policy:
 
 
 __all__ = ["KEEP", "LayerDecision", "LayerView", "Policy", "PolicyContext", "Prefetch", "StepInfo", "POLICIES",
-           "TAU_POLICIES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]
+           "TAU_POLICIES", "BASELINES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]
