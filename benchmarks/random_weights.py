@@ -10,7 +10,7 @@ one warm-up build of the tiny preset each, so that library start-up is not count
   old       the former runtime/model.py + checkpoint.py code, kept here as the baseline: one generator per
             tensor, the whole tensor drawn in float32 on one core, scaled, every expert stack drawn in float32
             and then copied into the ``dtype`` host stacks (torch's own threads only for the scale and copies)
-  new x1    runtime.checkpoint.random_weights on a pool of 1 thread (what chunking alone gives)
+  new x1    runtime.random_weights.random_weights on a pool of 1 thread (what chunking alone gives)
   new xN    the same on a pool of --threads threads (default: torch.get_num_threads())
 
 The old build draws other values (another seed scheme), so only the two new builds are compared, bitwise. One
@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from runtime.checkpoint import ExpertWeights, random_weights  # noqa: E402
+from runtime.checkpoint import ExpertWeights  # noqa: E402
+from runtime.checkpoint_layout import EXPERT_PROJS, expert_proj_shape, keeps_float32, non_expert_shapes  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
-from runtime.model import EXPERT_PROJS, expert_proj_shape, keeps_float32, non_expert_shapes  # noqa: E402
+from runtime.random_weights import random_weights  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 Weights = tuple[dict[str, torch.Tensor], ExpertWeights]

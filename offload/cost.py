@@ -29,8 +29,8 @@ Each missing table falls back to the roofline term (embed: 0; moe_overhead: the 
 moe_layer_overhead_us, default 0). A profile measured for another model layer shape is refused (TideError).
 
 ``single_device`` profiles (runtime ``--device cpu``): the "GPU" and the CPU are one host and activations never
-cross a link, so :meth:`RooflineCostModel.act_d2h` / ``act_h2d`` are 0 and ``serial`` is True; an executor
-that honours ``serial`` runs every item one after the other (``validate.replay`` does the accounting).
+cross a link, so :meth:`RooflineCostModel.act_d2h` / ``act_h2d`` are 0 and ``serial`` is True; the engine then
+runs every item one after the other (``sim.engine``'s serial mode, its default for such a cost model).
 
 :class:`ConstantCostModel` gives fixed times per unit of work, for hand-computed tests.
 """

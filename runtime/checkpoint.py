@@ -2,7 +2,7 @@
 
 Layout: ``config.json``; ``model-0000N-of-0000M.safetensors`` shards with ``model.safetensors.index.json``
 (``{"metadata": {"total_size": bytes}, "weight_map": {tensor name: shard file}}``), or a single
-``model.safetensors``. Tensor names: docs in runtime/model.py and shared/reference/LLaDA2-MoE.md.
+``model.safetensors``. Tensor names and shapes: runtime/checkpoint_layout.py (and shared/reference/LLaDA2-MoE.md).
 
 Memory: loading streams one tensor at a time with ``safetensors.safe_open`` (memory-mapped), so at most one
 tensor beyond the outputs is held. Non-expert tensors go to ``device``; routed experts are copied into
@@ -24,8 +24,7 @@ from typing import Iterable, Mapping
 import torch
 
 from runtime.config import RuntimeConfig
-from runtime.model import (EXPERT_PROJS, checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of,
-                           non_expert_shapes, parse_expert_name, random_fill_, random_stack_name)
+from runtime.checkpoint_layout import checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of, parse_expert_name
 from offload.errors import TideError
 from offload.atomic_io import atomic_write_bytes
 
@@ -63,16 +62,8 @@ class ExpertWeights:
         return self.layers[moe_layer]
 
     @property
-    def num_experts(self) -> int:
-        return self.layers[0].gate.shape[0]
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.layers[0].gate.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for l in self.layers for t in (l.gate, l.up, l.down))
 
     @classmethod
     def allocate(cls, cfg: RuntimeConfig, dtype: torch.dtype, pin: bool) -> "ExpertWeights":
@@ -157,26 +148,6 @@ def split_state(state: Mapping[str, torch.Tensor], cfg: RuntimeConfig, device=No
         _check_shape(name, t.shape, expected[name], "state dict")
         _place(name, t, non_expert, experts, first, device, dtype)
     return non_expert, experts
-
-
-def random_weights(cfg: RuntimeConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
-                   pin: bool | None = None, threads: int | None = None
-                   ) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
-    """The split of :func:`runtime.model.random_state` (same values, rounded to ``dtype``), drawn on a pool of
-    ``threads`` threads (default: torch's thread count; the values do not depend on it).
-
-    Every tensor is drawn straight into its final host buffer, chunk by chunk: routed experts into the (pinned)
-    ``dtype`` host stacks, non-expert tensors into ``dtype`` (the expert bias float32) CPU tensors that then go
-    to ``device``. No full-size float32 copy of the experts is ever made: for a LLaDA2.0-mini shape that would
-    be 3 GiB per MoE layer."""
-    device = torch.device(device if device is not None else "cpu")
-    host = {n: torch.empty(shape, dtype=torch.float32 if keeps_float32(n) else dtype)
-            for n, shape in non_expert_shapes(cfg).items()}
-    experts = ExpertWeights.allocate(cfg, dtype, _wants_pin(device) if pin is None else pin)
-    stacks = {random_stack_name(cfg, m, proj): experts[m].proj(proj)
-              for m in range(cfg.spec.num_moe_layers) for proj in EXPERT_PROJS}
-    random_fill_({**host, **stacks}, seed, threads)  # one pool over every chunk of every tensor
-    return {n: t.to(device) for n, t in host.items()}, experts
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
@@ -327,5 +298,5 @@ def write_checkpoint(model_dir: str | Path, cfg: RuntimeConfig, state: Mapping[s
     return model_dir
 
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "ExpertWeights", "LayerExperts", "load_checkpoint", "write_checkpoint", "split_state",
-           "random_weights"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "ExpertWeights", "LayerExperts", "load_checkpoint", "write_checkpoint",
+           "split_state"]

@@ -26,11 +26,13 @@ CUDA, the host (device=cpu) and the tests' threaded stand-in for CUDA.
      code loads its resident experts at model load).
   1. counts = bincount(topk_ids): one small D2H copy of E ints, the one host sync per layer (the policy needs
      them; TIDE does the same). The sort key goes back through a page-locked block without a host sync.
-  2. policy.decide -> Residency.apply; demoted slots are freed, the layer's slot list resized to a new budget
-     if the decision set one, promoted experts copied host -> free slots [copy stream, after the compute
-     stream's queued work, so no slot still being read is overwritten]; the layer's GPU experts wait for them
-     (synchronous semantics), but the rows for the CPU experts are gathered before that wait, so with
-     overlap_cpu the CPU path runs while the promotions and streams are copied (as the simulator models it).
+  2. policy.decide -> Residency.apply -> offload.plan.plan_layer (the plan the simulator times: what is
+     resident, streamed and run on the CPU, with the counters and bytes); demoted slots are freed, the
+     layer's slot list resized to a new budget if the decision set one, promoted experts copied host -> free
+     slots [copy stream, after the compute stream's queued work, so no slot still being read is overwritten];
+     the layer's GPU experts wait for them (synchronous semantics), but the rows for the CPU experts are
+     gathered before that wait, so with overlap_cpu the CPU path runs while the promotions and streams are
+     copied (as the simulator models it).
   3. GPU experts wait for earlier prefetches into this layer whose experts they use.
   4. GPU experts = active & (resident | streamed): resident ones as one grouped GEMM over the span of the
      pool the layer's slots cover (rows sorted by slot, one stable device argsort); streamed ones in chunks
@@ -55,7 +57,8 @@ Byte accounting (the simulator's, ``offload.results``): expert_bytes = 3 h i x e
 h x element size (the store's dtype; equal to the spec's when the dtype is the checkpoint's);
   promotions, demotions = Residency.moves (promote + stream + prefetch; demote + stream + prefetch demote)
   h2d_bytes = promotions x expert_bytes + cpu_assignments x token_bytes,  d2h_bytes = cpu_assignments x token_bytes
-  gpu_assignments / cpu_assignments = token-assignments computed on each side; hit_ratio = gpu / (gpu + cpu).
+  gpu_assignments / cpu_assignments = token-assignments computed on each side; hit_ratio = gpu / (gpu + cpu)
+  (the assignments and activation bytes are the sums of the layers' plans, offload.plan.PlanTotals).
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ from runtime.slot_pool import SlotMap
 from runtime.streams import ACT, COMPUTE, COPY, SERIAL_CPU, default_streams
 from offload.errors import TideError
 from offload.model_spec import ModelSpec
+from offload.plan import PlanTotals, plan_layer
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import MoveCounters, Residency
 
@@ -160,7 +164,7 @@ class ExpertStore:
 
         self._step: StepInfo | None = None
         self.step_counts = np.zeros((L, E), dtype=np.int64)
-        self.h2d_act_bytes = self.d2h_bytes = self.cpu_assignments = self.gpu_assignments = 0
+        self.totals = PlanTotals()  # the counters of the plans carried out (offload.plan)
 
     # ---- construction ---------------------------------------------------------------------------------
     def _shape(self, name: str) -> tuple[int, int]:
@@ -315,20 +319,11 @@ class ExpertStore:
         self.step_counts[layer] = counts
         dec = self.policy.decide(LayerView(step=self._step, layer=layer, counts=counts,
                                            resident=self.residency.view(layer)))
-        demote, promote, stream = self.residency.apply(layer, dec)
-        ev = self._move(layer, demote, promote)  # the GPU experts wait for it below, the CPU rows do not
-
-        res = self.residency.resident[layer]
-        active = counts > 0
-        res_act = active & res
-        cpu_mask = active & ~res
-        cpu_mask[stream] = False
-        cpu_ids = np.flatnonzero(cpu_mask)
-        n_cpu = int(counts[cpu_ids].sum())
-        self.cpu_assignments += n_cpu
-        self.gpu_assignments += T * k - n_cpu
-        self.d2h_bytes += n_cpu * self.token_bytes
-        self.h2d_act_bytes += n_cpu * self.token_bytes
+        moved = self.residency.apply(layer, dec)
+        p = plan_layer(self.residency.resident[layer], *moved, counts, dec, self.expert_bytes, self.token_bytes)
+        self.totals.add(p)
+        ev = self._move(layer, p.demote, p.promote)  # the GPU experts wait for it below, the CPU rows do not
+        res_act, stream, cpu_ids, n_cpu = p.resident_mask, p.stream, np.flatnonzero(p.cpu_mask), p.cpu_assignments
 
         # one sort key per expert: resident -> its slot (within the span [lo, hi) of the pool that the layer's
         # slots cover), streamed -> after the span, CPU -> last (by expert id); rows of one expert keep their
@@ -373,9 +368,7 @@ class ExpertStore:
         if n_cpu:
             if not dec.overlap_cpu:  # TIDE: the GPU experts finish before the CPU starts (timing, not order)
                 S.host_wait(S.record(COMPUTE), SERIAL_CPU)
-            cpu_counts = np.zeros(E, dtype=np.int64)
-            cpu_counts[cpu_ids] = counts[cpu_ids]
-            self._cpu_experts(layer, rows, y_cpu, gathered, cpu_counts)
+            self._cpu_experts(layer, rows, y_cpu, gathered, p.cpu_counts)
             S.launch(COMPUTE, lambda: buf.index_copy_(0, f.order[n_res + n_str:], y_cpu))
         if dec.prefetch:  # after this layer's experts are enqueued: no slot they read is overwritten
             self._prefetch(dec.prefetch)
@@ -434,22 +427,21 @@ class ExpertStore:
 
     @property
     def hit_ratio(self) -> float:
-        total = self.gpu_assignments + self.cpu_assignments
-        return self.gpu_assignments / total if total else 1.0
+        return self.totals.hit_ratio
 
     def reset_counters(self) -> None:
         """Zero the counters (after a warm-up); residency and slots are kept."""
         self.residency.moves = MoveCounters()
-        self.h2d_act_bytes = self.d2h_bytes = self.cpu_assignments = self.gpu_assignments = 0
+        self.totals = PlanTotals()
 
     def metrics(self) -> dict[str, Any]:
         """The simulator's counter names (offload.results.METRIC_KEYS minus the timing ones), plus detail."""
-        moves = self.residency.moves
+        moves, t = self.residency.moves, self.totals
         weight = moves.promotions * self.expert_bytes
         return {"policy": self.policy.name, "params": dict(self.policy.params()),
-                "h2d_bytes": int(weight + self.h2d_act_bytes), "d2h_bytes": int(self.d2h_bytes),
-                "hit_ratio": self.hit_ratio, "promotions": int(moves.promotions), "demotions": int(moves.demotions),
-                "cpu_assignments": int(self.cpu_assignments), "gpu_assignments": int(self.gpu_assignments),
+                "h2d_bytes": int(weight + t.act_bytes), "d2h_bytes": int(t.act_bytes),
+                "hit_ratio": t.hit_ratio, "promotions": int(moves.promotions), "demotions": int(moves.demotions),
+                "cpu_assignments": int(t.cpu_assignments), "gpu_assignments": int(t.gpu_assignments),
                 "h2d_weight_bytes": int(weight), "max_resident": self.max_resident.tolist(),
                 "budget": self.budget.tolist(), "layer_budgets": self.residency.budget.tolist(),
                 "host_pinned": bool(self.pinned)}

@@ -16,32 +16,24 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from runtime.config import RuntimeConfig
+from runtime.diffusion import MODES, GenerationSettings
 from runtime.environment import environment
-from runtime.diffusion import MODES, GenerationSettings, generate
+from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
 from offload.budget import resolve_budget
 from offload.errors import TideError, run_cli
-from offload.model_spec import MODEL_PRESETS
 from offload.policies import POLICIES, TAU_POLICIES, Policy, make_policy
 from offload.policies.policy_file import read_policy_file
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import write_trace
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="llada2-tiny",
-                   help=f"checkpoint directory, or a preset ({', '.join(MODEL_PRESETS)}) / config.json for random weights")
-    p.add_argument("--num-layers", type=int, default=None, help="random weights: keep only the first N decoder layers")
+    add_session_arguments(p)
     p.add_argument("--prompt", default=None, help="prompt text (needs the checkpoint's tokenizer)")
-    p.add_argument("--prompt-length", type=int, default=32, help="without a tokenizer: random prompt ids of this length")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     p.add_argument("--policy", default="tide", help=f"policy name ({', '.join(POLICIES)}) or recommended-policy JSON")
     p.add_argument("--tau", type=int, default=None, help="refresh interval for tau policies (default 4)")
     budget = p.add_mutually_exclusive_group()
@@ -50,25 +42,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hardware", default=None,
                    help="hardware profile (preset or calibrated JSON) for cost-aware policies such as tide-opt and "
                         "riptide; without it they fall back to their documented byte-ratio estimates")
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=32)
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 128; 1024 for a real model)")
     p.add_argument("--mode", default=None, choices=MODES, help="default prefix-recompute (or the policy file's)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for offloaded experts")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metrics-out", default=None, help="write metrics JSON here")
     p.add_argument("--trace-out", default=None, help="write the routing trace here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
-
-
-def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TideError("--device cuda requested but CUDA is not available (torch "
-                        f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})")
-    return torch.device(name)
 
 
 def _policy(a: argparse.Namespace) -> tuple[Policy, int | None, str | None]:
@@ -85,108 +66,54 @@ def _policy(a: argparse.Namespace) -> tuple[Policy, int | None, str | None]:
     return make_policy(a.policy, **params), None, None
 
 
-def _weights(a: argparse.Namespace, device: torch.device, dtype: torch.dtype):
-    """(cfg, non-expert state, host experts, tokenizer or None, real checkpoint?)."""
-    from runtime.checkpoint import load_checkpoint, random_weights
-
-    path = Path(a.model)
-    if path.is_dir() and any(path.glob("*.safetensors")):
-        cfg = RuntimeConfig.load(path, num_layers=a.num_layers)
-        state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype)
-        return cfg, state, experts, _tokenizer(path), True
-    cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
-    state, experts = random_weights(cfg, a.seed, device=device, dtype=dtype)
-    return cfg, state, experts, None, False
-
-
-def _tokenizer(path: Path) -> Any:
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # no tokenizer files: ids only
-        print(f"note: no tokenizer loaded from {path} ({type(exc).__name__}); prompts and outputs are token ids")
-        return None
-
-
 def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: torch.device) -> torch.Tensor:
-    if a.prompt is not None:
-        if tok is None:
-            raise TideError("--prompt needs a checkpoint directory with a tokenizer")
-        msgs = [{"role": "user", "content": a.prompt}]
-        try:
-            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
-        except Exception:  # tokenizer without a chat template
-            ids = tok(a.prompt)["input_ids"]
-        if isinstance(ids, dict) or hasattr(ids, "keys"):
-            ids = ids["input_ids"]
-        return torch.tensor(list(ids), dtype=torch.long, device=device)
-    if a.prompt_length < 1:
-        raise TideError("--prompt-length must be >= 1")
-    g = torch.Generator().manual_seed(a.seed)
-    special = {cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id}
-    ids = torch.randint(0, cfg.spec.vocab_size, (a.prompt_length,), generator=g)
-    ids[torch.isin(ids, torch.tensor(sorted(special)))] = 0  # keep special tokens out of the prompt
-    return ids.to(device)
+    if a.prompt is None:
+        return random_prompt(cfg, a.prompt_length, a.seed, device)
+    if tok is None:
+        raise TideError("--prompt needs a checkpoint directory with a tokenizer")
+    msgs = [{"role": "user", "content": a.prompt}]
+    try:
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    except Exception:  # tokenizer without a chat template
+        ids = tok(a.prompt)["input_ids"]
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return torch.tensor(list(ids), dtype=torch.long, device=device)
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Build everything from parsed arguments, generate, and return the metrics dict."""
-    from runtime.expert_store import ExpertStore
-    from runtime.model import LLaDA2MoE
-
-    device = _device(a.device)
-    dtype = DTYPES[a.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
     policy, file_budget, file_mode = _policy(a)
-    cfg, state, experts, tok, real = _weights(a, device, dtype)
-    spec = cfg.spec
+    session = Session.from_args(a)
+    spec, device, dtype = session.cfg.spec, session.device, session.dtype
     per_layer = a.gpu_experts_per_layer if a.gpu_experts_per_layer is not None else file_budget
     if per_layer is None and a.gpu_memory_gb is None:
         per_layer = max(1, spec.num_experts // 2)
     budget = None if not policy.needs_budget else resolve_budget(spec, experts_per_layer=per_layer,
                                                                   gpu_memory_gb=a.gpu_memory_gb)
-    settings = GenerationSettings(gen_length=a.gen_length if a.gen_length is not None else (1024 if real else 128), block_length=a.block_length,
-                                  steps=a.steps, threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
+    gen_length = a.gen_length if a.gen_length is not None else (1024 if session.real else 128)
+    settings = GenerationSettings(gen_length=gen_length, block_length=a.block_length, steps=a.steps,
+                                  threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
                                   temperature=a.temperature, seed=a.seed)
     settings.check()
-    cost = None
-    if a.hardware is not None:  # the same cost model the simulator would price this machine with
-        from offload.cost import RooflineCostModel
-        from offload.hardware import HardwareProfile
-
-        cost = RooflineCostModel(spec, HardwareProfile.load(a.hardware))
-    store = ExpertStore(spec, [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers], policy, budget,
-                        device=device, dtype=dtype, threads=a.threads, cost=cost, block_length=settings.block_length,
-                        mode=settings.mode)
-    model = LLaDA2MoE.from_state(cfg, state, store, device=device, dtype=dtype)
-    del state
-    prompt = _prompt_ids(a, cfg, tok, device)
-    result = generate(model, store, cfg, prompt, settings, progress=not a.quiet,
-                      origin={"policy": policy.label(), "device": str(device)})
-    metrics = {"model": spec.name, "random_weights": not real, "policy": policy.name, "params": policy.params(),
-               "budget": None if budget is None else int(budget.max()), "mode": settings.mode,
-               "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "generated_tokens": len(result.tokens),
-               "committed_tokens": result.trace.generated_tokens, "forwards": result.forwards,
-               **store.metrics(), "step_times_s": result.step_times_s.tolist(),
-               "step_wall_s": np.asarray(result.extra.get("step_wall_s", [])).tolist(),
-               "cpu_s": result.extra.get("cpu_s"), "step_cpu_s": np.asarray(result.extra.get("step_cpu_s", [])).tolist(),
-               "tokens": result.tokens,
-               "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__, "environment": environment(device, dtype),
-               "dtype": str(dtype).replace("torch.", "")}
+    # cost-aware policies price this machine with the same cost model the simulator would
+    cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
+    prompt = _prompt_ids(a, session.cfg, session.tokenizer, device)
+    result, store = session.run(policy, budget, prompt, settings, cost=cost, progress=not a.quiet)
+    metrics = {"model": spec.name, "random_weights": not session.real, **run_row(result, store),
+               "tokens": result.tokens, "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__,
+               "environment": environment(device, dtype)}
     if a.trace_out:
         write_trace(result.trace, a.trace_out)
     if a.metrics_out:
         atomic_write_text(a.metrics_out, json.dumps(metrics, indent=1) + "\n")
-    if tok is not None:
-        metrics["text"] = tok.decode(result.tokens, skip_special_tokens=True)
+    if session.tokenizer is not None:
+        metrics["text"] = session.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    if a.threads is not None and a.threads < 1:
-        raise TideError("--threads must be >= 1")
-    m = run(a)
+    m = run(parse_args(argv))
     if m["random_weights"]:
         print(f"{m['model']} with random weights: the generated text is meaningless; ids shown")
     print(m.get("text", f"tokens: {m['tokens'][:64]}{' ...' if len(m['tokens']) > 64 else ''}"))

@@ -22,15 +22,12 @@ uses the block-causal mask (token i sees j iff block(j) <= block(i)); since fini
 ones, their keys/values never change and :class:`KVCache` holds them exactly.
 
 Parameter names are the checkpoint's (``model.layers.3.attention.query_key_value.weight`` ...), so
-``load_state_dict`` takes a checkpoint's non-expert tensors as they are.
+``load_state_dict`` takes a checkpoint's non-expert tensors as they are (runtime/checkpoint_layout.py names
+the rest; runtime/random_weights.py fills them at random).
 """
 from __future__ import annotations
 
-import hashlib
-import re
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -38,13 +35,6 @@ from torch import nn
 
 from runtime.config import RuntimeConfig
 from runtime.router import route
-
-EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
-_EXPERT_RE = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.")
-# Random-init scales (see random_state).
-_NORM_JITTER = 0.05      # norms 1 + N(0, 0.05^2): not all ones, so a mis-wired norm changes the output
-_BIAS_STD = 0.05         # expert bias: small against the spread of sigmoid scores (~0.2), so it nudges selection
 
 
 class ExpertExecutor(Protocol):
@@ -54,51 +44,6 @@ class ExpertExecutor(Protocol):
                 topk_weights: torch.Tensor) -> torch.Tensor: ...
 
 
-# ---- names and shapes ------------------------------------------------------------------------------------
-def expert_param_name(layer: int, expert: int, proj: str) -> str:
-    """Checkpoint name of one routed expert's projection; ``layer`` is the decoder layer index."""
-    return f"model.layers.{layer}.mlp.experts.{expert}.{proj}.weight"
-
-
-def parse_expert_name(name: str) -> tuple[int, int, str] | None:
-    """(decoder layer, expert, proj) for a routed-expert tensor name, else None."""
-    m = _EXPERT_RE.match(name)
-    return (int(m.group(1)), int(m.group(2)), m.group(3)) if m else None
-
-
-def layer_of(name: str) -> int | None:
-    """Decoder layer index a tensor name belongs to (None for embeddings, final norm, lm_head)."""
-    m = _LAYER_RE.match(name)
-    return int(m.group(1)) if m else None
-
-
-def expert_proj_shape(cfg: RuntimeConfig, proj: str) -> tuple[int, int]:
-    h, i = cfg.spec.hidden_size, cfg.spec.moe_intermediate_size
-    return (h, i) if proj == "down_proj" else (i, h)
-
-
-def non_expert_shapes(cfg: RuntimeConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every non-expert tensor, read off the module itself (built on the meta device)."""
-    return {n: tuple(t.shape) for n, t in LLaDA2MoE(cfg, device="meta").state_dict().items()}
-
-
-def checkpoint_shapes(cfg: RuntimeConfig) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor of a checkpoint (non-expert, then routed experts by layer/expert/proj)."""
-    shapes = non_expert_shapes(cfg)
-    spec = cfg.spec
-    for layer in range(spec.first_k_dense_replace, spec.num_layers):
-        for e in range(spec.num_experts):
-            for proj in EXPERT_PROJS:
-                shapes[expert_param_name(layer, e, proj)] = expert_proj_shape(cfg, proj)
-    return shapes
-
-
-def keeps_float32(name: str) -> bool:
-    """Tensors kept in float32 whatever the compute dtype: the expert bias feeds the float32 router."""
-    return name.endswith("mlp.gate.expert_bias")
-
-
-# ---- building blocks -------------------------------------------------------------------------------------
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, device=None, dtype=None) -> None:
         super().__init__()
@@ -153,12 +98,6 @@ class KVCache:
         self._k: dict[int, torch.Tensor] = {}
         self._v: dict[int, torch.Tensor] = {}
         self.length = 0
-
-    def keys(self, layer: int) -> torch.Tensor:
-        return self._k[layer][:, :self.length]
-
-    def values(self, layer: int) -> torch.Tensor:
-        return self._v[layer][:, :self.length]
 
     def extend(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Place k, v [K, T, d] after the cached tokens of ``layer``; returns cache + current [K, length+T, d]."""
@@ -331,12 +270,6 @@ class LLaDA2MoE(nn.Module):
         model.load_state_dict(state, strict=True)
         return model
 
-    @classmethod
-    def random(cls, cfg: RuntimeConfig, seed: int, executor: ExpertExecutor | None = None, device=None,
-               dtype: torch.dtype = torch.float32) -> "LLaDA2MoE":
-        """The non-expert part of :func:`random_state` (same seed -> same weights as a written checkpoint)."""
-        return cls.from_state(cfg, random_state(cfg, seed, experts=False), executor, device, dtype)
-
     @property
     def num_layers(self) -> int:
         return self.cfg.spec.num_layers
@@ -369,136 +302,3 @@ class LLaDA2MoE(nn.Module):
         if rows.shape[0] == 0:  # nothing asked for: skip the lm_head (V x h) entirely
             return torch.empty(0, self.cfg.spec.vocab_size, dtype=torch.float32, device=x.device)
         return self.lm_head(self.model.norm(rows)).float()
-
-
-# ---- random weights --------------------------------------------------------------------------------------
-# What a random tensor holds is defined chunk by chunk: the tensor, flattened in C order, is cut into pieces of
-# RANDOM_CHUNK elements, and piece c is ``torch.empty(n).normal_(mean, std, generator=g)`` in float32 with g a
-# fresh CPU generator seeded by _chunk_seed(seed, name, c); other dtypes hold that float32 value rounded. So the
-# values depend on (seed, name) only, never on build order, thread count, destination dtype or device, and the
-# chunks are independent work for a thread pool (torch's RNG releases the GIL). Changing RANDOM_CHUNK or
-# _chunk_seed changes every random weight. Caveat: torch's CPU normal_ has a vectorised path (AVX2 and AVX-512
-# builds, same values) and a portable one (other CPUs, e.g. aarch64) that differ in the last bits.
-RANDOM_CHUNK = 1 << 22   # elements per generator stream: 16 MiB of float32, ~10 ms of RNG per chunk on one core
-# A cast copy of at most ATen's GRAIN_SIZE (32768) elements runs serially in the calling thread; a larger one
-# starts an OpenMP team of torch.get_num_threads() threads inside every pool worker (measured on 2 cores:
-# 2 workers add 2 team threads to /proc/self/task; on 16 cores that would be 16 x 15 threads).
-_CAST_BLOCK = 1 << 15
-
-
-def _chunk_seed(seed: int, name: str, chunk: int) -> int:
-    """Seed of chunk ``chunk`` of tensor ``name``: 32 bits of BLAKE2b over all three (torch's CPU generator is a
-    Mersenne Twister that only uses the low 32 bits of its seed, so more would only pretend to be more)."""
-    key = f"{seed}\x00{name}\x00{chunk}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=4).digest(), "little")
-
-
-def _init_of(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(mean, std) of tensor ``name``'s values; the scales are explained in :func:`random_state`."""
-    if name.endswith("norm.weight"):  # RMSNorms: input_layernorm, query_layernorm, model.norm, ...
-        return 1.0, _NORM_JITTER
-    if keeps_float32(name):
-        return 0.0, _BIAS_STD
-    if name.endswith("word_embeddings.weight"):
-        return 0.0, 1.0
-    # projections [.., out, in]: std in^-0.5 keeps every activation at unit scale whatever the width
-    return 0.0, shape[-1] ** -0.5
-
-
-def random_stack_name(cfg: RuntimeConfig, moe_layer: int, proj: str) -> str:
-    """Name under which one MoE layer's stacked routed experts [E, out, in] of ``proj`` are drawn (expert e's
-    checkpoint tensor is row e of that stack)."""
-    return f"model.layers.{cfg.spec.first_k_dense_replace + moe_layer}.mlp.experts.{proj}"
-
-
-def default_random_threads() -> int:
-    """Pool size for random weights: torch's intra-op thread count (physical cores, or what the caller set)."""
-    return max(1, torch.get_num_threads())
-
-
-def _fill_chunk(flat: torch.Tensor, name: str, seed: int, chunk: int, mean: float, std: float,
-                scratch: threading.local) -> None:
-    """Writes chunk ``chunk`` of ``name`` into its slice of ``flat`` (1-D, CPU); float32 directly, other dtypes
-    through a per-thread float32 scratch buffer, cast in serial blocks."""
-    lo = chunk * RANDOM_CHUNK
-    dst = flat[lo:lo + RANDOM_CHUNK]
-    g = torch.Generator()
-    g.manual_seed(_chunk_seed(seed, name, chunk))
-    if dst.dtype == torch.float32:
-        dst.normal_(mean, std, generator=g)
-        return
-    buf = getattr(scratch, "buf", None)
-    if buf is None:
-        buf = scratch.buf = torch.empty(RANDOM_CHUNK, dtype=torch.float32)
-    src = buf[:dst.numel()].normal_(mean, std, generator=g)
-    # one call for all blocks: serial copies in C++ with the GIL released (a Python loop over 128 blocks per
-    # chunk would hold the GIL ~0.3 ms per chunk, enough for 16 workers to queue on it)
-    torch._foreach_copy_(dst.split(_CAST_BLOCK), src.split(_CAST_BLOCK))
-
-
-def random_fill_(targets: Mapping[str, torch.Tensor], seed: int, threads: int | None = None) -> None:
-    """Fills every tensor ``targets[name]`` (CPU, contiguous, floating; pinned is fine) in place with the
-    random values of ``name`` for ``seed``, all chunks of all tensors on one pool of ``threads`` threads
-    (default :func:`default_random_threads`). The values do not depend on ``threads``."""
-    jobs = []
-    for name, t in targets.items():
-        if t.device.type != "cpu" or not t.is_contiguous() or not t.is_floating_point():
-            raise ValueError(f"random_fill_: {name} must be a contiguous floating CPU tensor, got {t.dtype} on "
-                             f"{t.device} (contiguous: {t.is_contiguous()})")
-        mean, std = _init_of(name, tuple(t.shape))
-        flat = t.view(-1)
-        jobs += [(flat, name, c, mean, std) for c in range(-(-flat.numel() // RANDOM_CHUNK))]
-    threads = default_random_threads() if threads is None else threads
-    if threads < 1:
-        raise ValueError(f"random_fill_: threads must be >= 1, got {threads}")
-    scratch = threading.local()  # one float32 chunk per worker, freed with this call
-
-    def run(job) -> None:
-        flat, name, c, mean, std = job
-        _fill_chunk(flat, name, seed, c, mean, std, scratch)
-
-    if threads == 1 or len(jobs) <= 1:
-        for job in jobs:
-            run(job)
-        return
-    with ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="random-weights") as pool:
-        for _ in pool.map(run, jobs):  # consumed so that a worker's exception is raised here
-            pass
-
-
-def random_tensor(name: str, shape: tuple[int, ...], seed: int, dtype: torch.dtype = torch.float32,
-                  threads: int | None = None) -> torch.Tensor:
-    """A new CPU tensor holding ``name``'s random values for ``seed`` (see :func:`random_fill_`)."""
-    t = torch.empty(shape, dtype=dtype)
-    random_fill_({name: t}, seed, threads)
-    return t
-
-
-def random_expert_stacks(cfg: RuntimeConfig, seed: int, moe_layer: int, threads: int | None = None
-                         ) -> dict[str, torch.Tensor]:
-    """float32 CPU stacks {proj: [E, out, in]} of one MoE layer's routed experts, N(0, 1 / in)."""
-    stacks = {proj: torch.empty((cfg.spec.num_experts, *expert_proj_shape(cfg, proj))) for proj in EXPERT_PROJS}
-    random_fill_({random_stack_name(cfg, moe_layer, p): t for p, t in stacks.items()}, seed, threads)
-    return stacks
-
-
-def random_state(cfg: RuntimeConfig, seed: int, experts: bool = True, threads: int | None = None
-                 ) -> dict[str, torch.Tensor]:
-    """A full float32 CPU state dict in the checkpoint layout, the same values for the same seed (and the same
-    as :func:`runtime.checkpoint.random_weights`); built on ``threads`` threads (values do not depend on it).
-
-    Scales: projections [out, in] N(0, 1/in) and embeddings N(0, 1), so activations stay at unit scale at any
-    width; norms 1 + N(0, 0.05^2); expert bias N(0, 0.05^2). Why not the published N(0, 0.02^2) everywhere:
-    at LLaDA2.0-mini width the layer outputs then dwarf the embeddings, the residual stream is dominated by the
-    component attention averaging adds to every token alike, and every token routes to the same few experts.
-    With these scales routing spreads over most experts (tested) and attention still mixes tokens strongly.
-    """
-    state = {name: torch.empty(shape) for name, shape in non_expert_shapes(cfg).items()}
-    random_fill_(state, seed, threads)
-    if experts:
-        for m in range(cfg.spec.num_moe_layers):  # one layer's stacks at a time: at most that much extra memory
-            layer = cfg.spec.first_k_dense_replace + m
-            for proj, stack in random_expert_stacks(cfg, seed, m, threads).items():
-                for e in range(cfg.spec.num_experts):
-                    state[expert_param_name(layer, e, proj)] = stack[e].clone()  # own storage, for safetensors
-    return state

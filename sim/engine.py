@@ -19,7 +19,14 @@ One forward pass s (times from the cost model, see ``offload.cost``):
     H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
 
 Copies share the H2D engine in request order (FIFO): with overlap_cpu the CPU path's results queue behind this
-layer's weight copies, and every prefetch queues behind the work requested before it.
+layer's weight copies, and every prefetch queues behind the work requested before it. What a layer moves and
+computes, and every counter, come from its plan (``offload.plan.plan_layer``), the one the runtime carries out.
+
+Serial mode (``serial=True``; by default ``cost.serial``, a ``single_device`` profile: runtime --device cpu):
+one device does everything, so nothing overlaps: the CPU path runs after the GPU experts whatever overlap_cpu
+says, each prefetch is waited for where it is issued, and activation copies take 0 s (they never leave the
+device). Every work item then starts when the previous one ends:
+  step time[s] = sum of the durations of step s's work items,   sim_time = sum over steps.
 
 The simulated time is the completion time of the last work item; per-step times are the differences of the
 step end times. Everything is deterministic: no randomness, FIFO resources.
@@ -27,7 +34,6 @@ step end times. Everything is deterministic: no randomness, FIFO resources.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -35,7 +41,8 @@ import simpy
 
 from offload.cost import CostModel
 from offload.errors import TideError
-from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, StepInfo
+from offload.plan import LayerPlan, PlanTotals, plan_layer
+from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import Residency
 from offload.results import RESOURCES, WHAT, EventLog, SimResult
 from offload.trace import Trace
@@ -57,19 +64,11 @@ def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
     return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens), dtype=np.float64)
 
 
-@dataclass
-class _Counters:
-    h2d_weight_bytes: int = 0
-    h2d_act_bytes: int = 0
-    d2h_bytes: int = 0
-    cpu_assignments: int = 0
-    gpu_assignments: int = 0
-
-
 class _Run:
     def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: np.ndarray, shared_duplex: bool,
-                 timeline: bool) -> None:
-        self.trace, self.policy, self.cost = trace, policy, cost
+                 timeline: bool, serial: bool) -> None:
+        self.trace, self.policy, self.cost, self.serial = trace, policy, cost, serial
+        self.expert_bytes, self.token_bytes = int(cost.expert_bytes), int(cost.token_bytes)
         self.budget = np.asarray(budget, dtype=np.int64)
         self.env = simpy.Environment()
         self.cpu = simpy.Resource(self.env, capacity=1)
@@ -80,13 +79,13 @@ class _Run:
         self.step_fixed = _step_fixed(trace, cost)
         self.pre = _moe_pre(trace, cost)
         self.busy = dict.fromkeys(RESOURCES, 0.0)
-        self.c = _Counters()
+        self.totals = PlanTotals()
         self.log: list[tuple[int, float, float, int, int, int]] | None = [] if timeline else None
         self.step_end = np.zeros(trace.num_steps)
         self.last_completion = 0.0
         L, E = trace.num_moe_layers, trace.num_experts
         ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=trace.top_k, budget=self.budget.copy(),
-                            expert_bytes=int(cost.expert_bytes),
+                            expert_bytes=self.expert_bytes,
                             block_length=int(trace.header["generation"].get("block_length", 1)), mode=trace.mode,
                             cost=cost, trace=None if policy.causal else trace)
         self.residency = Residency(policy, policy.initial_placement(ctx), self.budget)
@@ -117,16 +116,19 @@ class _Run:
             self._record(name, start, self.env.now, step, layer, what)
 
     # ---- policy decisions -------------------------------------------------------------------------------
-    def _prefetch(self, step: int, dec: LayerDecision) -> None:
-        for pf in dec.prefetch:
+    def _prefetch(self, step: int, prefetch: tuple[Prefetch, ...]) -> list[simpy.Process]:
+        """Issue the prefetch copies (asynchronous); returns their processes."""
+        procs = []
+        for pf in prefetch:
             _, promote, _ = self.residency.apply(int(pf.layer), LayerDecision(promote=pf.promote, demote=pf.demote))
             if promote.size:
-                nbytes = promote.size * int(self.cost.expert_bytes)
-                self.c.h2d_weight_bytes += nbytes
                 mask = np.zeros(self.trace.num_experts, dtype=bool)
                 mask[promote] = True
-                proc = self.env.process(self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), step, int(pf.layer), "prefetch_h2d"))
+                dt = float(self.cost.h2d(promote.size * self.expert_bytes))
+                proc = self.env.process(self.use(self.h2d, "h2d", dt, step, int(pf.layer), "prefetch_h2d"))
                 self.pending[int(pf.layer)].append((proc, mask))
+                procs.append(proc)
+        return procs
 
     def _arrivals(self, layer: int, gpu_mask: np.ndarray) -> list[simpy.Event]:
         waits, keep = [], []
@@ -140,12 +142,10 @@ class _Run:
         return waits
 
     # ---- the CPU path of one layer ------------------------------------------------------------------------
-    def cpu_path(self, cpu_counts: np.ndarray, n_assign: int, step: int, layer: int) -> Iterator[Any]:
-        act = n_assign * int(self.cost.token_bytes)
-        self.c.d2h_bytes += act
-        self.c.h2d_act_bytes += act
+    def cpu_path(self, p: LayerPlan, step: int, layer: int) -> Iterator[Any]:
+        act = 0 if self.serial else p.act_bytes  # on one device the activations never cross a link: no copy time
         yield from self.use(self.d2h, "d2h", float(self.cost.d2h(act)), step, layer, "act_d2h")
-        yield from self.use(self.cpu, "cpu", float(self.cost.cpu_experts(cpu_counts)), step, layer, "experts_cpu")
+        yield from self.use(self.cpu, "cpu", float(self.cost.cpu_experts(p.cpu_counts)), step, layer, "experts_cpu")
         yield from self.use(self.h2d, "h2d", float(self.cost.h2d(act)), step, layer, "act_h2d")
 
     # ---- the forward passes -----------------------------------------------------------------------------
@@ -165,43 +165,35 @@ class _Run:
         s = info.index
         counts = self.counts[s, layer]
         dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=self.residency.view(layer)))
-        _, promote, stream = self.residency.apply(layer, dec)
-        active = counts > 0
-        on_gpu = self.residency.resident[layer].copy()
-        if stream.size:
-            on_gpu[stream] = True
-        gpu_mask = active & on_gpu
-        cpu_mask = active & ~on_gpu
-        gpu_counts = np.where(gpu_mask, counts, 0)
-        n_gpu = int(gpu_counts.sum())
-        n_cpu = int(counts.sum()) - n_gpu
-        self.c.gpu_assignments += n_gpu
-        self.c.cpu_assignments += n_cpu
+        moved = self.residency.apply(layer, dec)
+        p = plan_layer(self.residency.resident[layer], *moved, counts, dec, self.expert_bytes, self.token_bytes)
+        self.totals.add(p)
         cpu_proc = None
-        if n_cpu and dec.overlap_cpu:  # the activations leave now: the CPU works while the weights are copied
-            cpu_proc = self.env.process(self.cpu_path(np.where(cpu_mask, counts, 0), n_cpu, s, layer))
-        n_fetch = promote.size + stream.size
-        if n_fetch:
-            nbytes = n_fetch * int(self.cost.expert_bytes)
-            self.c.h2d_weight_bytes += nbytes
+        if p.cpu_assignments and p.overlap_cpu and not self.serial:
+            cpu_proc = self.env.process(self.cpu_path(p, s, layer))  # the CPU works while the weights are copied
+        if p.weight_h2d_bytes:
             t0 = self.env.now
-            yield from self.use(self.h2d, "h2d", float(self.cost.h2d(nbytes)), s, layer, "weights_h2d")
+            yield from self.use(self.h2d, "h2d", float(self.cost.h2d(p.weight_h2d_bytes)), s, layer, "weights_h2d")
             self._record_wait(t0, s, layer)
-        waits = self._arrivals(layer, gpu_mask)
+        waits = self._arrivals(layer, p.gpu_mask)
         if waits:
             t0 = self.env.now
             yield self.env.all_of(waits)
             self._record_wait(t0, s, layer)
-        yield self.gpu(float(self.cost.gpu_experts(gpu_counts)), s, layer, "experts_gpu")
+        yield self.gpu(float(self.cost.gpu_experts(p.gpu_counts)), s, layer, "experts_gpu")
         t0 = self.env.now
         if cpu_proc is not None:
             if not cpu_proc.processed:
                 yield cpu_proc
-        elif n_cpu:
-            yield from self.cpu_path(np.where(cpu_mask, counts, 0), n_cpu, s, layer)
+        elif p.cpu_assignments:
+            yield from self.cpu_path(p, s, layer)
         self._record_wait(t0, s, layer)
         if dec.prefetch:  # issued once this layer's experts have run, so no slot in use is overwritten
-            self._prefetch(s, dec)
+            procs = self._prefetch(s, dec.prefetch)
+            if self.serial and procs:  # one device: the copies run now, before anything else
+                t0 = self.env.now
+                yield self.env.all_of(procs)
+                self._record_wait(t0, s, layer)
 
     def _record_wait(self, t0: float, step: int, layer: int) -> None:
         # the GPU stream idles while waiting: logged for the timeline, not counted as busy
@@ -229,8 +221,9 @@ class _Run:
 
 
 def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool = False,
-             timeline: bool = False, trace_name: str = "trace") -> SimResult:
-    """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts)."""
+             timeline: bool = False, trace_name: str = "trace", serial: bool | None = None) -> SimResult:
+    """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts);
+    ``serial``: one device, nothing overlaps (module docstring; None: ``cost.serial`` where the model has it)."""
     L, E = trace.num_moe_layers, trace.num_experts
     if budget is None or not policy.needs_budget:
         budget_arr = np.full(L, E, dtype=np.int64)
@@ -239,17 +232,19 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
         if budget_arr.min() < 1 or budget_arr.max() > E:
             raise TideError(f"budget must be between 1 and {E} experts per layer")
     wall0 = time.perf_counter()
-    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline)
+    serial = bool(getattr(cost, "serial", False)) if serial is None else bool(serial)
+    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline, serial)
     events = run.run()
     wall = time.perf_counter() - wall0
-    c = run.c
+    c = run.totals
+    weight_bytes = run.residency.moves.promotions * run.expert_bytes  # promotions, streams and prefetches
     # work still in flight after the last forward (a prefetch) belongs to the last step
     run.step_end[-1] = max(run.step_end[-1], run.last_completion)
     step_times = np.diff(np.concatenate([[0.0], run.step_end]))
     return SimResult(
         policy=policy.name, params=policy.params(), trace_name=trace_name, generated_tokens=trace.generated_tokens,
-        sim_time_s=float(run.last_completion), h2d_bytes=c.h2d_weight_bytes + c.h2d_act_bytes, d2h_bytes=c.d2h_bytes,
-        h2d_weight_bytes=c.h2d_weight_bytes, promotions=run.residency.moves.promotions,
+        sim_time_s=float(run.last_completion), h2d_bytes=weight_bytes + c.act_bytes, d2h_bytes=c.act_bytes,
+        h2d_weight_bytes=weight_bytes, promotions=run.residency.moves.promotions,
         demotions=run.residency.moves.demotions,
         cpu_assignments=c.cpu_assignments, gpu_assignments=c.gpu_assignments, step_times_s=step_times,
         busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), events=events, wall_s=wall,

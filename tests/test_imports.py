@@ -19,13 +19,13 @@ KNOWN_GPU_TESTS = 28
 def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
     code = import_blocker(BLOCKED) + textwrap.dedent(f"""
         import offload.policies, offload.model_spec, offload.hardware, offload.cost, offload.budget, offload.trace_io, offload.trace_check
-        sys.argv = ["runtime_policies", "--threads", "1", "--gen-length", "8", "--block-length", "8",
+        sys.argv = ["runtime.bench", "--threads", "1", "--gen-length", "8", "--block-length", "8",
                     "--prompt-length", "8", "--policies", "all-gpu", "tide:2", "--modes", "block-cache",
                     "--out-dir", {str(tmp_path)!r}]
         import runpy
-        runpy.run_path("benchmarks/runtime_policies.py", run_name="__main__")
+        runpy.run_module("runtime.bench", run_name="__main__")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "tide(tau=2)" in proc.stdout
     assert (tmp_path / "runtime_results.json").is_file() and (tmp_path / "runtime_traces.tar").is_file()

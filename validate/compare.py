@@ -2,7 +2,7 @@
 
     python -m validate.compare RUN... [--profile PROFILE.json] [--model M] [--out DIR]
 
-RUN: a benchmarks/runtime_policies.py output folder (or its runtime_results.json), or a runtime.generate
+RUN: a ``python -m runtime.bench`` output folder (or its runtime_results.json), or a runtime.generate
 ``METRICS.json TRACE.npz`` pair (validate.runs). Each run's trace is replayed under the same policy,
 parameters and budget with the profile calibrated on the same machine (``--profile``; default: the
 profile.json beside the first run), see validate.replay. Reported (validate.stats): measured against simulated

@@ -17,7 +17,7 @@ check, so a run killed by its time limit keeps the finished ones):
                 host-only store, outputs close to all-gpu's (placement changes where an expert runs, so bf16
                 rounding differs between host and device)
   copies        pinned and pageable host<->device rates, buffers filled with random bytes first
-                (``validate.bench_copies.copy_rates``)
+                (``runtime.copy_rates.copy_rates``)
   host_expert   one expert on the host in bfloat16 and float32, on 1 thread and on all threads: ms per call,
                 GFLOP/s (2 x 3 h i per row) and GB/s of weights read (3 h i x element size)
 
@@ -231,7 +231,7 @@ def check_store_sync(spec: ModelSpec, device: torch.device, dtype: torch.dtype, 
 
 
 def check_copies(device: torch.device, quick: bool) -> dict[str, Any]:
-    from validate.bench_copies import copy_rates
+    from runtime.copy_rates import copy_rates
 
     rates = copy_rates(device, nbytes=(16 if quick else 256) * 2**20)
     return {"ok": all(v > 0 for v in rates.values() if isinstance(v, (int, float))), **rates}

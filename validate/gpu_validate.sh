@@ -7,7 +7,7 @@
 #                                        -> OUT/smoke.json (rewritten after each check)
 #   2. python3 -m validate.calibrate     micro-benchmarks -> OUT/profile.json (LLaDA2.0-mini layers, bf16), written
 #                                        after every table once it is loadable (before that: profile.partial.json)
-#   3. benchmarks/runtime_policies.py    a LLaDA2.0-mini-shaped random-weight model with 4 MoE layers
+#   3. python3 -m runtime.bench          a LLaDA2.0-mini-shaped random-weight model with 4 MoE layers
 #                                        (--num-layers 5), budget 128 of 256 experts per layer, every causal policy
 #                                        (tide-opt and riptide decide from the calibrated profile), both modes
 #                                        -> OUT/runtime_results.json + OUT/runtime_traces.tar (after every run)
@@ -118,7 +118,7 @@ if [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from offload.hardware imp
 else
   echo "no loadable calibrated profile: tide-opt and riptide decide from the h100-pcie5 preset" | tee -a "$OUT/env.txt" "$LOG"
 fi
-phase runtime "$RUN_TIMEOUT" "$PY" benchmarks/runtime_policies.py --device "$DEVICE" --model "$MODEL" \
+phase runtime "$RUN_TIMEOUT" "$PY" -m runtime.bench --device "$DEVICE" --model "$MODEL" \
   --num-layers "$NUM_LAYERS" --budget "$BUDGET" --gen-length "$GEN_LENGTH" --prompt-length "$PROMPT_LENGTH" \
   --block-length "$BLOCK_LENGTH" --steps "$STEPS" --policies "${policies[@]}" \
   --modes prefix-recompute block-cache --out-dir "$OUT" ${extra[@]+"${extra[@]}"} "${profile[@]}"

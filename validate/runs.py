@@ -1,7 +1,7 @@
 """Measured runs for ``validate.compare``: the runtime's metrics and the routing trace it recorded.
 
 Accepted inputs (RUN arguments, in any mix):
-  DIR                       a benchmarks/runtime_policies.py output folder: runtime_results.json + runtime_traces.tar
+  DIR                       a ``python -m runtime.bench`` output folder: runtime_results.json + runtime_traces.tar
   runtime_results.json      the same, naming the file (the tar is looked for beside it)
   METRICS.json TRACE.npz    a ``python -m runtime.generate --metrics-out M --trace-out T`` pair, in that order
 
@@ -117,7 +117,7 @@ def _run(row: dict[str, Any], trace: Trace, source: str, device: str, dtype: str
 
 def _tar_traces(path: Path) -> dict[str, Trace]:
     if not path.is_file():
-        raise TideError(f"{path}: no such file (runtime_policies.py writes it beside {RESULTS})")
+        raise TideError(f"{path}: no such file (runtime.bench writes it beside {RESULTS})")
     out = {}
     try:
         with tarfile.open(path) as tar, tempfile.TemporaryDirectory() as tmp:
@@ -139,13 +139,13 @@ def _tar_traces(path: Path) -> dict[str, Trace]:
 
 
 def load_results(path: Path) -> list[Run]:
-    """The runs of one runtime_policies.py output (path: the folder or its runtime_results.json)."""
+    """The runs of one runtime.bench output (path: the folder or its runtime_results.json)."""
     res = path / RESULTS if path.is_dir() else path
     if not res.is_file():
         raise TideError(f"{path}: no {RESULTS} there")
     d = _json(res)
     if not isinstance(d, dict) or not isinstance(d.get("runs"), list):
-        raise TideError(f"{res}: not a runtime_policies.py result (no runs list)")
+        raise TideError(f"{res}: not a runtime.bench result (no runs list)")
     traces = _tar_traces(res.parent / TRACES)
     settings = d.get("settings") or {}
     device = str(settings.get("device", "cpu"))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from runtime.checkpoint import (INDEX_FILE, ExpertWeights, load_checkpoint, random_weights, split_state,
-                                write_checkpoint)
+from runtime.checkpoint import INDEX_FILE, ExpertWeights, load_checkpoint, split_state, write_checkpoint
 from runtime.config import RuntimeConfig
-from runtime.model import LLaDA2MoE, block_causal_mask, random_state
+from runtime.model import LLaDA2MoE, block_causal_mask
+from runtime.random_weights import random_state, random_weights
 from runtime.reference_experts import LocalExperts
 from offload.errors import TideError
 
@@ -71,7 +71,7 @@ def test_round_trip_gives_identical_logits(ckpt, cfg, state):
     for a, b in zip(experts.layers, ex_mem.layers):
         assert torch.equal(a.gate, b.gate) and torch.equal(a.up, b.up) and torch.equal(a.down, b.down)
     loaded = LLaDA2MoE.from_state(cfg, non_expert, LocalExperts(experts))
-    memory = LLaDA2MoE.random(cfg, SEED, LocalExperts(ex_mem))
+    memory = LLaDA2MoE.from_state(cfg, ne_mem, LocalExperts(ex_mem))
     ids = torch.randint(0, 510, (24,), generator=torch.Generator().manual_seed(0))
     pos, mask = torch.arange(24), block_causal_mask(24, 8)
     assert torch.equal(loaded(ids, pos, mask), memory(ids, pos, mask))

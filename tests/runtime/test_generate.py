@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.checkpoint import random_weights, write_checkpoint
+from runtime.checkpoint import write_checkpoint
 from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationSettings, generate, transfer_schedule
 from runtime.expert_store import ExpertStore
-from runtime.model import LLaDA2MoE, random_state
+from runtime.model import LLaDA2MoE
+from runtime.random_weights import random_state, random_weights
 from offload.cost import ConstantCostModel
 from offload.policies import make_policy
 from offload.trace_io import read_trace

@@ -182,25 +182,33 @@ def test_settings_mirror_the_gpu_script(cpu_settings):
 
 
 def test_serial_accounting_matches_the_engine(gpu_script_cpu):
-    """On a single-device profile the replay charges every work item in turn; for these non-overlapping,
-    non-prefetching policies that is the engine's makespan minus the activation copies (0 on one device)."""
+    """On a single-device profile the replay is the engine's serial mode: each step takes the sum of its work
+    items' durations, activation copies (which never leave one device) at 0. Checked against those sums taken
+    from the engine's ordinary, overlapping schedule of the same runs, prefetching and overlapping policies
+    included (the work priced is the same; only when it runs differs)."""
     import numpy as np
 
     from offload.cost import RooflineCostModel
-    from sim.engine import simulate
     from offload.policies import make_policy
+    from offload.results import WHAT
+    from sim.engine import simulate
     from validate.replay import replay, spec_for
     from validate.runs import load_runs
 
     hw = HardwareProfile.load(gpu_script_cpu / "profile.json")
+    idle = [WHAT.index(w) for w in ("wait", "act_d2h", "act_h2d")]
+    seen = set()
     for run in load_runs([str(gpu_script_cpu)]):
-        if run.mode != "prefix-recompute" or run.policy not in ("all-gpu", "cpu-route"):
-            continue
         rep = replay(run, hw)
-        spec = spec_for(run, hw)
-        res = simulate(run.trace, make_policy(run.policy, **run.params), RooflineCostModel(spec, hw),
-                       np.full(run.trace.num_moe_layers, run.budget), shared_duplex=True, timeline=True)
+        budget = run.layer_budget if run.layer_budget is not None else run.budget
+        res = simulate(run.trace, make_policy(run.policy, **run.params), RooflineCostModel(spec_for(run, hw), hw),
+                       budget, shared_duplex=True, timeline=True, serial=False)
         tl = res.timeline
-        act = np.isin(tl.what, [6, 7])  # act_d2h, act_h2d (offload.results.WHAT)
-        assert rep.sim_time_s == pytest.approx(res.sim_time_s - float((tl.end - tl.start)[act].sum()), rel=1e-9)
-        assert (run.policy == "all-gpu") == (not act.any())
+        work = np.where(np.isin(tl.what, idle), 0.0, tl.end - tl.start)
+        step_s = np.bincount(tl.step, weights=work, minlength=run.trace.num_steps)
+        assert rep.serial
+        np.testing.assert_allclose(rep.step_s, step_s, rtol=1e-9, err_msg=run.name)
+        assert rep.sim_time_s == pytest.approx(step_s.sum(), rel=1e-9)
+        assert rep.by_what["act_d2h"] == rep.by_what["act_h2d"] == 0
+        seen |= {WHAT[w] for w in np.unique(tl.what[work > 0])}
+    assert {"experts_cpu", "prefetch_h2d", "weights_h2d"} <= seen  # the runs exercise every serialised path

@@ -1,14 +1,10 @@
-"""Cache flushes sized from the host's last-level cache, and copy buffers and rates that are honest."""
+"""Cache flushes sized from the host's last-level cache (the copy buffers and rates: tests/runtime/test_copy_rates.py)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import pytest
 import torch
 
-from validate import bench_copies
-from validate.bench_copies import _buffers, copy_rates, random_bytes
 from validate.timing import (HOST_FLUSH_FALLBACK, HOST_FLUSH_MAX, HOST_FLUSH_MIN, Clock, TimingSettings,
                              host_flush_size, last_level_cache_bytes)
 
@@ -57,38 +53,3 @@ def test_clock_flushes_the_host_once_per_sample_on_cpu():
     assert torch.all(clock._host_scratch == before + 4)  # every element written by every flush
     off = Clock(torch.device("cpu"), TimingSettings(flush_bytes=0, host_flush_bytes=2 * MiB))
     assert not off.flushing and off.host_flush_bytes == 0  # flush_bytes 0 is the hot-loop mode: no flush at all
-
-
-def test_random_bytes_are_nonzero_and_random():
-    n = 2 * MiB + 5  # two whole blocks and a tail
-    b = random_bytes(n)
-    assert b.dtype == torch.uint8 and b.numel() == n and b.device.type == "cpu"
-    assert int((b == 0).sum()) == 0 and len(torch.unique(b)) == 255
-    assert not torch.equal(random_bytes(4096, seed=1), random_bytes(4096, seed=0))
-    assert int((random_bytes(3) == 0).sum()) == 0
-    with pytest.raises(ValueError):
-        random_bytes(0)
-
-
-def test_copy_buffers_hold_random_bytes():
-    host, dev = _buffers(4096 + 7, torch.device("cpu"), pinned=True)  # pinned is ignored without CUDA
-    for t in (host, dev):
-        assert t.numel() == 4096 + 7 and int((t == 0).sum()) == 0 and len(torch.unique(t)) > 200
-
-
-def test_copy_rates_on_cpu(monkeypatch):
-    made = []
-    real = bench_copies.random_bytes
-
-    def spy(*args, **kwargs):
-        made.append(real(*args, **kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(bench_copies, "random_bytes", spy)
-    rates = copy_rates("cpu", nbytes=MiB + 3, repeats=3)
-    assert list(rates) == ["h2d_pinned_gbps", "h2d_pageable_gbps", "d2h_pinned_gbps", "d2h_pageable_gbps"]
-    assert all(math.isfinite(v) and v > 0 for v in rates.values()), rates
-    # both sides of both pairs came from random_bytes, and the copies kept them non-zero
-    assert len(made) == 4 and all(t.numel() == MiB + 3 and int((t == 0).sum()) == 0 for t in made)
-    with pytest.raises(ValueError):
-        copy_rates("cpu", nbytes=0)

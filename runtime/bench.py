@@ -1,0 +1,126 @@
+"""``python -m runtime.bench``: runtime tokens/s of every policy side by side, in one process (asserts nothing).
+
+CPU (default): random-weight ``llada2-tiny``. On a GPU, with torch and numpy only (a LLaDA2.0-mini shape with
+random weights, 4 MoE layers, 128 of 256 experts per layer resident):
+
+    python -m runtime.bench --device cuda --model llada2.0-mini --num-layers 5 --budget 128 --out-dir OUT
+
+The weights are built once (:class:`runtime.session.Session`); each (policy, mode) runs a warm-up block, then
+the timed generation, each on a fresh policy and store. Printed tokens/s count committed tokens per second of
+wall time (what the simulator predicts). On CUDA the environment record adds pinned and pageable copy rates
+in both directions (GB/s, 256 MiB copies: ``runtime.copy_rates``).
+
+--out-dir receives, rewritten after every run (a run cut short keeps the finished ones), ``runtime_results.json``
+(environment, settings, one :func:`runtime.session.run_row` record per run) and ``runtime_traces.tar`` (each
+timed run's routing trace, ``MODE__LABEL.npz``): what ``validate.compare`` reads.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+from typing import Any, BinaryIO, Sequence
+
+import numpy as np
+
+from offload.atomic_io import atomic_write_bytes, atomic_write_text
+from offload.budget import resolve_budget
+from offload.errors import run_cli
+from offload.policies import make_policy
+from offload.trace import Trace
+from offload.trace_io import write_trace
+from runtime.diffusion import GenerationSettings
+from runtime.environment import environment
+from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
+
+
+def parse_policy(text: str) -> tuple[str, dict]:
+    """``tide:4`` -> ("tide", {"tau": 4}); ``cpu-route`` -> ("cpu-route", {})."""
+    name, _, tau = text.partition(":")
+    return name, ({"tau": int(tau)} if tau else {})
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0])
+    add_session_arguments(p)
+    p.add_argument("--budget", type=int, default=None, help="experts per layer (default: half)")
+    p.add_argument("--policies", nargs="+", default=["all-gpu", "cpu-route", "fetch-lru", "tide:1", "tide:4"])
+    p.add_argument("--modes", nargs="+", default=["prefix-recompute", "block-cache"])
+    p.add_argument("--gen-length", type=int, default=64)
+    p.add_argument("--out-dir", default=None)
+    p.add_argument("--profile", default=None,
+                   help="calibrated hardware profile for cost-aware policies (the simulator's replay gives them the same)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = parse_args(argv)
+    t0 = time.perf_counter()
+    session = Session.from_args(a)
+    spec, device, dtype = session.cfg.spec, session.device, session.dtype
+    budget = a.budget or spec.num_experts // 2
+    layer_budget = resolve_budget(spec, experts_per_layer=budget)
+    # cost-aware policies decide from the cost model: the runtime's must be the replay's
+    cost = None if a.profile is None else cost_model(session.cfg, a.profile, dtype)
+    print(f"{spec.name}: {spec.num_moe_layers} MoE layers x {spec.num_experts} experts, budget {budget}, {dtype}, "
+          f"{device}; weights built in {time.perf_counter() - t0:.1f} s")
+    env = environment(device)
+    if device.type == "cuda":
+        from runtime.copy_rates import copy_rates
+
+        env.update(copy_rates(device))
+        print(f"copies (GB/s, 256 MiB): H2D pinned {env['h2d_pinned_gbps']:.1f}, pageable {env['h2d_pageable_gbps']:.1f};"
+              f" D2H pinned {env['d2h_pinned_gbps']:.1f}, pageable {env['d2h_pageable_gbps']:.1f}")
+    prompt = random_prompt(session.cfg, a.prompt_length, a.seed, device)
+    runs: list[dict[str, Any]] = []
+    traces: dict[str, Trace] = {}
+    print(f"{'policy':<16}{'mode':<18}{'tokens/s':>10}{'fwd':>6}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}{'promo':>8}{'ms/fwd':>9}")
+    for mode in a.modes:
+        timed = GenerationSettings(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps, mode=mode,
+                                   eos_early_stop=False, seed=a.seed)
+        warm = GenerationSettings(gen_length=a.block_length, block_length=a.block_length, steps=a.steps, mode=mode,
+                                  eos_early_stop=False)
+        for text in a.policies:
+            name, params = parse_policy(text)
+            session.run(make_policy(name, **params), layer_budget, prompt, warm, cost=cost)  # kernels, caches warm
+            # a fresh policy (state, placement) and store for the timed run
+            res, store = session.run(make_policy(name, **params), layer_budget, prompt, timed, cost=cost)
+            row = run_row(res, store, budget)
+            runs.append(row)
+            traces[f"{mode}__{row['label']}.npz"] = res.trace
+            print(f"{row['label']:<16}{mode:<18}{row['committed_tokens'] / row['wall_s']:>10.2f}{res.forwards:>6}"
+                  f"{row['hit_ratio']:>7.3f}{row['h2d_bytes'] / 1e9:>9.3f}{row['d2h_bytes'] / 1e9:>9.3f}"
+                  f"{row['promotions']:>8}{1e3 * float(np.mean(res.step_times_s)):>9.2f}")
+            if a.out_dir:
+                _write(Path(a.out_dir), env, a, spec.summary(), runs, traces)
+    if a.out_dir:
+        print(f"wrote {Path(a.out_dir) / 'runtime_results.json'} and {Path(a.out_dir) / 'runtime_traces.tar'}")
+    return 0
+
+
+def _write(od: Path, env: dict, a: argparse.Namespace, model: dict, runs: list, traces: dict[str, Trace]) -> None:
+    out = {"environment": env, "settings": {k: v for k, v in vars(a).items() if k != "out_dir"},
+           "model": model, "runs": runs}
+    od.mkdir(parents=True, exist_ok=True)
+    # the traces first: a results file never names a run whose trace is missing
+    atomic_write_bytes(od / "runtime_traces.tar", lambda f: _tar(f, traces, od))
+    atomic_write_text(od / "runtime_results.json", json.dumps(out, indent=1) + "\n")
+
+
+def _tar(f: BinaryIO, traces: dict[str, Trace], tmpdir: Path) -> None:
+    with tarfile.open(fileobj=f, mode="w") as tar:
+        for name, trace in traces.items():
+            tmp = tmpdir / f".{name}"
+            write_trace(trace, tmp)
+            data = tmp.read_bytes()
+            tmp.unlink()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,141 @@
+"""A model built once and generation runs on it: what ``runtime.generate`` and ``runtime.bench`` share.
+
+Each :meth:`Session.run` gives one policy, budget and mode a fresh :class:`~runtime.expert_store.ExpertStore`
+as the model's expert executor and generates; :func:`run_row` is the run's record. Units of a record: seconds
+(wall_s, step_times_s, step_wall_s, cpu_s, step_cpu_s), bytes (h2d_bytes, d2h_bytes, h2d_weight_bytes), tokens
+per second of wall time (tokens_per_s), experts per MoE layer (budget).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from offload.cost import RooflineCostModel
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import MODEL_PRESETS
+from offload.policies import Policy
+from runtime.checkpoint import load_checkpoint
+from runtime.config import RuntimeConfig
+from runtime.diffusion import GenerationResult, GenerationSettings, generate
+from runtime.expert_store import ExpertStore
+from runtime.model import LLaDA2MoE
+from runtime.random_weights import random_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_session_arguments(p: argparse.ArgumentParser) -> None:
+    """The options :meth:`Session.from_args` and :func:`random_prompt` read, and the block shape."""
+    p.add_argument("--model", default="llada2-tiny",
+                   help=f"checkpoint directory, or a preset ({', '.join(MODEL_PRESETS)}) / config.json for random weights")
+    p.add_argument("--num-layers", type=int, default=None, help="keep only the first N decoder layers")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU's experts run on them)")
+    p.add_argument("--seed", type=int, default=0, help="of the random weights, the random prompt and sampling")
+    p.add_argument("--prompt-length", type=int, default=32, help="without a tokenizer: random prompt ids of this length")
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=32, help="denoising steps per block")
+
+
+def cost_model(cfg: RuntimeConfig, profile: str, dtype: torch.dtype) -> RooflineCostModel:
+    """The cost model the simulator prices this run with: the hardware ``profile`` (preset or JSON) over the
+    model's bytes in the dtype that actually runs (config.json's dtype may differ from --dtype)."""
+    spec = dataclasses.replace(cfg.spec, dtype_bytes=torch.empty(0, dtype=dtype).element_size())
+    return RooflineCostModel(spec, HardwareProfile.load(profile))
+
+
+def random_prompt(cfg: RuntimeConfig, length: int, seed: int, device: torch.device) -> torch.Tensor:
+    """``length`` random token ids for a model without a tokenizer; mask, EOS and pad ids are replaced by 0 (a
+    mask id in the prompt would be denoised, an EOS one would end generation)."""
+    if length < 1:
+        raise TideError("--prompt-length must be >= 1")
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.spec.vocab_size, (length,), generator=g)
+    special = torch.tensor(sorted({cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id}))
+    ids[torch.isin(ids, special)] = 0
+    return ids.to(device)
+
+
+def _tokenizer(path: Path) -> Any:
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # no tokenizer files (or no transformers): ids only
+        print(f"note: no tokenizer loaded from {path} ({type(exc).__name__}); prompts and outputs are token ids")
+        return None
+
+
+@dataclass(eq=False)
+class Session:
+    """One model's weights, built once; :meth:`run` generates on them under one policy at a time."""
+
+    cfg: RuntimeConfig
+    model: LLaDA2MoE                          # non-expert modules on ``device``; the executor is set per run
+    host: list[dict[str, torch.Tensor]]       # per MoE layer: gate, up [E, i, h], down [E, h, i] on the host
+    device: torch.device
+    dtype: torch.dtype
+    real: bool                                # weights from a checkpoint (else random)
+    tokenizer: Any = None
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "Session":
+        """The model of ``--model``: a checkpoint directory (with its tokenizer, if any), else random weights for
+        a preset or config.json (``--seed``). ``--threads`` sets torch's thread count first."""
+        if a.threads is not None:
+            if a.threads < 1:
+                raise TideError("--threads must be >= 1")
+            torch.set_num_threads(a.threads)
+        if a.device == "cuda" and not torch.cuda.is_available():
+            raise TideError("--device cuda requested but CUDA is not available (torch "
+                            f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})")
+        device = torch.device(a.device)
+        dtype = DTYPES[a.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+        path = Path(a.model)
+        real = path.is_dir() and any(path.glob("*.safetensors"))
+        cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
+        if real:
+            state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype)
+        else:
+            state, experts = random_weights(cfg, a.seed, device=device, dtype=dtype)
+        net = LLaDA2MoE.from_state(cfg, state, None, device=device, dtype=dtype)
+        host = [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers]
+        return cls(cfg, net, host, device, dtype, real, _tokenizer(path) if real else None)
+
+    def run(self, policy: Policy, budget: np.ndarray | None, prompt: torch.Tensor, settings: GenerationSettings,
+            *, cost: RooflineCostModel | None = None, progress: bool = False) -> tuple[GenerationResult, ExpertStore]:
+        """One generation under ``policy`` on a fresh store (``budget`` experts per MoE layer; ignored by
+        policies that need none); returns the result and the store that holds the run's counters."""
+        store = ExpertStore(self.cfg.spec, self.host, policy, budget, device=self.device, dtype=self.dtype,
+                            cost=cost, block_length=settings.block_length, mode=settings.mode)
+        self.model.set_executor(store)
+        result = generate(self.model, store, self.cfg, prompt, settings, progress=progress,
+                          origin={"policy": policy.label(), "device": str(self.device)})
+        return result, store
+
+
+def run_row(result: GenerationResult, store: ExpertStore, budget: int | None = None) -> dict[str, Any]:
+    """The record of one run: the store's counters under the simulator's names, throughput and step times.
+
+    tokens_per_s is TIDE's definition (generated tokens up to the first EOS per second); committed_tokens
+    counts every position the run committed, which is what the simulator replays (validate.runs uses it).
+    ``budget`` (experts per layer) replaces the store's per-layer list, e.g. to record the requested budget
+    for all-gpu too."""
+    row = {**store.metrics(), "label": store.policy.label(), "mode": result.trace.mode,
+           "device": store.device.type, "dtype": str(store.dtype).replace("torch.", ""),
+           "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "generated_tokens": len(result.tokens),
+           "committed_tokens": result.trace.generated_tokens, "forwards": result.forwards,
+           "step_times_s": result.step_times_s.tolist(),
+           "step_wall_s": np.asarray(result.extra.get("step_wall_s", [])).tolist(),
+           "cpu_s": result.extra.get("cpu_s"), "step_cpu_s": np.asarray(result.extra.get("step_cpu_s", [])).tolist()}
+    if budget is not None:
+        row["budget"] = int(budget)
+    return row
