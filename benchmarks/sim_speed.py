@@ -5,7 +5,7 @@ Generates one synthetic LLaDA2.0-flash trace (prefix-recompute, gen_length 1024,
 ``sim.engine.simulate`` on the h100-pcie5 profile at a budget of 128 experts per layer, ``--repeat`` times each,
 and prints the median wall time. Target: under 2 s per replay on one core. Prints; asserts nothing.
 
-    python benchmarks/sim_speed.py [--repeat 3] [--budget 128] [--no-pin]
+    python benchmarks/sim_speed.py [--repeat 3] [--gpu-experts-per-layer 128] [--no-pin]
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", default="prefix-recompute")
     ap.add_argument("--gen-length", type=int, default=1024)
     ap.add_argument("--block-length", type=int, default=32)
-    ap.add_argument("--budget", type=int, default=128, help="GPU experts per MoE layer")
+    ap.add_argument("--gpu-experts-per-layer", type=int, default=128, help="budget: routed experts resident per MoE layer")
     ap.add_argument("--repeat", type=int, default=3, help="replays per policy; the median is reported")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU core")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"trace: {args.model} {trace.mode}, gen_length {args.gen_length}, block {block}: {trace.num_steps} steps x "
           f"{trace.num_moe_layers} MoE layers x {trace.num_experts} experts, top-{trace.top_k}, "
           f"{trace.generated_tokens} tokens; generated in {gen_s:.2f} s")
-    print(f"hardware {hw.name}, budget {args.budget} experts/layer, median of {args.repeat} replays per policy")
+    print(f"hardware {hw.name}, budget {args.gpu_experts_per_layer} experts/layer, median of {args.repeat} replays per policy")
     print(f"target: under {TARGET_S:g} s per replay on one core\n")
     head = f"{'policy':<16}{'wall s (median)':>16}{'min s':>9}{'events':>11}{'events/s':>12}{'sim tokens/s':>14}" \
            f"{'sim time s':>12}  target"
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(max(1, args.repeat)):
             policy = make_policy(name, **params)
             t0 = time.perf_counter()
-            result = simulate(trace, policy, cost, budget=args.budget, shared_duplex=hw.link.shared_duplex,
+            result = simulate(trace, policy, cost, budget=args.gpu_experts_per_layer, shared_duplex=hw.link.shared_duplex,
                               trace_name=trace.mode)
             walls.append(time.perf_counter() - t0)
         med = statistics.median(walls)

@@ -3,7 +3,7 @@
 CPU (default): random-weight ``llada2-tiny``. On a GPU, with torch and numpy only (a LLaDA2.0-mini shape with
 random weights, 4 MoE layers, 128 of 256 experts per layer resident):
 
-    python -m runtime.bench --device cuda --model llada2.0-mini --num-layers 5 --budget 128 --out-dir OUT
+    python -m runtime.bench --device cuda --model llada2.0-mini --num-layers 5 --gpu-experts-per-layer 128 --out-dir OUT
 
 The weights are built once (:class:`runtime.session.Session`); each (policy, mode) runs a warm-up block, then
 the timed generation, each on a fresh policy and store. Printed tokens/s count committed tokens per second of
@@ -27,9 +27,9 @@ from typing import Any, BinaryIO, Sequence
 import numpy as np
 
 from offload.atomic_io import atomic_write_bytes, atomic_write_text
-from offload.budget import resolve_budget
+from offload.cli import add_budget, add_hardware, budget_from
 from offload.errors import run_cli
-from offload.policies import make_policy
+from offload.policies import policy_from_text
 from offload.trace import Trace
 from offload.trace_io import write_trace
 from runtime.diffusion import GenerationSettings
@@ -37,23 +37,18 @@ from runtime.environment import environment
 from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
 
 
-def parse_policy(text: str) -> tuple[str, dict]:
-    """``tide:4`` -> ("tide", {"tau": 4}); ``cpu-route`` -> ("cpu-route", {})."""
-    name, _, tau = text.partition(":")
-    return name, ({"tau": int(tau)} if tau else {})
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0])
-    add_session_arguments(p)
-    p.add_argument("--budget", type=int, default=None, help="experts per layer (default: half)")
-    p.add_argument("--policies", nargs="+", default=["all-gpu", "cpu-route", "fetch-lru", "tide:1", "tide:4"])
-    p.add_argument("--modes", nargs="+", default=["prefix-recompute", "block-cache"])
-    p.add_argument("--gen-length", type=int, default=64)
+    add_session_arguments(p, gen_length=64, modes="many")
+    add_budget(p, default="half the experts")
+    p.add_argument("--policies", nargs="+", default=["all-gpu", "cpu-route", "fetch-lru", "tide(tau=1)", "tide(tau=4)"],
+                   help="name or name(k=v, ...) each, e.g. tide(tau=2) riptide(prefetch=false)")
+    add_hardware(p, what=": prices cost-aware policies (tide-opt, riptide) as the simulator's replay will")
     p.add_argument("--out-dir", default=None)
-    p.add_argument("--profile", default=None,
-                   help="calibrated hardware profile for cost-aware policies (the simulator's replay gives them the same)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    for text in a.policies:  # a bad spec fails now, not after the weights are built
+        policy_from_text(text)
+    return a
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,10 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     session = Session.from_args(a)
     spec, device, dtype = session.cfg.spec, session.device, session.dtype
-    budget = a.budget or spec.num_experts // 2
-    layer_budget = resolve_budget(spec, experts_per_layer=budget)
+    layer_budget = budget_from(a, spec, default=spec.num_experts // 2)
+    budget = int(layer_budget.max())
     # cost-aware policies decide from the cost model: the runtime's must be the replay's
-    cost = None if a.profile is None else cost_model(session.cfg, a.profile, dtype)
+    cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
     print(f"{spec.name}: {spec.num_moe_layers} MoE layers x {spec.num_experts} experts, budget {budget}, {dtype}, "
           f"{device}; weights built in {time.perf_counter() - t0:.1f} s")
     env = environment(device)
@@ -84,10 +79,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warm = GenerationSettings(gen_length=a.block_length, block_length=a.block_length, steps=a.steps, mode=mode,
                                   eos_early_stop=False)
         for text in a.policies:
-            name, params = parse_policy(text)
-            session.run(make_policy(name, **params), layer_budget, prompt, warm, cost=cost)  # kernels, caches warm
+            session.run(policy_from_text(text), layer_budget, prompt, warm, cost=cost)  # kernels, caches warm
             # a fresh policy (state, placement) and store for the timed run
-            res, store = session.run(make_policy(name, **params), layer_budget, prompt, timed, cost=cost)
+            res, store = session.run(policy_from_text(text), layer_budget, prompt, timed, cost=cost)
             row = run_row(res, store, budget)
             runs.append(row)
             traces[f"{mode}__{row['label']}.npz"] = res.trace

@@ -2,8 +2,9 @@
 
 With no arguments it runs the small random-weight ``llada2-tiny`` preset on the CPU (the text is meaningless;
 the point is the counters and tokens/s). ``--model DIR --prompt "..."`` loads a real Hugging Face LLaDA2.0
-directory and prints the generated text. The policy is a name (``--policy tide --tau 4``) or the
-recommended-policy file ``sim.explore`` writes (``--policy runs/.../recommended-policy.json``).
+directory and prints the generated text. The policy is ``name`` or ``name(k=v, ...)`` (``--policy
+"tide(tau=2)"``; tide's default tau is 4) or the recommended-policy file ``sim.explore`` writes (``--policy
+runs/.../recommended-policy.json``).
 
 Printed and written (``--metrics-out``): tokens_per_s, the counters under the simulator's names (h2d_bytes,
 d2h_bytes, hit_ratio, promotions, demotions, cpu_assignments, gpu_assignments), per-step times, the generated
@@ -19,12 +20,12 @@ from typing import Any, Sequence
 import torch
 
 from runtime.config import RuntimeConfig
-from runtime.diffusion import MODES, GenerationSettings
+from runtime.diffusion import GenerationSettings
 from runtime.environment import environment
 from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
-from offload.budget import resolve_budget
+from offload.cli import add_budget, add_hardware, budget_from, given_options, refuse
 from offload.errors import TideError, run_cli
-from offload.policies import POLICIES, TAU_POLICIES, Policy, make_policy
+from offload.policies import POLICIES, Policy, make_policy, policy_from_text
 from offload.policies.policy_file import read_policy_file
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import write_trace
@@ -32,38 +33,29 @@ from offload.trace_io import write_trace
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
-    add_session_arguments(p)
+    add_session_arguments(p, gen_length=None, modes="one")
     p.add_argument("--prompt", default=None, help="prompt text (needs the checkpoint's tokenizer)")
-    p.add_argument("--policy", default="tide", help=f"policy name ({', '.join(POLICIES)}) or recommended-policy JSON")
-    p.add_argument("--tau", type=int, default=None, help="refresh interval for tau policies (default 4)")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="experts resident per MoE layer (default: half)")
-    budget.add_argument("--gpu-memory-gb", type=float, default=None, help="GiB of GPU memory for routed experts")
-    p.add_argument("--hardware", default=None,
-                   help="hardware profile (preset or calibrated JSON) for cost-aware policies such as tide-opt and "
-                        "riptide; without it they fall back to their documented byte-ratio estimates")
+    p.add_argument("--policy", default="tide", help=f"name or name(k=v, ...), e.g. tide(tau=2) ({', '.join(POLICIES)}), "
+                   "or the recommended-policy JSON of sim.explore")
+    add_budget(p, default="half the experts, or the policy file's")
+    add_hardware(p, what=": prices cost-aware policies such as tide-opt and riptide as the simulator does; without "
+                 "it they fall back to their documented byte-ratio estimates")
     p.add_argument("--threshold", type=float, default=0.95)
-    p.add_argument("--gen-length", type=int, default=None, help="tokens to generate (default 128; 1024 for a real model)")
-    p.add_argument("--mode", default=None, choices=MODES, help="default prefix-recompute (or the policy file's)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     p.add_argument("--metrics-out", default=None, help="write metrics JSON here")
     p.add_argument("--trace-out", default=None, help="write the routing trace here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    a.given = given_options(p, argv)
+    return a
 
 
 def _policy(a: argparse.Namespace) -> tuple[Policy, int | None, str | None]:
     """(policy, experts per layer from a policy file or None, mode from the file or None)."""
     if a.policy.endswith(".json") or Path(a.policy).is_file():
         choice = read_policy_file(a.policy)
-        params = dict(choice.params)
-        if a.tau is not None and choice.policy in TAU_POLICIES:
-            params["tau"] = a.tau
-        return make_policy(choice.policy, **params), choice.experts_per_layer, choice.mode
-    params = {"tau": a.tau if a.tau is not None else 4} if a.policy in TAU_POLICIES else {}
-    if a.tau is not None and a.policy not in TAU_POLICIES:
-        raise TideError(f"policy {a.policy} takes no tau")
-    return make_policy(a.policy, **params), None, None
+        return make_policy(choice.policy, **choice.params), choice.experts_per_layer, choice.mode
+    return policy_from_text(a.policy), None, None
 
 
 def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: torch.device) -> torch.Tensor:
@@ -86,11 +78,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     policy, file_budget, file_mode = _policy(a)
     session = Session.from_args(a)
     spec, device, dtype = session.cfg.spec, session.device, session.dtype
-    per_layer = a.gpu_experts_per_layer if a.gpu_experts_per_layer is not None else file_budget
-    if per_layer is None and a.gpu_memory_gb is None:
-        per_layer = max(1, spec.num_experts // 2)
-    budget = None if not policy.needs_budget else resolve_budget(spec, experts_per_layer=per_layer,
-                                                                  gpu_memory_gb=a.gpu_memory_gb)
+    if not policy.needs_budget:
+        refuse(a.given, ("gpu_experts_per_layer", "gpu_memory_gb"), f"policy {policy.name} keeps every expert")
+    budget = None if not policy.needs_budget else budget_from(a, spec, default=max(1, spec.num_experts // 2),
+                                                              experts_per_layer=file_budget)
     gen_length = a.gen_length if a.gen_length is not None else (1024 if session.real else 128)
     settings = GenerationSettings(gen_length=gen_length, block_length=a.block_length, steps=a.steps,
                                   threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",

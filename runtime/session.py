@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from offload.cli import add_generation, add_model
 from offload.cost import RooflineCostModel
 from offload.errors import TideError
 from offload.hardware import HardwareProfile
-from offload.model_spec import MODEL_PRESETS
 from offload.policies import Policy
 from runtime.checkpoint import load_checkpoint
 from runtime.config import RuntimeConfig
@@ -31,18 +31,15 @@ from runtime.random_weights import random_weights
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def add_session_arguments(p: argparse.ArgumentParser) -> None:
-    """The options :meth:`Session.from_args` and :func:`random_prompt` read, and the block shape."""
-    p.add_argument("--model", default="llada2-tiny",
-                   help=f"checkpoint directory, or a preset ({', '.join(MODEL_PRESETS)}) / config.json for random weights")
+def add_session_arguments(p: argparse.ArgumentParser, gen_length: int | None, modes: str) -> None:
+    """The options :meth:`Session.from_args` and :func:`random_prompt` read, and generation's (offload.cli)."""
+    add_model(p, default="llada2-tiny", what=": a checkpoint directory loads its weights, otherwise random ones")
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N decoder layers")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU's experts run on them)")
-    p.add_argument("--seed", type=int, default=0, help="of the random weights, the random prompt and sampling")
-    p.add_argument("--prompt-length", type=int, default=32, help="without a tokenizer: random prompt ids of this length")
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=32, help="denoising steps per block")
+    add_generation(p, gen_length=gen_length, prompt_length=32, modes=modes,
+                   seed_help="of the random weights, the random prompt and sampling")
 
 
 def cost_model(cfg: RuntimeConfig, profile: str, dtype: torch.dtype) -> RooflineCostModel:

@@ -24,22 +24,22 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from offload.budget import fits, resolve_budget
+from offload.budget import fits
 from offload.errors import TideError, run_cli
-from offload.hardware import HARDWARE_PRESETS, HardwareProfile
-from offload.model_spec import MODEL_PRESETS, ModelSpec
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
 from offload.policies import BASELINES, POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
-from offload.trace import DIFFUSION_MODES
+from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, refuse
 
 
 
-# flags a run would not use: refused rather than silently ignored
-SYNTHETIC_FLAGS = ("mode", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed")
-NOT_IN_STUDY = ("model", "hardware", "trace", "mode", "block_length", "prompt_length", "tokens_per_forward",
+# options a run would not use: refused rather than silently ignored
+SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed")
+NOT_IN_STUDY = ("model", "hardware", "trace", "modes", "block_length", "prompt_length", "tokens_per_forward",
                 "gpu_experts_per_layer", "gpu_memory_gb", "timeline")
 
 
@@ -47,30 +47,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The options, with ``given``: the set of options given on the command line (for refusing ignored ones)."""
     p = _parser()
     a = p.parse_args(argv)
-    for action in p._actions:  # a second parse with no defaults tells which options were given
-        action.default = argparse.SUPPRESS
-    a.given = set(vars(p.parse_args(argv)))
+    a.given = given_options(p, argv)
     return a
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim.explore", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="llada2.0-mini", help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json path")
-    p.add_argument("--hardware", default="h100-pcie5", help=f"preset ({', '.join(HARDWARE_PRESETS)}) or profile JSON")
+    add_model(p, default="llada2.0-mini")
+    add_hardware(p, default="h100-pcie5")
     p.add_argument("--trace", nargs="+", metavar="FILE", help="replay these trace files instead of synthetic ones")
-    p.add_argument("--mode", nargs="+", default=["prefix-recompute", "block-cache"], choices=DIFFUSION_MODES,
-                   help="synthetic traces: generation modes")
-    p.add_argument("--gen-length", type=int, default=1024, help="synthetic traces: generated tokens")
-    p.add_argument("--block-length", type=int, default=32, help="synthetic traces: block length")
-    p.add_argument("--prompt-length", type=int, default=128, help="synthetic traces: prompt tokens")
-    p.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed per denoising step (default: the model's published figure)")
-    p.add_argument("--seed", type=int, default=0, help="synthetic traces: seed")
-    p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), e.g. tide(tau=4) "
-                   f"riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--gpu-experts-per-layer", type=int, default=None, help="budget: experts resident per MoE layer (default 128, capped at the layer's experts)")
-    budget.add_argument("--gpu-memory-gb", type=float, default=None, help="budget: GiB of GPU memory for routed experts")
+    g = p.add_argument_group("synthetic traces")
+    add_generation(g, gen_length=1024, prompt_length=128, steps=False, modes="many", seed_help="synthetic traces: seed")
+    g.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed "
+                   "per denoising step (default: the model's published figure)")
+    p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), "
+                   f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
+    add_budget(p, default="128, capped at the layer's experts")
     p.add_argument("--tau", type=int, nargs="+", default=list(range(1, 17)), help="refresh intervals for tau policies")
     p.add_argument("--out", default=None, help="run directory (default runs/explore-<time>)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result rows to this JSON file")
@@ -88,10 +81,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(a: argparse.Namespace) -> None:
-    ignored = [f for f in (NOT_IN_STUDY if a.study else SYNTHETIC_FLAGS if a.trace else ()) if f in a.given]
-    if ignored:
-        why = f"--study {a.study} sets its own grid" if a.study else "--trace replays recorded traces"
-        raise TideError(f"{why}: {', '.join('--' + f.replace('_', '-') for f in ignored)} would be ignored")
+    if a.study:
+        refuse(a.given, NOT_IN_STUDY, f"--study {a.study} sets its own grid")
+    elif a.trace:
+        refuse(a.given, SYNTHETIC_FLAGS, "--trace replays recorded traces")
     if any(t < 1 for t in a.tau):
         raise TideError(f"tau must be >= 1, got {min(a.tau)}")
     for text in a.policies:  # name or name(k=v, ...): unknown names and bad values end here, in one line
@@ -116,7 +109,7 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str
         return paths
     from traces.synthetic import default_config, generate
 
-    for mode in dict.fromkeys(a.mode):
+    for mode in dict.fromkeys(a.modes):
         overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
                                          prompt_length=a.prompt_length, seed=a.seed)
         if a.tokens_per_forward is not None:
@@ -190,7 +183,7 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
                    "fits_gpu": fits(model, hw, budget)},
         "all_experts_fit_gpu": fits(model, hw, np.full(model.num_moe_layers, model.num_experts)),
         "traces": {name: {"file": path} for name, path in traces.items()},
-        "synthetic": None if a.trace else {"modes": a.mode, "gen_length": a.gen_length, "block_length": a.block_length,
+        "synthetic": None if a.trace else {"modes": a.modes, "gen_length": a.gen_length, "block_length": a.block_length,
                                            "prompt_length": a.prompt_length, "seed": a.seed,
                                            "tokens_per_forward": a.tokens_per_forward},
         "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (offload.cost.RooflineCostModel)",
@@ -245,10 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_study(a)
     model = ModelSpec.load(a.model)
     hw = HardwareProfile.load(a.hardware)
-    experts = a.gpu_experts_per_layer
-    if experts is None and a.gpu_memory_gb is None:
-        experts = min(128, model.num_experts)
-    budget = resolve_budget(model, hw, experts_per_layer=experts, gpu_memory_gb=a.gpu_memory_gb)
+    budget = budget_from(a, model, default=min(128, model.num_experts), hw=hw)
     out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     traces = _traces(a, model, out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from offload.cli import add_model
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from traces.importers import import_jsonl
@@ -19,7 +20,7 @@ from offload.trace_io import write_trace
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m traces.import_jsonl", description=__doc__.splitlines()[0])
     ap.add_argument("log", help="JSONL routing log: rows {\"step\", \"layer\", \"experts\"}")
-    ap.add_argument("--model", required=True, help="model preset name, config.json or model directory")
+    add_model(ap, required=True)
     ap.add_argument("--out", required=True, help="trace file to write (.npz)")
     ap.add_argument("--layer-offset", type=int, default=0,
                     help="subtracted from the log's layer numbers to give MoE layers 0..L-1 "

@@ -16,6 +16,7 @@ from typing import Sequence
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
+from offload.cli import add_model
 from offload.trace import DIFFUSION_MODES
 from traces.synthetic import default_config, generate
 
@@ -38,7 +39,7 @@ _OPTIONS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m traces.synth", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="model preset name, config.json or model directory")
+    add_model(ap, required=True)
     ap.add_argument("--mode", choices=DIFFUSION_MODES, default="prefix-recompute",
                     help="generation loop (default prefix-recompute, as TIDE's released code)")
     ap.add_argument("--out", required=True, help="trace file to write (.npz)")

@@ -38,8 +38,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from offload.cli import add_model
 from offload.errors import TideError, run_cli
-from offload.model_spec import MODEL_PRESETS
 from offload.atomic_io import atomic_write_text
 from validate import bench_copies, bench_experts, bench_layers, bench_store
 from runtime.environment import environment
@@ -85,8 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m validate.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", required=True, choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="profile JSON to write (default runs/profile-<device>-<model>-<time>.json)")
-    p.add_argument("--model", default=None, help=f"preset ({', '.join(MODEL_PRESETS)}) or config.json; default "
-                   "llada2-tiny on cpu, llada2.0-mini on cuda")
+    add_model(p, what="; default llada2-tiny on cpu, llada2.0-mini on cuda")
     p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default float32 on cpu, bfloat16 on cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (as the runtime's --threads)")
     p.add_argument("--quick", action="store_true", help="fewer points and repeats (tests, a first look)")

@@ -1,10 +1,10 @@
 """``python -m validate.compare``: replay measured runs in the simulator and compare, policy by policy.
 
-    python -m validate.compare RUN... [--profile PROFILE.json] [--model M] [--out DIR]
+    python -m validate.compare RUN... [--hardware PROFILE.json] [--model M] [--out DIR]
 
 RUN: a ``python -m runtime.bench`` output folder (or its runtime_results.json), or a runtime.generate
 ``METRICS.json TRACE.npz`` pair (validate.runs). Each run's trace is replayed under the same policy,
-parameters and budget with the profile calibrated on the same machine (``--profile``; default: the
+parameters and budget with the profile calibrated on the same machine (``--hardware``; default: the
 profile.json beside the first run), see validate.replay. Reported (validate.stats): measured against simulated
 tokens/s and per-step time with the signed error, the six work counters (which must be equal: any difference
 is flagged as a bug and the exit status is 1), Kendall tau of the policy rankings and whether the best policy
@@ -35,19 +35,19 @@ from validate.stats import run_row, summarise
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m validate.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help=f"results folder, {RESULTS}, or METRICS.json TRACE.npz")
-    p.add_argument("--profile", default=None, help="calibrated profile (default: profile.json beside the first run)")
+    p.add_argument("--hardware", default=None, help="calibrated profile (default: profile.json beside the first run)")
     p.add_argument("--model", default=None, help="model preset or config.json (default: the profile's model record)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<time>)")
     return p.parse_args(argv)
 
 
 def _profile_path(a: argparse.Namespace) -> Path:
-    if a.profile:
-        return Path(a.profile)
+    if a.hardware:
+        return Path(a.hardware)
     first = Path(a.runs[0])
     guess = (first if first.is_dir() else first.parent) / "profile.json"
     if not guess.is_file():
-        raise TideError(f"no profile given and none at {guess}: pass --profile (python -m validate.calibrate writes one)")
+        raise TideError(f"no profile given and none at {guess}: pass --hardware (python -m validate.calibrate writes one)")
     return guess
 
 

@@ -67,7 +67,7 @@ extra=()
 quick=()
 [ -n "$QUICK" ] && quick+=(--quick)
 policies=(all-gpu cpu-route fetch-lru)
-for tau in $TAUS; do policies+=("tide:$tau"); done
+for tau in $TAUS; do policies+=("tide(tau=$tau)"); done
 policies+=(tide-opt riptide)
 
 # seconds this phase may run: its own limit, cut to what is left of the deadline (a 5 s margin for the rest)
@@ -112,14 +112,14 @@ cal=$?
 
 # cost-aware policies decide from the calibrated costs, as the simulator's replay will; without a loadable
 # profile they decide from the H100 preset, and compare cannot replay them exactly (it says so)
-profile=(--profile h100-pcie5)
+profile=(--hardware h100-pcie5)
 if [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from offload.hardware import HardwareProfile; HardwareProfile.load(sys.argv[1])" "$OUT/profile.json" >> "$LOG" 2>&1; then
-  profile=(--profile "$OUT/profile.json")
+  profile=(--hardware "$OUT/profile.json")
 else
   echo "no loadable calibrated profile: tide-opt and riptide decide from the h100-pcie5 preset" | tee -a "$OUT/env.txt" "$LOG"
 fi
 phase runtime "$RUN_TIMEOUT" "$PY" -m runtime.bench --device "$DEVICE" --model "$MODEL" \
-  --num-layers "$NUM_LAYERS" --budget "$BUDGET" --gen-length "$GEN_LENGTH" --prompt-length "$PROMPT_LENGTH" \
+  --num-layers "$NUM_LAYERS" --gpu-experts-per-layer "$BUDGET" --gen-length "$GEN_LENGTH" --prompt-length "$PROMPT_LENGTH" \
   --block-length "$BLOCK_LENGTH" --steps "$STEPS" --policies "${policies[@]}" \
   --modes prefix-recompute block-cache --out-dir "$OUT" ${extra[@]+"${extra[@]}"} "${profile[@]}"
 run=$?

@@ -15,7 +15,7 @@ from runtime import bench
 def out(tmp_path_factory):
     od = tmp_path_factory.mktemp("bench")
     args = ["--threads", "1", "--gen-length", "16", "--block-length", "8", "--steps", "4", "--prompt-length", "8",
-            "--budget", "8", "--policies", "all-gpu", "tide:2", "--modes", "prefix-recompute", "block-cache",
+            "--gpu-experts-per-layer", "8", "--policies", "all-gpu", "tide(tau=2)", "--modes", "prefix-recompute", "block-cache",
             "--out-dir", str(od)]
     assert bench.main(args) == 0
     return od

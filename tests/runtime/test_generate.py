@@ -170,7 +170,8 @@ def test_cli_loads_a_checkpoint_in_hf_layout(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--device", "cuda"], "CUDA"),
     (["--policy", "nope"], "unknown policy"),
-    (["--tau", "0"], "tau"),
+    (["--policy", "tide(tau=0)"], "tau must be an integer >= 1"),
+    (["--policy", "all-gpu", "--gpu-experts-per-layer", "4"], "--gpu-experts-per-layer would be ignored"),
     (["--gpu-experts-per-layer", "33"], "exceeds"),
     (["--mode", "block-cache", "--gen-length", "0"], "gen length"),
     (["--model", "/nonexistent/dir"], "unknown model"),

@@ -46,7 +46,7 @@ def test_small_study_writes_run_directory(tmp_path, capsys):
 
 def test_parallel_equals_serial(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    args = [*SMALL, "--mode", "block-cache", "--no-report"]
+    args = [*SMALL, "--modes", "block-cache", "--no-report"]
     main([*args, "--out", str(tmp_path / "ra"), "--json", str(a), "--jobs", "1"])
     main([*args, "--out", str(tmp_path / "rb"), "--json", str(b), "--jobs", "2"])
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
@@ -54,7 +54,7 @@ def test_parallel_equals_serial(tmp_path):
 
 
 def test_replays_a_trace_file(tmp_path):
-    main([*SMALL, "--mode", "block-cache", "--no-report", "--out", str(tmp_path / "r1")])
+    main([*SMALL, "--modes", "block-cache", "--no-report", "--out", str(tmp_path / "r1")])
     trace = tmp_path / "r1" / "traces" / "block-cache.npz"
     main(["--trace", str(trace), "--policies", "cpu-route", "--no-report", "--quiet",
           "--out", str(tmp_path / "r2"), "--json", str(tmp_path / "r2.json")])
@@ -94,7 +94,7 @@ def test_bad_config_and_mismatched_trace(tmp_path):
     cfg.write_text(json.dumps({"model_type": "mixtral"}))
     proc = _cli("--model", str(cfg), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "unsupported model_type" in proc.stderr
-    main([*SMALL, "--mode", "block-cache", "--no-report", "--out", str(tmp_path / "mini")])
+    main([*SMALL, "--modes", "block-cache", "--no-report", "--out", str(tmp_path / "mini")])
     proc = _cli("--model", "llada2.0-flash", "--trace", str(tmp_path / "mini/traces/block-cache.npz"),
                 "--gpu-experts-per-layer", "64", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "does not match model" in proc.stderr

@@ -127,10 +127,10 @@ def test_compare_counters_equal_and_sane(gpu_script_cpu, tmp_path, capsys):
 
 def test_generate_pair_replays(gpu_script_cpu, tmp_path):
     m, t = tmp_path / "m.json", tmp_path / "t.npz"
-    assert runtime_generate.main(["--device", "cpu", "--threads", "1", "--policy", "tide", "--tau", "2",
+    assert runtime_generate.main(["--device", "cpu", "--threads", "1", "--policy", "tide(tau=2)",
                                   "--gen-length", "32", "--steps", "8", "--mode", "block-cache", "--quiet",
                                   "--metrics-out", str(m), "--trace-out", str(t)]) == 0
-    assert compare.main([str(m), str(t), "--profile", str(gpu_script_cpu / "profile.json"),
+    assert compare.main([str(m), str(t), "--hardware", str(gpu_script_cpu / "profile.json"),
                          "--out", str(tmp_path / "cmp")]) == 0
     row = json.loads((tmp_path / "cmp" / "compare.json").read_text())["runs"][0]
     assert row["label"] == "tide(tau=2)" and row["mode"] == "block-cache" and not row["counter_mismatch"]
@@ -171,7 +171,7 @@ def test_bad_input_is_one_line(gpu_script_cpu, tmp_path, capsys):
     prof["model"]["layer_shape_hash"] = "0123456789abcdef"
     other = tmp_path / "other.json"
     other.write_text(json.dumps(prof))
-    code, err = _cli([str(gpu_script_cpu), "--profile", str(other), "--out", str(tmp_path / "x")], capsys)
+    code, err = _cli([str(gpu_script_cpu), "--hardware", str(other), "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and "recalibrate" in err and "\n" not in err
 
 

@@ -1,0 +1,86 @@
+"""Command-line pieces every CLI shares, so that a concept has one spelling everywhere:
+
+  --model M                   a model preset, config.json or model directory
+  --hardware H                a hardware preset or profile JSON (prices cost-aware policies, checks the budget)
+  --gpu-experts-per-layer B | --gpu-memory-gb G      the GPU expert budget (``offload.budget``)
+  --policy SPEC / --policies SPEC...                 ``name`` or ``name(k=v, ...)`` (``offload.policies.spec``)
+  --mode / --modes, --gen-length, --block-length, --prompt-length, --steps, --seed   generation
+
+and the rule that a CLI refuses an option it would ignore: :func:`given_options` tells which options the
+command line set, :func:`refuse` ends with one line naming those a run would not use.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from offload.errors import TideError
+from offload.hardware import HARDWARE_PRESETS
+from offload.model_spec import MODEL_PRESETS, ModelSpec
+from offload.trace import DIFFUSION_MODES
+
+
+def add_model(p: argparse.ArgumentParser, default: str | None = None, required: bool = False, what: str = "") -> None:
+    p.add_argument("--model", default=default, required=required,
+                   help=f"model preset ({', '.join(MODEL_PRESETS)}), config.json or model directory{what}")
+
+
+def add_hardware(p: argparse.ArgumentParser, default: str | None = None, what: str = "") -> None:
+    p.add_argument("--hardware", default=default,
+                   help=f"hardware preset ({', '.join(HARDWARE_PRESETS)}) or profile JSON (python -m "
+                        f"validate.calibrate writes one){what}")
+
+
+def add_budget(p: argparse.ArgumentParser, default: str) -> None:
+    """The budget, one of two ways; ``default`` says what applies when neither is given."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--gpu-experts-per-layer", type=int, default=None,
+                   help=f"budget: routed experts resident per MoE layer (default {default})")
+    g.add_argument("--gpu-memory-gb", type=float, default=None, help="budget: GiB of GPU memory for routed experts")
+
+
+def budget_from(a: argparse.Namespace, model: ModelSpec, default: int | None, hw: Any = None,
+                experts_per_layer: int | None = None) -> np.ndarray:
+    """Experts per MoE layer from the budget options (``experts_per_layer``: a policy file's, used when the
+    command line gives none), else ``default`` (None: every expert)."""
+    from offload.budget import resolve_budget
+
+    per_layer = a.gpu_experts_per_layer if a.gpu_experts_per_layer is not None else experts_per_layer
+    if per_layer is None and a.gpu_memory_gb is None:
+        per_layer = default
+    return resolve_budget(model, hw, experts_per_layer=per_layer, gpu_memory_gb=a.gpu_memory_gb)
+
+
+def add_generation(p: argparse.ArgumentParser, *, gen_length: int | None, prompt_length: int, steps: bool = True,
+                   modes: str = "one", seed_help: str = "seed") -> None:
+    """Generation options; ``modes``: "one" (--mode), "many" (--modes ...) or "none"."""
+    if modes == "one":
+        p.add_argument("--mode", default=None, choices=DIFFUSION_MODES, help="generation mode (default prefix-recompute)")
+    elif modes == "many":
+        p.add_argument("--modes", nargs="+", default=list(DIFFUSION_MODES), choices=DIFFUSION_MODES,
+                       help="generation modes")
+    p.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate"
+                   + (f" (default {gen_length})" if gen_length is not None else ""))
+    p.add_argument("--block-length", type=int, default=32, help="tokens per block (default 32)")
+    p.add_argument("--prompt-length", type=int, default=prompt_length,
+                   help=f"prompt tokens (default {prompt_length})")
+    if steps:
+        p.add_argument("--steps", type=int, default=32, help="denoising steps per block (default 32)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def given_options(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations the command line set (a second parse with every default removed); call after the
+    real parse succeeded. The parser's defaults are gone afterwards."""
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def refuse(given: Iterable[str], ignored: Iterable[str], why: str) -> None:
+    """One-line TideError when an option in ``ignored`` was given: ``why`` says what makes it unused."""
+    bad = [o for o in ignored if o in set(given)]
+    if bad:
+        raise TideError(f"{why}: {', '.join('--' + o.replace('_', '-') for o in bad)} would be ignored")
