@@ -73,7 +73,7 @@ def run_setting(job: tuple[str, str, Any, str, bool, list[int], bool]) -> dict[s
     best_tau = max(tide, key=lambda t: (tide[t], -t))
     rip = sim(make_policy("riptide"))
     row = {"model": model, "hardware": hw_name, "budget": int(budget[0]), "mode": mode,
-           "fits": bool(fits(spec, hw, budget)), "riptide": rip.tokens_per_s, "riptide_hit": rip.hit_ratio,
+           "fits": bool(fits(spec, hw, budget)), "riptide": rip.tokens_per_s, "riptide_hit": rip.counters.hit_ratio,
            "tide_best": tide[best_tau], "tide_best_tau": best_tau, "tide_by_tau": tide,
            "cpu-route": sim(make_policy("cpu-route")).tokens_per_s,
            "fetch-lru": sim(make_policy("fetch-lru")).tokens_per_s}

@@ -51,6 +51,8 @@ _LAUNCH = {"attention": 8, "router": 4, "shared": 3, "dense_mlp": 3, "experts": 
 class CostModel(Protocol):
     expert_bytes: int
     token_bytes: int
+    serial: bool         # one device runs everything, one item after another (sim.engine's serial mode)
+    shared_duplex: bool  # one copy engine serves both directions of the host link
 
     def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray: ...
     def moe_pre(self, n: Any, c: Any) -> np.ndarray: ...
@@ -85,6 +87,11 @@ class RooflineCostModel:
     def serial(self) -> bool:
         """True when every resource is one serially-executing device (profile ``single_device``)."""
         return self.hw.single_device
+
+    @property
+    def shared_duplex(self) -> bool:
+        """True when H2D and D2H copies share one engine (the profile's link)."""
+        return self.hw.link.shared_duplex
 
     def _gpu(self, cost: OpCost, launches: int) -> np.ndarray:
         return _roofline(cost, self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps) + launches * self.hw.gpu.kernel_overhead_us * 1e-6
@@ -215,6 +222,8 @@ class ConstantCostModel:
     d2h_per_byte_s: float = 0.01
     expert_bytes: int = 100
     token_bytes: int = 1
+    serial: bool = False
+    shared_duplex: bool = False
 
     def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
         return np.full(np.shape(n), self.step_s)

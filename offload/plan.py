@@ -77,8 +77,3 @@ class PlanTotals:
         self.gpu_assignments += plan.gpu_assignments
         self.cpu_assignments += plan.cpu_assignments
         self.act_bytes += plan.act_bytes
-
-    @property
-    def hit_ratio(self) -> float:
-        total = self.gpu_assignments + self.cpu_assignments
-        return self.gpu_assignments / total if total else 1.0

@@ -1,28 +1,206 @@
-"""Results of one simulated run, and its compact event log (no simpy here).
+"""Records of runs, simulated and measured, and the one way they go to JSON and back (no simpy here).
 
-Counters use the names the runtime reports too: ``h2d_bytes, d2h_bytes, hit_ratio, promotions, demotions,
-cpu_assignments, gpu_assignments``. Definitions:
+:class:`Counters` carry the same names on both executors. Definitions:
 
-  tokens_per_s   = generated tokens / sim_time_s, sim_time_s = completion time of the last work item
+  tokens_per_s   = generated_tokens (positions committed, EOS or not: what traces record and the simulator
+                   replays) / sim_time_s (completion of the last work item) or wall_s (measured runs)
   hit_ratio      = gpu_assignments / (gpu_assignments + cpu_assignments)   (token-assignments, routed experts)
   h2d_bytes      = promotions x expert_bytes + activation bytes returned from the CPU
   d2h_bytes      = activation bytes sent to the CPU (one hidden vector per CPU token-assignment)
   busy_s[r]      = total time resource r (gpu, cpu, h2d, d2h) was working; <= sim_time_s
+
+:func:`to_json` writes a record (:class:`SimRecord`: a row of ``sim.explore``'s results.json; :class:`RunRecord`:
+one of ``runtime.bench``'s runtime_results.json, ``runtime.generate --metrics-out``) as one flat object: nested
+records' keys and the REST dict's items inline, then the DERIVED properties; :func:`from_json` reads it back.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+import sys
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
+from offload.errors import TideError
+from offload.plan import PlanTotals
+from offload.policies.residency import MoveCounters
 from offload.policies.spec import format_policy
 
 RESOURCES = ("gpu", "cpu", "h2d", "d2h")
 # what an event was, for the timeline
 WHAT = ("step", "dense", "experts_gpu", "experts_cpu", "weights_h2d", "prefetch_h2d", "act_d2h", "act_h2d", "wait")
-METRIC_KEYS = ("tokens_per_s", "sim_time_s", "h2d_bytes", "d2h_bytes", "hit_ratio", "promotions", "demotions",
-               "cpu_assignments", "gpu_assignments")
+
+
+class Record:
+    """Base of the records :func:`to_json` writes and :func:`from_json` reads."""
+
+    DERIVED: ClassVar[tuple[str, ...]] = ()  # properties written with the fields (recomputed on reading)
+    REST: ClassVar[str | None] = None        # a dict field written inline that takes the keys no field names
+
+
+R = TypeVar("R", bound=Record)
+_JSON_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,)}
+
+
+def to_json(record: Record) -> dict[str, Any]:
+    """``record`` as one flat JSON-ready object (tuples and arrays as lists, numpy scalars as Python's)."""
+    out: dict[str, Any] = {}
+    for f in fields(record):  # type: ignore[arg-type]
+        v = getattr(record, f.name)
+        out.update(to_json(v) if isinstance(v, Record) else _plain(v) if f.name == record.REST else {f.name: _plain(v)})
+    return out | {k: _plain(getattr(record, k)) for k in record.DERIVED}
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list, np.ndarray)):
+        return [_plain(x) for x in v]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def from_json(cls: type[R], d: Any) -> R:
+    """The ``cls`` record :func:`to_json` wrote as ``d``; a missing, unknown or mistyped key is a TideError."""
+    if not isinstance(d, dict):
+        raise TideError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
+    rest = {k: v for k, v in d.items() if k not in cls.DERIVED}
+    args: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        sub = vars(sys.modules[cls.__module__]).get(str(f.type))
+        if isinstance(sub, type) and issubclass(sub, Record):  # a nested record: its keys are inline
+            own = {g.name for g in fields(sub)} | set(sub.DERIVED)  # type: ignore[arg-type]
+            args[f.name] = from_json(sub, {k: rest.pop(k) for k in list(rest) if k in own})
+        elif f.name in rest and f.name != cls.REST:
+            args[f.name] = _typed(f"{cls.__name__} key {f.name!r}", str(f.type), rest.pop(f.name))
+        elif f.default is MISSING and f.default_factory is MISSING:
+            raise TideError(f"{cls.__name__}: missing key {f.name!r}")
+    if cls.REST is not None:
+        args[cls.REST] = rest
+    elif rest:
+        raise TideError(f"{cls.__name__}: unknown key(s) {', '.join(map(repr, sorted(rest)))}")
+    return cls(**args)
+
+
+def _typed(where: str, hint: str, v: Any) -> Any:
+    """``v`` checked against a field's annotation in JSON's types (a tuple comes as a list, a float may be an int)."""
+    base, _, none = hint.partition(" | ")
+    if v is None and none == "None":
+        return None
+    if base.startswith("tuple[") and isinstance(v, list):
+        return tuple(_typed(where, base[6:base.index(",")], x) for x in v)
+    if isinstance(v, _JSON_TYPES.get(base.split("[")[0], ())) and (base == "bool" or not isinstance(v, bool)):
+        return float(v) if base == "float" else v
+    raise TideError(f"{where}: expected {hint}, got {type(v).__name__} {v!r:.40}")
+
+
+@dataclass(frozen=True)
+class Counters(Record):
+    """The work one run did, counted alike by the engine and the store (definitions in the module docstring)."""
+
+    h2d_bytes: int
+    d2h_bytes: int
+    h2d_weight_bytes: int  # promoted, streamed and prefetched expert weights (the rest of h2d_bytes: activations)
+    promotions: int
+    demotions: int
+    cpu_assignments: int
+    gpu_assignments: int
+    DERIVED: ClassVar[tuple[str, ...]] = ("hit_ratio",)
+
+    @property
+    def hit_ratio(self) -> float:
+        total = self.gpu_assignments + self.cpu_assignments
+        return self.gpu_assignments / total if total else 1.0
+
+    @classmethod
+    def of(cls, moves: MoveCounters, totals: PlanTotals, expert_bytes: int) -> Counters:
+        """An executor's counters from its residency's moves and the sums of the plans it carried out."""
+        weight, act = int(moves.promotions) * int(expert_bytes), int(totals.act_bytes)  # promotions count streams too
+        return cls(h2d_bytes=weight + act, d2h_bytes=act, h2d_weight_bytes=weight, promotions=int(moves.promotions),
+                   demotions=int(moves.demotions), cpu_assignments=int(totals.cpu_assignments),
+                   gpu_assignments=int(totals.gpu_assignments))
+
+
+@dataclass(frozen=True)
+class SimRecord(Record):
+    """One simulated run as sweeps, studies and reports read it: a row of ``sim.explore``'s results.json."""
+
+    policy: str
+    params: dict[str, Any]
+    trace: str                     # the trace's name
+    mode: str                      # its diffusion mode
+    tau: int | None                # refresh interval: the policy's parameter, or the one it chose (tide-opt)
+    budget: int                    # GPU experts per MoE layer (all of them for a policy that needs no budget)
+    causal: bool                   # False: a bound the runtime cannot execute (oracle)
+    policy_report: dict[str, Any]  # what the policy decided for itself during the run (Policy.report)
+    generated_tokens: int
+    sim_time_s: float
+    counters: Counters
+    busy_s: dict[str, float]       # per resource (RESOURCES)
+    lower_bound_s: float           # GPU work every policy must do: no run finishes sooner
+    step_time_mean_s: float
+    step_time_p50_s: float
+    steps: int                     # forward passes
+    events: int                    # simulation events processed
+    wall_s: float                  # wall time the simulation took
+    tags: dict[str, Any] = field(default_factory=dict)  # the task's tags (a study's grid coordinates)
+    DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s", "utilisation", "events_per_s")
+    REST: ClassVar[str | None] = "tags"
+
+    @property
+    def label(self) -> str:
+        return format_policy(self.policy, self.params)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.sim_time_s if self.sim_time_s > 0 else 0.0
+
+    @property
+    def utilisation(self) -> dict[str, float]:
+        """Busy share of the simulated time, per resource."""
+        return {k: v / self.sim_time_s if self.sim_time_s else 0.0 for k, v in self.busy_s.items()}
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / max(self.wall_s, 1e-9)  # finite, so the JSON stays valid
+
+
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """One runtime run (``runtime.session.Session.run``), as ``validate.runs`` reads it back."""
+
+    policy: str
+    params: dict[str, Any]
+    mode: str
+    model: str                     # the model spec's name
+    random_weights: bool
+    device: str                    # cpu or cuda
+    dtype: str                     # of the weights that ran, e.g. bfloat16
+    budget: int                    # GPU experts per MoE layer requested (recorded for all-gpu too: runs rank by it)
+    settings: dict[str, Any]       # runtime.diffusion.GenerationSettings
+    prompt_tokens: int
+    tokens: tuple[int, ...]        # ids generated before the first EOS: the text (what TIDE's tokens/s counts)
+    generated_tokens: int          # positions committed (EOS or not): what tokens_per_s counts and traces record
+    forwards: int
+    wall_s: float                  # first forward to last
+    step_times_s: tuple[float, ...]  # each forward (model call and synchronisation)
+    step_wall_s: tuple[float, ...]   # each step's share of wall_s (sampler and bookkeeping included; sums to wall_s)
+    cpu_s: float | None              # process CPU time over the generation, all threads
+    step_cpu_s: tuple[float, ...]    # the same per step
+    counters: Counters
+    max_resident: tuple[int, ...]    # most experts resident at once, per MoE layer
+    layer_budgets: tuple[int, ...]   # per MoE layer at the end (a policy may move budget between layers)
+    host_pinned: bool                # the host expert stacks are page-locked
+    environment: dict[str, Any] = field(default_factory=dict)  # runtime.environment (runtime.bench: once per file)
+    DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s")
+
+    @property
+    def label(self) -> str:
+        return format_policy(self.policy, self.params)
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Committed positions per second of wall time (the simulator's definition)."""
+        return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,58 +220,15 @@ class EventLog:
         return int(self.start.size)
 
 
-@dataclass(frozen=True, eq=False)
-class SimResult:
-    policy: str
-    params: dict[str, Any]
-    trace_name: str
-    generated_tokens: int
-    sim_time_s: float
-    h2d_bytes: int
-    d2h_bytes: int
-    h2d_weight_bytes: int
-    promotions: int
-    demotions: int
-    cpu_assignments: int
-    gpu_assignments: int
-    step_times_s: np.ndarray
-    busy_s: dict[str, float]
-    lower_bound_s: float
-    events: int
-    wall_s: float
+@dataclass(frozen=True, eq=False, kw_only=True)
+class SimResult(SimRecord):
+    """What ``sim.engine.simulate`` returns: the run's record (:meth:`record`) and its per-step and per-layer arrays."""
+
+    step_times_s: np.ndarray  # [S]
     max_resident: np.ndarray  # [L] most experts resident at once, per layer
-    budget: np.ndarray        # [L]
-    timeline: EventLog | None = field(default=None)
+    layer_budget: np.ndarray  # [L] the budget it started with
+    timeline: EventLog | None = None
 
-    @property
-    def tokens_per_s(self) -> float:
-        return self.generated_tokens / self.sim_time_s if self.sim_time_s > 0 else 0.0
-
-    @property
-    def hit_ratio(self) -> float:
-        total = self.gpu_assignments + self.cpu_assignments
-        return self.gpu_assignments / total if total else 1.0
-
-    @property
-    def events_per_s(self) -> float:
-        return self.events / max(self.wall_s, 1e-9)  # finite, so metrics() stays valid JSON
-
-    @property
-    def label(self) -> str:
-        return format_policy(self.policy, self.params)
-
-    def metrics(self) -> dict[str, Any]:
-        """JSON-ready summary: the shared counter names plus timing detail."""
-        return {
-            "policy": self.policy, "params": dict(self.params), "trace": self.trace_name,
-            "tokens_per_s": self.tokens_per_s, "sim_time_s": self.sim_time_s,
-            "h2d_bytes": int(self.h2d_bytes), "d2h_bytes": int(self.d2h_bytes), "hit_ratio": self.hit_ratio,
-            "promotions": int(self.promotions), "demotions": int(self.demotions),
-            "cpu_assignments": int(self.cpu_assignments), "gpu_assignments": int(self.gpu_assignments),
-            "generated_tokens": int(self.generated_tokens), "h2d_weight_bytes": int(self.h2d_weight_bytes),
-            "busy_s": {k: float(v) for k, v in self.busy_s.items()},
-            "utilisation": {k: float(v) / self.sim_time_s if self.sim_time_s else 0.0 for k, v in self.busy_s.items()},
-            "lower_bound_s": self.lower_bound_s, "step_time_mean_s": float(np.mean(self.step_times_s)),
-            "step_time_p50_s": float(np.median(self.step_times_s)), "steps": int(self.step_times_s.size),
-            "events": int(self.events), "wall_s": self.wall_s, "events_per_s": self.events_per_s,
-        }
+    def record(self, tags: dict[str, Any] | None = None) -> SimRecord:
+        """The JSON-ready record alone, with the task's ``tags``."""
+        return SimRecord(**{f.name: getattr(self, f.name) for f in fields(SimRecord)} | {"tags": dict(tags or {})})

@@ -11,7 +11,7 @@ wall time (what the simulator predicts). On CUDA the environment record adds pin
 in both directions (GB/s, 256 MiB copies: ``runtime.copy_rates``).
 
 --out-dir receives, rewritten after every run (a run cut short keeps the finished ones), ``runtime_results.json``
-(environment, settings, one :func:`runtime.session.run_row` record per run) and ``runtime_traces.tar`` (each
+(environment, settings, one :class:`offload.results.RunRecord` per run) and ``runtime_traces.tar`` (each
 timed run's routing trace, ``MODE__LABEL.npz``): what ``validate.compare`` reads.
 """
 from __future__ import annotations
@@ -22,19 +22,20 @@ import json
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
 from offload.atomic_io import atomic_write_bytes, atomic_write_text
 from offload.cli import add_budget, add_hardware, budget_from
-from offload.errors import run_cli
+from offload.errors import TideError, run_cli
 from offload.policies import policy_from_text
+from offload.results import RunRecord, to_json
 from offload.trace import Trace
 from offload.trace_io import write_trace
 from runtime.diffusion import GenerationSettings
 from runtime.environment import environment
-from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
+from runtime.session import Session, add_session_arguments, cost_model, random_prompt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,8 +47,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add_hardware(p, what=": prices cost-aware policies (tide-opt, riptide) as the simulator's replay will")
     p.add_argument("--out-dir", default=None)
     a = p.parse_args(argv)
-    for text in a.policies:  # a bad spec fails now, not after the weights are built
-        policy_from_text(text)
+    policies = [policy_from_text(text) for text in a.policies]  # a bad spec fails now, not after the build
+    if a.hardware is not None and not any(p.uses_cost for p in policies):
+        raise TideError("no policy here decides from a cost model: --hardware would be ignored")
     return a
 
 
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"copies (GB/s, 256 MiB): H2D pinned {env['h2d_pinned_gbps']:.1f}, pageable {env['h2d_pageable_gbps']:.1f};"
               f" D2H pinned {env['d2h_pinned_gbps']:.1f}, pageable {env['d2h_pageable_gbps']:.1f}")
     prompt = random_prompt(session.cfg, a.prompt_length, a.seed, device)
-    runs: list[dict[str, Any]] = []
+    runs: list[RunRecord] = []
     traces: dict[str, Trace] = {}
     print(f"{'policy':<16}{'mode':<18}{'tokens/s':>10}{'fwd':>6}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}{'promo':>8}{'ms/fwd':>9}")
     for mode in a.modes:
@@ -81,13 +83,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for text in a.policies:
             session.run(policy_from_text(text), layer_budget, prompt, warm, cost=cost)  # kernels, caches warm
             # a fresh policy (state, placement) and store for the timed run
-            res, store = session.run(policy_from_text(text), layer_budget, prompt, timed, cost=cost)
-            row = run_row(res, store, budget)
-            runs.append(row)
-            traces[f"{mode}__{row['label']}.npz"] = res.trace
-            print(f"{row['label']:<16}{mode:<18}{row['committed_tokens'] / row['wall_s']:>10.2f}{res.forwards:>6}"
-                  f"{row['hit_ratio']:>7.3f}{row['h2d_bytes'] / 1e9:>9.3f}{row['d2h_bytes'] / 1e9:>9.3f}"
-                  f"{row['promotions']:>8}{1e3 * float(np.mean(res.step_times_s)):>9.2f}")
+            res, rec = session.run(policy_from_text(text), layer_budget, prompt, timed, cost=cost)
+            runs.append(rec)
+            traces[f"{mode}__{rec.label}.npz"] = res.trace
+            c = rec.counters
+            print(f"{rec.label:<16}{mode:<18}{rec.tokens_per_s:>10.2f}{rec.forwards:>6}{c.hit_ratio:>7.3f}"
+                  f"{c.h2d_bytes / 1e9:>9.3f}{c.d2h_bytes / 1e9:>9.3f}{c.promotions:>8}{1e3 * np.mean(rec.step_times_s):>9.2f}")
             if a.out_dir:
                 _write(Path(a.out_dir), env, a, spec.summary(), runs, traces)
     if a.out_dir:
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write(od: Path, env: dict, a: argparse.Namespace, model: dict, runs: list, traces: dict[str, Trace]) -> None:
     out = {"environment": env, "settings": {k: v for k, v in vars(a).items() if k != "out_dir"},
-           "model": model, "runs": runs}
+           "model": model, "runs": [to_json(r) for r in runs]}
     od.mkdir(parents=True, exist_ok=True)
     # the traces first: a results file never names a run whose trace is missing
     atomic_write_bytes(od / "runtime_traces.tar", lambda f: _tar(f, traces, od))

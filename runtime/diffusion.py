@@ -81,11 +81,6 @@ class GenerationResult:
     # processes take the CPU
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def tokens_per_s(self) -> float:
-        """TIDE's definition: generated tokens up to the first EOS per second of wall time."""
-        return len(self.tokens) / self.wall_s if self.wall_s > 0 else 0.0
-
 
 def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
     """Scheduled minimum of tokens committed per step: bl // steps, remainder to the first steps."""

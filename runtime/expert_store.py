@@ -53,12 +53,9 @@ weight and sum in float32). An expert always gets the same rows in the same orde
 device=cpu "GPU" path use the same per-expert function, so on device=cpu in float32 every policy's output is
 bit-identical to all-gpu's.
 
-Byte accounting (the simulator's, ``offload.results``): expert_bytes = 3 h i x element size, token_bytes =
-h x element size (the store's dtype; equal to the spec's when the dtype is the checkpoint's);
-  promotions, demotions = Residency.moves (promote + stream + prefetch; demote + stream + prefetch demote)
-  h2d_bytes = promotions x expert_bytes + cpu_assignments x token_bytes,  d2h_bytes = cpu_assignments x token_bytes
-  gpu_assignments / cpu_assignments = token-assignments computed on each side; hit_ratio = gpu / (gpu + cpu)
-  (the assignments and activation bytes are the sums of the layers' plans, offload.plan.PlanTotals).
+Counters (:meth:`ExpertStore.counters`): the engine's ``offload.results.Counters``, from the same residency moves
+(promote + stream + prefetch; demote + stream + prefetch demote) and the sums of the same plans (PlanTotals),
+with expert_bytes = 3 h i and token_bytes = h times the store's element size.
 """
 from __future__ import annotations
 
@@ -78,6 +75,7 @@ from offload.model_spec import ModelSpec
 from offload.plan import PlanTotals, plan_layer
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import MoveCounters, Residency
+from offload.results import Counters
 
 _GIB = 2**30
 _PROJ = ("gate", "up", "down")
@@ -425,26 +423,14 @@ class ExpertStore:
     def max_resident(self) -> np.ndarray:
         return self.residency.max_resident.copy()
 
-    @property
-    def hit_ratio(self) -> float:
-        return self.totals.hit_ratio
-
     def reset_counters(self) -> None:
         """Zero the counters (after a warm-up); residency and slots are kept."""
         self.residency.moves = MoveCounters()
         self.totals = PlanTotals()
 
-    def metrics(self) -> dict[str, Any]:
-        """The simulator's counter names (offload.results.METRIC_KEYS minus the timing ones), plus detail."""
-        moves, t = self.residency.moves, self.totals
-        weight = moves.promotions * self.expert_bytes
-        return {"policy": self.policy.name, "params": dict(self.policy.params()),
-                "h2d_bytes": int(weight + t.act_bytes), "d2h_bytes": int(t.act_bytes),
-                "hit_ratio": t.hit_ratio, "promotions": int(moves.promotions), "demotions": int(moves.demotions),
-                "cpu_assignments": int(t.cpu_assignments), "gpu_assignments": int(t.gpu_assignments),
-                "h2d_weight_bytes": int(weight), "max_resident": self.max_resident.tolist(),
-                "budget": self.budget.tolist(), "layer_budgets": self.residency.budget.tolist(),
-                "host_pinned": bool(self.pinned)}
+    def counters(self) -> Counters:
+        """The work done so far, counted as the engine counts it (the same record as ``SimResult.counters``)."""
+        return Counters.of(self.residency.moves, self.totals, self.expert_bytes)
 
 
 def _copy_rows(w: dict[str, torch.Tensor], host: dict[str, torch.Tensor], ids: list[int]) -> None:

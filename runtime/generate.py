@@ -13,6 +13,7 @@ token ids (``tokens``); ``--trace-out`` writes the routing as a trace in the sha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,11 +23,12 @@ import torch
 from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationSettings
 from runtime.environment import environment
-from runtime.session import Session, add_session_arguments, cost_model, random_prompt, run_row
+from runtime.session import Session, add_session_arguments, cost_model, random_prompt
 from offload.cli import add_budget, add_hardware, budget_from, given_options, refuse
 from offload.errors import TideError, run_cli
 from offload.policies import POLICIES, Policy, make_policy, policy_from_text
 from offload.policies.policy_file import read_policy_file
+from offload.results import to_json
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import write_trace
 
@@ -74,12 +76,16 @@ def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: tor
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
-    """Build everything from parsed arguments, generate, and return the metrics dict."""
+    """Build everything from parsed arguments, generate, and return the run's RunRecord as JSON (+ ``text``)."""
     policy, file_budget, file_mode = _policy(a)
     session = Session.from_args(a)
     spec, device, dtype = session.cfg.spec, session.device, session.dtype
     if not policy.needs_budget:
         refuse(a.given, ("gpu_experts_per_layer", "gpu_memory_gb"), f"policy {policy.name} keeps every expert")
+    if not policy.uses_cost:
+        refuse(a.given, ("hardware",), f"policy {policy.name} decides without a cost model")
+    if a.prompt is not None:
+        refuse(a.given, ("prompt_length",), "--prompt gives the prompt")
     budget = None if not policy.needs_budget else budget_from(a, spec, default=max(1, spec.num_experts // 2),
                                                               experts_per_layer=file_budget)
     gen_length = a.gen_length if a.gen_length is not None else (1024 if session.real else 128)
@@ -90,10 +96,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     # cost-aware policies price this machine with the same cost model the simulator would
     cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
     prompt = _prompt_ids(a, session.cfg, session.tokenizer, device)
-    result, store = session.run(policy, budget, prompt, settings, cost=cost, progress=not a.quiet)
-    metrics = {"model": spec.name, "random_weights": not session.real, **run_row(result, store),
-               "tokens": result.tokens, "prompt_tokens": int(prompt.numel()), "settings": settings.__dict__,
-               "environment": environment(device, dtype)}
+    result, record = session.run(policy, budget, prompt, settings, cost=cost, progress=not a.quiet)
+    metrics = to_json(dataclasses.replace(record, environment=environment(device, dtype)))
     if a.trace_out:
         write_trace(result.trace, a.trace_out)
     if a.metrics_out:

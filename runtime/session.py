@@ -1,9 +1,7 @@
 """A model built once and generation runs on it: what ``runtime.generate`` and ``runtime.bench`` share.
 
 Each :meth:`Session.run` gives one policy, budget and mode a fresh :class:`~runtime.expert_store.ExpertStore`
-as the model's expert executor and generates; :func:`run_row` is the run's record. Units of a record: seconds
-(wall_s, step_times_s, step_wall_s, cpu_s, step_cpu_s), bytes (h2d_bytes, d2h_bytes, h2d_weight_bytes), tokens
-per second of wall time (tokens_per_s), experts per MoE layer (budget).
+as the model's expert executor, generates, and returns the run's :class:`~offload.results.RunRecord`.
 """
 from __future__ import annotations
 
@@ -21,6 +19,7 @@ from offload.cost import RooflineCostModel
 from offload.errors import TideError
 from offload.hardware import HardwareProfile
 from offload.policies import Policy
+from offload.results import RunRecord
 from runtime.checkpoint import load_checkpoint
 from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationResult, GenerationSettings, generate
@@ -108,31 +107,22 @@ class Session:
         return cls(cfg, net, host, device, dtype, real, _tokenizer(path) if real else None)
 
     def run(self, policy: Policy, budget: np.ndarray | None, prompt: torch.Tensor, settings: GenerationSettings,
-            *, cost: RooflineCostModel | None = None, progress: bool = False) -> tuple[GenerationResult, ExpertStore]:
+            *, cost: RooflineCostModel | None = None, progress: bool = False) -> tuple[GenerationResult, RunRecord]:
         """One generation under ``policy`` on a fresh store (``budget`` experts per MoE layer; ignored by
-        policies that need none); returns the result and the store that holds the run's counters."""
+        policies that need none, yet recorded, so that their runs rank with the others of that budget);
+        returns the result and its record."""
         store = ExpertStore(self.cfg.spec, self.host, policy, budget, device=self.device, dtype=self.dtype,
                             cost=cost, block_length=settings.block_length, mode=settings.mode)
         self.model.set_executor(store)
         result = generate(self.model, store, self.cfg, prompt, settings, progress=progress,
                           origin={"policy": policy.label(), "device": str(self.device)})
-        return result, store
-
-
-def run_row(result: GenerationResult, store: ExpertStore, budget: int | None = None) -> dict[str, Any]:
-    """The record of one run: the store's counters under the simulator's names, throughput and step times.
-
-    tokens_per_s is TIDE's definition (generated tokens up to the first EOS per second); committed_tokens
-    counts every position the run committed, which is what the simulator replays (validate.runs uses it).
-    ``budget`` (experts per layer) replaces the store's per-layer list, e.g. to record the requested budget
-    for all-gpu too."""
-    row = {**store.metrics(), "label": store.policy.label(), "mode": result.trace.mode,
-           "device": store.device.type, "dtype": str(store.dtype).replace("torch.", ""),
-           "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "generated_tokens": len(result.tokens),
-           "committed_tokens": result.trace.generated_tokens, "forwards": result.forwards,
-           "step_times_s": result.step_times_s.tolist(),
-           "step_wall_s": np.asarray(result.extra.get("step_wall_s", [])).tolist(),
-           "cpu_s": result.extra.get("cpu_s"), "step_cpu_s": np.asarray(result.extra.get("step_cpu_s", [])).tolist()}
-    if budget is not None:
-        row["budget"] = int(budget)
-    return row
+        x = result.extra
+        return result, RunRecord(
+            policy=policy.name, params=policy.params(), mode=settings.mode, model=self.cfg.spec.name,
+            random_weights=not self.real, device=self.device.type, dtype=str(self.dtype).replace("torch.", ""),
+            budget=int(np.max(store.budget if budget is None else budget)), settings=dataclasses.asdict(settings),
+            prompt_tokens=int(prompt.numel()), tokens=tuple(result.tokens), generated_tokens=result.trace.generated_tokens,
+            forwards=result.forwards, wall_s=result.wall_s, step_times_s=tuple(result.step_times_s.tolist()),
+            step_wall_s=tuple(x["step_wall_s"].tolist()), cpu_s=x["cpu_s"], step_cpu_s=tuple(x["step_cpu_s"].tolist()),
+            counters=store.counters(), max_resident=tuple(store.max_resident.tolist()),
+            layer_budgets=tuple(store.residency.budget.tolist()), host_pinned=bool(store.pinned))

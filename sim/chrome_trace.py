@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from offload.errors import TideError
-from offload.results import RESOURCES, WHAT, SimResult
+from offload.results import RESOURCES, WHAT, SimResult, to_json
 from offload.atomic_io import atomic_write_text
 
 WAIT_TID = len(RESOURCES)
@@ -84,8 +84,8 @@ def write_chrome_trace(path: str | Path, result: SimResult, meta: dict[str, Any]
     path = Path(path)
     events = chrome_trace_events(result)
     metadata = {"generator": "tide-moe sim.chrome_trace", "time_unit": "simulated microseconds",
-                "policy": result.policy, "label": result.label, "trace": result.trace_name,
-                "tracks": {str(i): n for i, n in enumerate(TRACK_NAMES)}, "metrics": result.metrics()}
+                "policy": result.policy, "label": result.label, "trace": result.trace,
+                "tracks": {str(i): n for i, n in enumerate(TRACK_NAMES)}, "metrics": to_json(result.record())}
     if meta:
         metadata["meta"] = meta
     head = '{"displayTimeUnit":"ms","metadata":' + json.dumps(_json_safe(metadata), separators=(",", ":"),

@@ -44,7 +44,7 @@ from offload.errors import TideError
 from offload.plan import LayerPlan, PlanTotals, plan_layer
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import Residency
-from offload.results import RESOURCES, WHAT, EventLog, SimResult
+from offload.results import RESOURCES, WHAT, Counters, EventLog, SimResult
 from offload.trace import Trace
 
 _R = {name: i for i, name in enumerate(RESOURCES)}
@@ -220,10 +220,10 @@ class _Run:
                         layer=a[:, 4].astype(np.int16), what=a[:, 5].astype(np.int8))
 
 
-def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool = False,
+def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool | None = None,
              timeline: bool = False, trace_name: str = "trace", serial: bool | None = None) -> SimResult:
     """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts);
-    ``serial``: one device, nothing overlaps (module docstring; None: ``cost.serial`` where the model has it)."""
+    ``serial``: one device, nothing overlaps (module docstring); ``shared_duplex``: one copy engine (None: cost's)."""
     L, E = trace.num_moe_layers, trace.num_experts
     if budget is None or not policy.needs_budget:
         budget_arr = np.full(L, E, dtype=np.int64)
@@ -232,21 +232,22 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
         if budget_arr.min() < 1 or budget_arr.max() > E:
             raise TideError(f"budget must be between 1 and {E} experts per layer")
     wall0 = time.perf_counter()
-    serial = bool(getattr(cost, "serial", False)) if serial is None else bool(serial)
+    serial = bool(cost.serial if serial is None else serial)
+    shared_duplex = bool(cost.shared_duplex if shared_duplex is None else shared_duplex)
     run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline, serial)
     events = run.run()
     wall = time.perf_counter() - wall0
-    c = run.totals
-    weight_bytes = run.residency.moves.promotions * run.expert_bytes  # promotions, streams and prefetches
     # work still in flight after the last forward (a prefetch) belongs to the last step
     run.step_end[-1] = max(run.step_end[-1], run.last_completion)
     step_times = np.diff(np.concatenate([[0.0], run.step_end]))
+    params, report = policy.params(), policy.report()
+    tau = params.get("tau", report.get("chosen_tau"))  # tide-opt reports the tau it chose (a list when per layer)
     return SimResult(
-        policy=policy.name, params=policy.params(), trace_name=trace_name, generated_tokens=trace.generated_tokens,
-        sim_time_s=float(run.last_completion), h2d_bytes=weight_bytes + c.act_bytes, d2h_bytes=c.act_bytes,
-        h2d_weight_bytes=weight_bytes, promotions=run.residency.moves.promotions,
-        demotions=run.residency.moves.demotions,
-        cpu_assignments=c.cpu_assignments, gpu_assignments=c.gpu_assignments, step_times_s=step_times,
-        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), events=events, wall_s=wall,
-        max_resident=run.residency.max_resident.copy(), budget=budget_arr, timeline=run.timeline(),
-    )
+        policy=policy.name, params=params, trace=trace_name, mode=trace.mode,
+        tau=int(tau) if isinstance(tau, (int, np.integer)) else None, budget=int(budget_arr.max()),
+        causal=policy.causal, policy_report=report, generated_tokens=trace.generated_tokens,
+        sim_time_s=float(run.last_completion), counters=Counters.of(run.residency.moves, run.totals, run.expert_bytes),
+        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), step_time_mean_s=float(np.mean(step_times)),
+        step_time_p50_s=float(np.median(step_times)), steps=int(step_times.size), events=events, wall_s=wall,
+        step_times_s=step_times, max_resident=run.residency.max_resident.copy(), layer_budget=budget_arr,
+        timeline=run.timeline())

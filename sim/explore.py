@@ -30,6 +30,7 @@ from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.policies import BASELINES, POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
+from offload.results import SimRecord, to_json
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
@@ -140,37 +141,33 @@ def _tasks(a: argparse.Namespace, traces: dict[str, str], model: ModelSpec, hw: 
             for p, params in policy_grid(a.policies, a.tau)]
 
 
-def recommend(rows: list[dict[str, Any]], all_gpu_allowed: bool) -> dict[str, Any]:
+def recommend(rows: list[SimRecord], all_gpu_allowed: bool) -> SimRecord:
     """The fastest row among policies that keep to the budget; all-gpu (the ceiling) only when the budget is
     every expert and they fit the GPU. Falls back to the fastest row when nothing else ran."""
     # a non-causal policy (oracle) is a bound, not something the runtime can execute
-    eligible = [r for r in rows if r.get("causal", True) and (r["policy"] != "all-gpu" or all_gpu_allowed)] or rows
-    return max(eligible, key=lambda r: r["tokens_per_s"])
+    eligible = [r for r in rows if r.causal and (r.policy != "all-gpu" or all_gpu_allowed)] or rows
+    return max(eligible, key=lambda r: r.tokens_per_s)
 
 
-def summary_table(rows: list[dict[str, Any]]) -> str:
+def summary_table(rows: list[SimRecord]) -> str:
     """Per trace: every non-tau policy, and each tau policy at its best tau (with the tau range seen)."""
     lines = []
-    for trace in dict.fromkeys(r["trace"] for r in rows):
-        rs = [r for r in rows if r["trace"] == trace]
-        base = max((r["tokens_per_s"] for r in rs if r["policy"] in BASELINES), default=float("nan"))
-        lines.append(f"\ntrace {trace} ({rs[0]['mode']}, {rs[0]['generated_tokens']} tokens, {rs[0]['steps']} forwards)")
+    for trace in dict.fromkeys(r.trace for r in rows):
+        rs = [r for r in rows if r.trace == trace]
+        base = max((r.tokens_per_s for r in rs if r.policy in BASELINES), default=float("nan"))
+        lines.append(f"\ntrace {trace} ({rs[0].mode}, {rs[0].generated_tokens} tokens, {rs[0].steps} forwards)")
         lines.append(f"  {'policy':<24}{'tokens/s':>10}{'vs base':>9}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}"
                      f"{'sim s':>9}{'gpu%':>6}{'cpu%':>6}{'h2d%':>6}")
-        best: dict[str, dict[str, Any]] = {}
-        for r in rs:
-            if r["policy"] not in best or r["tokens_per_s"] > best[r["policy"]]["tokens_per_s"]:
-                best[r["policy"]] = r
-        for pol, r in best.items():
-            label = r["label"] + (" best" if r["policy"] in TAU_POLICIES else "")
-            u = r["utilisation"]
-            lines.append(f"  {label:<24}{r['tokens_per_s']:>10.1f}{r['tokens_per_s'] / base:>8.2f}x{r['hit_ratio']:>7.3f}"
-                         f"{r['h2d_bytes'] / 1e9:>9.2f}{r['d2h_bytes'] / 1e9:>9.2f}{r['sim_time_s']:>9.2f}"
+        for pol in dict.fromkeys(r.policy for r in rs):  # each policy at its best (tau)
+            r = max((x for x in rs if x.policy == pol), key=lambda x: x.tokens_per_s)
+            label, u, c = r.label + (" best" if r.policy in TAU_POLICIES else ""), r.utilisation, r.counters
+            lines.append(f"  {label:<24}{r.tokens_per_s:>10.1f}{r.tokens_per_s / base:>8.2f}x{c.hit_ratio:>7.3f}"
+                         f"{c.h2d_bytes / 1e9:>9.2f}{c.d2h_bytes / 1e9:>9.2f}{r.sim_time_s:>9.2f}"
                          f"{100 * u['gpu']:>6.0f}{100 * u['cpu']:>6.0f}{100 * u['h2d']:>6.0f}")
         for pol in TAU_POLICIES:
-            sweep = sorted((r for r in rs if r["policy"] == pol), key=lambda r: r["tau"])
+            sweep = sorted((r for r in rs if r.policy == pol), key=lambda r: r.tau)
             if len(sweep) > 1:
-                lines.append(f"  {pol} tokens/s by tau: " + " ".join(f"{r['tau']}:{r['tokens_per_s']:.1f}" for r in sweep))
+                lines.append(f"  {pol} tokens/s by tau: " + " ".join(f"{r.tau}:{r.tokens_per_s:.1f}" for r in sweep))
     return "\n".join(lines)
 
 
@@ -216,11 +213,11 @@ def run_study(a: argparse.Namespace) -> int:
     config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
               "points": [p.label for p in points], "traces": {f"{m}/{mode}": p for (m, mode), p in traces.items()}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     atomic_write_text(out / "headline.json", json.dumps(lines, indent=1) + "\n")
     atomic_write_text(out / "study.md", table)
     if a.json:
-        atomic_write_text(a.json, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(a.json, json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     if not a.no_report:
         from sim.report import write_report
         from sim.study_report import headline_html
@@ -247,22 +244,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = _resolved_config(a, model, hw, budget, traces)
     all_fit = config["all_experts_fit_gpu"]
     best = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
-    choice = PolicyChoice(policy=best["policy"], params=best["params"],
-                          experts_per_layer=None if best["policy"] == "all-gpu" else int(budget.max()),
-                          mode=best["mode"], model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
-                          predicted={"tokens_per_s": best["tokens_per_s"], "hit_ratio": best["hit_ratio"]},
+    choice = PolicyChoice(policy=best.policy, params=best.params,
+                          experts_per_layer=None if best.policy == "all-gpu" else int(budget.max()),
+                          mode=best.mode, model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
+                          predicted={"tokens_per_s": best.tokens_per_s, "hit_ratio": best.counters.hit_ratio},
                           created_by=config["command"])
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     write_policy_file(out / "recommended-policy.json", choice)
     if a.json:
-        atomic_write_text(a.json, json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(a.json, json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     if a.timeline:
         from sim.chrome_trace import write_chrome_trace
 
         # a row reports policy.params(), which may spell out defaults its task left implicit (riptide's switches)
-        task = next(t for t in tasks if t.trace_name == best["trace"] and t.policy == best["policy"]
-                    and make_policy(t.policy, **t.params).params() == best["params"])
+        task = next(t for t in tasks if t.trace_name == best.trace and t.policy == best.policy
+                    and make_policy(t.policy, **t.params).params() == best.params)
         res = run_task(task, timeline=True)
         write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
     if not a.no_report:
@@ -273,7 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
           f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")
     print(summary_table(rows))
-    print(f"\nrecommended: {best['label']} in {best['mode']} mode, {best['tokens_per_s']:.1f} tokens/s predicted")
+    print(f"\nrecommended: {best.label} in {best.mode} mode, {best.tokens_per_s:.1f} tokens/s predicted")
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ "
           f"(report.html, results.json, config.json, recommended-policy.json)")
     return 0

@@ -1,9 +1,7 @@
 """One self-contained HTML report of a set of simulated runs (plotly; the only module that imports it).
 
 ``write_report(path, rows, config)`` writes a single HTML file with plotly.js embedded (it opens offline in any
-browser), atomically. Each row is :meth:`offload.results.SimResult.metrics` plus the keys ``trace`` (trace name),
-``mode``, ``label`` (e.g. ``"tide(tau=4)"``), ``tau`` (int, or None for policies without one) and ``budget``
-(GPU experts per MoE layer). Sections, one figure each, one subplot per trace where that helps:
+browser), atomically. Each row is an :class:`offload.results.SimRecord` (``sim.sweep``'s rows). Sections, one figure each, one subplot per trace where that helps:
 
   (a) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference lines
   (b) speedup of each policy at its best tau over the better of the baselines cpu-route and fetch-lru
@@ -19,7 +17,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import plotly
 import plotly.graph_objects as go
@@ -27,7 +25,7 @@ from plotly.subplots import make_subplots
 
 from offload.policies import BASELINES
 from offload.errors import TideError
-from offload.results import RESOURCES
+from offload.results import RESOURCES, SimRecord
 from offload.atomic_io import atomic_write_text
 
 CEILING = "all-gpu"
@@ -49,60 +47,26 @@ _MAX_COLS = 3
 
 
 # ---- row helpers ----------------------------------------------------------------------------------------
-def _tau(row: dict[str, Any]) -> int | None:
-    t = row.get("tau")
-    return None if t is None else int(t)
-
-
-def _budget(row: dict[str, Any]) -> int | None:
-    b = row.get("budget")
-    return None if b is None else int(b)
-
-
-def _label(row: dict[str, Any]) -> str:
-    return str(row.get("label") or row.get("policy", "?"))
-
-
-def _ordered_unique(values: Iterable[Any]) -> list[Any]:
-    seen: dict[Any, None] = {}
-    for v in values:
-        seen.setdefault(v, None)
-    return list(seen)
-
-
-def _row_key(row: dict[str, Any]) -> tuple:
-    policy = str(row.get("policy", ""))
-    tau = _tau(row)
-    return (_POLICY_ORDER.get(policy, 3), policy, _budget(row) or 0, -1 if tau is None else tau, _label(row))
-
-
-def _utilisation(row: dict[str, Any], res: str) -> float:
-    u = row.get("utilisation")
-    if isinstance(u, dict) and res in u:
-        return float(u[res])
-    busy, t = (row.get("busy_s") or {}).get(res, 0.0), float(row.get("sim_time_s") or 0.0)
-    return float(busy) / t if t > 0 else 0.0
-
-
-def _bytes(row: dict[str, Any]) -> tuple[float, float, float]:
-    weights = float(row.get("h2d_weight_bytes", 0))
-    act_in = max(float(row.get("h2d_bytes", 0)) - weights, 0.0)
-    return weights, act_in, float(row.get("d2h_bytes", 0))
+def _bytes(r: SimRecord) -> tuple[float, float, float]:
+    """H2D weights, H2D activations, D2H activations."""
+    c = r.counters
+    return c.h2d_weight_bytes, c.h2d_bytes - c.h2d_weight_bytes, c.d2h_bytes
 
 
 class _Layout:
     """Series naming, colours and panel placement shared by every figure."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.traces = _ordered_unique(str(r["trace"]) for r in rows)
+    def __init__(self, rows: list[SimRecord]) -> None:
+        self.traces = list(dict.fromkeys(r.trace for r in rows))
         index = {t: i for i, t in enumerate(self.traces)}
-        self.rows = sorted(rows, key=lambda r: (index[str(r["trace"])], _row_key(r)))
-        budgets = {_budget(r) for r in rows if r.get("policy") != CEILING}
+        self.rows = sorted(rows, key=lambda r: (index[r.trace], _POLICY_ORDER.get(r.policy, 3), r.policy, r.budget,
+                                                -1 if r.tau is None else r.tau, r.label))
+        budgets = {r.budget for r in rows if r.policy != CEILING}
         self.multi_budget = len(budgets) > 1
-        self.taus = sorted({t for r in rows if (t := _tau(r)) is not None})
+        self.taus = sorted({r.tau for r in rows if r.tau is not None})
         self.colours: dict[str, str] = {}
         free = 0
-        for name in _ordered_unique(self.series(r) for r in self.rows):
+        for name in dict.fromkeys(self.series(r) for r in self.rows):
             if name in _FIXED_COLOURS:
                 self.colours[name] = _FIXED_COLOURS[name]
             else:
@@ -111,14 +75,11 @@ class _Layout:
         self.cols = min(len(self.traces), _MAX_COLS)
         self.nrows = math.ceil(len(self.traces) / self.cols)
 
-    def series(self, row: dict[str, Any]) -> str:
-        policy = str(row.get("policy", _label(row)))
-        if self.multi_budget and policy != CEILING and _budget(row) is not None:
-            return f"{policy} B={_budget(row)}"
-        return policy
+    def series(self, r: SimRecord) -> str:
+        return f"{r.policy} B={r.budget}" if self.multi_budget and r.policy != CEILING else r.policy
 
-    def in_trace(self, trace: str) -> list[dict[str, Any]]:
-        return [r for r in self.rows if str(r["trace"]) == trace]
+    def in_trace(self, trace: str) -> list[SimRecord]:
+        return [r for r in self.rows if r.trace == trace]
 
     def cell(self, i: int) -> dict[str, int]:
         return {"row": i // self.cols + 1, "col": i % self.cols + 1}
@@ -155,51 +116,50 @@ def _finish(fig: go.Figure, lay: _Layout, title: str, extra_height: int = 0, **l
 
 
 # ---- speedups -------------------------------------------------------------------------------------------
-def baseline_throughput(rows: list[dict[str, Any]], trace: str, budget: int | None) -> float | None:
+def baseline_throughput(rows: list[SimRecord], trace: str, budget: int | None) -> float | None:
     """The better baseline's tokens/s in ``trace`` at ``budget`` (falls back to the trace's only budget)."""
-    base = [r for r in rows if str(r["trace"]) == trace and r.get("policy") in BASELINES]
-    same = [r for r in base if _budget(r) == budget]
-    if not same and len({_budget(r) for r in base}) == 1:
+    base = [r for r in rows if r.trace == trace and r.policy in BASELINES]
+    same = [r for r in base if r.budget == budget]
+    if not same and len({r.budget for r in base}) == 1:
         same = base
-    vals = [float(r["tokens_per_s"]) for r in same if float(r.get("tokens_per_s") or 0) > 0]
-    return max(vals) if vals else None
+    return max((r.tokens_per_s for r in same if r.tokens_per_s > 0), default=None)
 
 
-def speedups(rows: list[dict[str, Any]]) -> list[float | None]:
+def speedups(rows: list[SimRecord]) -> list[float | None]:
     """Each row's tokens/s over the better baseline of its trace and budget (None where there is none)."""
     out: list[float | None] = []
     for r in rows:
-        base = baseline_throughput(rows, str(r["trace"]), _budget(r))
-        out.append(float(r["tokens_per_s"]) / base if base else None)
+        base = baseline_throughput(rows, r.trace, r.budget)
+        out.append(r.tokens_per_s / base if base else None)
     return out
 
 
 # ---- figures ------------------------------------------------------------------------------------------------
-def _vs_tau(lay: _Layout, key: str, scale: float, title: str, ytitle: str, hover_fmt: str) -> go.Figure:
+def _vs_tau(lay: _Layout, value: Callable[[SimRecord], float], title: str, ytitle: str, hover_fmt: str) -> go.Figure:
     fig = lay.subplots()
     shown: set[str] = set()
     span = lay.tau_span()
     for i, trace in enumerate(lay.traces):
         rows = lay.in_trace(trace)
-        groups = _ordered_unique(lay.series(r) for r in rows)
+        groups = list(dict.fromkeys(lay.series(r) for r in rows))
         for name in groups:
             grp = [r for r in rows if lay.series(r) == name]
-            tau_rows = sorted((r for r in grp if _tau(r) is not None), key=_tau)
+            tau_rows = sorted((r for r in grp if r.tau is not None), key=lambda r: r.tau)
             colour = lay.colours[name]
             if tau_rows:
                 fig.add_trace(go.Scatter(
-                    x=[_tau(r) for r in tau_rows], y=[float(r[key]) * scale for r in tau_rows], mode="lines+markers",
+                    x=[r.tau for r in tau_rows], y=[value(r) for r in tau_rows], mode="lines+markers",
                     name=name, legendgroup=name, showlegend=name not in shown, line={"color": colour, "width": 2},
-                    marker={"size": 8}, text=[_label(r) for r in tau_rows],
+                    marker={"size": 8}, text=[r.label for r in tau_rows],
                     hovertemplate="%{text}<br>tau=%{x}<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
                     **lay.cell(i))
                 shown.add(name)
-            for r in (r for r in grp if _tau(r) is None):
-                y = float(r[key]) * scale
+            for r in (r for r in grp if r.tau is None):
+                y = value(r)
                 fig.add_trace(go.Scatter(
                     x=span, y=[y, y], mode="lines", name=name, legendgroup=name, showlegend=name not in shown,
-                    line={"color": colour, "width": 2, "dash": "dot" if r.get("policy") == CEILING else "dash"},
-                    text=[_label(r)] * 2,
+                    line={"color": colour, "width": 2, "dash": "dot" if r.policy == CEILING else "dash"},
+                    text=[r.label] * 2,
                     hovertemplate="%{text} (no tau)<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
                     **lay.cell(i))
                 shown.add(name)
@@ -210,7 +170,7 @@ def _vs_tau(lay: _Layout, key: str, scale: float, title: str, ytitle: str, hover
 
 
 def throughput_figure(lay: _Layout) -> go.Figure:
-    fig = _vs_tau(lay, "tokens_per_s", 1.0,
+    fig = _vs_tau(lay, lambda r: r.tokens_per_s,
                   f"(a) {SECTION_TITLES['throughput']}: generated tokens/s; dashed: policies without tau, dotted: all-gpu ceiling",
                   "throughput (tokens/s)", "%{y:.2f} tokens/s")
     _log_toggle(fig)
@@ -218,7 +178,7 @@ def throughput_figure(lay: _Layout) -> go.Figure:
 
 
 def hit_ratio_figure(lay: _Layout) -> go.Figure:
-    fig = _vs_tau(lay, "hit_ratio", 100.0,
+    fig = _vs_tau(lay, lambda r: 100.0 * r.counters.hit_ratio,
                   f"(c) {SECTION_TITLES['hit_ratio']}: % of routed token-assignments computed on the GPU",
                   "GPU hit ratio (%)", "%{y:.1f} %")
     fig.update_yaxes(range=[0, 102])
@@ -228,19 +188,19 @@ def hit_ratio_figure(lay: _Layout) -> go.Figure:
 def speedup_figure(lay: _Layout) -> go.Figure:
     fig = go.Figure()
     ups = dict(zip(map(id, lay.rows), speedups(lay.rows)))
-    series = _ordered_unique(lay.series(r) for r in lay.rows)
+    series = list(dict.fromkeys(lay.series(r) for r in lay.rows))
     for name in series:
         xs, ys, text, hover = [], [], [], []
         for trace in lay.traces:
             grp = [r for r in lay.in_trace(trace) if lay.series(r) == name and ups[id(r)] is not None]
             if not grp:
                 continue
-            best = max(grp, key=lambda r: float(r["tokens_per_s"]))
+            best = max(grp, key=lambda r: r.tokens_per_s)
             xs.append(trace)
             ys.append(ups[id(best)])
             text.append(f"{ups[id(best)]:.2f}×")
-            detail = "<br>".join(f"{html.escape(_label(r))}: {ups[id(r)]:.3f}×" for r in grp)
-            hover.append(f"best: {html.escape(_label(best))}<br>{detail}")
+            detail = "<br>".join(f"{html.escape(r.label)}: {ups[id(r)]:.3f}×" for r in grp)
+            hover.append(f"best: {html.escape(best.label)}<br>{detail}")
         if xs:
             fig.add_trace(go.Bar(x=xs, y=ys, name=name, marker_color=lay.colours[name], text=text,
                                  textposition="outside", hovertext=hover, hoverinfo="text+name"))
@@ -263,7 +223,7 @@ def bytes_figure(lay: _Layout) -> go.Figure:
     fig = lay.subplots()
     for i, trace in enumerate(lay.traces):
         rows = lay.in_trace(trace)
-        labels = [_label(r) for r in rows]
+        labels = [r.label for r in rows]
         parts = list(zip(*(_bytes(r) for r in rows)))
         for (name, colour), vals in zip(_BYTE_PARTS, parts):
             fig.add_trace(go.Bar(x=labels, y=[v / _GB for v in vals], name=name, legendgroup=name, showlegend=i == 0,
@@ -281,9 +241,9 @@ def utilisation_figure(lay: _Layout) -> go.Figure:
     fig = lay.subplots()
     for i, trace in enumerate(lay.traces):
         rows = lay.in_trace(trace)
-        labels = [_label(r) for r in rows]
+        labels = [r.label for r in rows]
         for res in RESOURCES:
-            fig.add_trace(go.Bar(x=labels, y=[100.0 * _utilisation(r, res) for r in rows], name=res.upper(),
+            fig.add_trace(go.Bar(x=labels, y=[100.0 * r.utilisation[res] for r in rows], name=res.upper(),
                                  legendgroup=res, showlegend=i == 0, marker_color=_RESOURCE_COLOURS.get(res),
                                  hovertemplate="%{x}<br>" + res.upper() + " busy %{y:.1f} % of simulated time<extra>"
                                  + html.escape(trace) + "</extra>"),
@@ -314,22 +274,21 @@ def summary_table(lay: _Layout) -> str:
     ups = speedups(lay.rows)
     best_per_trace: dict[str, int] = {}
     for idx, r in enumerate(lay.rows):
-        if r.get("policy") == CEILING:
+        if r.policy == CEILING:
             continue
-        cur = best_per_trace.get(str(r["trace"]))
-        if cur is None or float(r["tokens_per_s"]) > float(lay.rows[cur]["tokens_per_s"]):
-            best_per_trace[str(r["trace"])] = idx
+        cur = best_per_trace.get(r.trace)
+        if cur is None or r.tokens_per_s > lay.rows[cur].tokens_per_s:
+            best_per_trace[r.trace] = idx
     best = set(best_per_trace.values())
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _TABLE_COLS)
     body = []
     for idx, (r, up) in enumerate(zip(lay.rows, ups)):
         w, a, d = _bytes(r)
-        cells = [html.escape(str(r["trace"])), html.escape(str(r.get("mode", ""))), html.escape(_label(r)),
-                 _fmt(_budget(r), "d"), _fmt(float(r["tokens_per_s"]), ".2f"), _fmt(r.get("sim_time_s"), ".3f"),
-                 _fmt(up, ".3f"), _fmt(100 * float(r.get("hit_ratio", 0.0)), ".1f"), _fmt(w / _GB, ".3f"),
-                 _fmt(a / _GB, ".3f"), _fmt(d / _GB, ".3f"), _fmt(r.get("promotions"), "d"),
-                 *(_fmt(100 * _utilisation(r, res), ".1f") for res in RESOURCES), _fmt(r.get("steps"), "d"),
-                 _fmt(r.get("wall_s"), ".3f")]
+        cells = [html.escape(r.trace), html.escape(r.mode), html.escape(r.label), _fmt(r.budget, "d"),
+                 _fmt(r.tokens_per_s, ".2f"), _fmt(r.sim_time_s, ".3f"), _fmt(up, ".3f"),
+                 _fmt(100 * r.counters.hit_ratio, ".1f"), _fmt(w / _GB, ".3f"), _fmt(a / _GB, ".3f"), _fmt(d / _GB, ".3f"),
+                 _fmt(r.counters.promotions, "d"), *(_fmt(100 * r.utilisation[res], ".1f") for res in RESOURCES),
+                 _fmt(r.steps, "d"), _fmt(r.wall_s, ".3f")]
         cls = ' class="best"' if idx in best else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
@@ -350,16 +309,12 @@ p.note, p.meta { color: #555; font-size: 13px; }
 """
 
 
-def render_report(rows: list[dict[str, Any]], config: dict[str, Any], title: str = "tide-moe simulation report",
+def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "tide-moe simulation report",
                   intro_html: str = "") -> str:
     """The report as one HTML document (plotly.js embedded once); ``intro_html`` goes before the sections
     (already-escaped HTML, e.g. a study's headline table)."""
     if not rows:
         raise TideError("no results to report")
-    for i, r in enumerate(rows):
-        missing = [k for k in ("trace", "tokens_per_s") if k not in r]
-        if missing:
-            raise TideError(f"report row {i} lacks {', '.join(missing)}")
     lay = _Layout(list(rows))
     figures = [("throughput", throughput_figure(lay)), ("speedup", speedup_figure(lay)),
                ("hit_ratio", hit_ratio_figure(lay)), ("bytes", bytes_figure(lay)),
@@ -390,7 +345,7 @@ Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.
 """
 
 
-def write_report(path: str | Path, rows: list[dict[str, Any]], config: dict[str, Any],
+def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any],
                  title: str = "tide-moe simulation report", intro_html: str = "") -> Path:
     """Write the report to ``path`` atomically; returns the path written."""
     path = Path(path)

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from offload.budget import GIB
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
+from offload.results import SimRecord
 from sim.study_spec import StudySpec
 from sim.sweep import Task, model_payload
 from offload.trace_io import write_trace
@@ -106,19 +107,19 @@ def study_tasks(study: StudySpec, points: Sequence[Point], traces: dict[tuple[st
     return tasks
 
 
-def _best(rows: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
-    rs = [r for r in rows if r["policy"] == policy]
-    return max(rs, key=lambda r: r["tokens_per_s"]) if rs else None
+def _best(rows: list[SimRecord], policy: str) -> SimRecord | None:
+    rs = [r for r in rows if r.policy == policy]
+    return max(rs, key=lambda r: r.tokens_per_s) if rs else None
 
 
-def headline(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def headline(rows: Sequence[SimRecord]) -> list[dict[str, Any]]:
     """Per grid point: tokens/s of the better baseline (max of cpu-route, fetch-lru), tide at its best tau,
     tide-opt (with the tau it chose), riptide, oracle, all-gpu, and the ratios between them."""
     out = []
-    for point in dict.fromkeys(r["point"] for r in rows):
-        rs = [r for r in rows if r["point"] == point]
+    for point in dict.fromkeys(r.tags["point"] for r in rows):
+        rs = [r for r in rows if r.tags["point"] == point]
         get = {p: _best(rs, p) for p in ("cpu-route", "fetch-lru", "tide", "tide-opt", "riptide", "oracle", "all-gpu")}
-        tput = {p: (r["tokens_per_s"] if r else None) for p, r in get.items()}
+        tput = {p: (r.tokens_per_s if r else None) for p, r in get.items()}
         base = max((t for p, t in tput.items() if p in ("cpu-route", "fetch-lru") and t), default=None)
 
         def ratio(a: str | float | None, b: str | float | None) -> float | None:
@@ -126,14 +127,14 @@ def headline(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             y = tput.get(b) if isinstance(b, str) else b
             return x / y if x and y else None
 
-        opt = get["tide-opt"]
-        out.append({"point": point, "model": rs[0]["model"], "hardware": rs[0]["hardware"], "budget": rs[0]["budget"]
-                    if rs[0]["policy"] != "all-gpu" else next((r["budget"] for r in rs if r["policy"] != "all-gpu"), None),
-                    "mode": rs[0]["mode"], "paper_setting": bool(rs[0].get("paper_setting")), "baseline": base,
+        opt, first = get["tide-opt"], rs[0]
+        out.append({"point": point, "model": first.tags["model"], "hardware": first.tags["hardware"],
+                    "budget": next((r.budget for r in rs if r.policy != "all-gpu"), None),  # all-gpu's is every expert
+                    "mode": first.mode, "paper_setting": bool(first.tags.get("paper_setting")), "baseline": base,
                     "baseline_policy": max(("cpu-route", "fetch-lru"), key=lambda p: tput[p] or 0.0),
                     **{p: tput[p] for p in tput},
-                    "tide_best_tau": get["tide"]["tau"] if get["tide"] else None,
-                    "tide_opt_tau": (opt.get("policy_report", {}).get("chosen_tau") if opt else None),
+                    "tide_best_tau": get["tide"].tau if get["tide"] else None,
+                    "tide_opt_tau": opt.policy_report.get("chosen_tau") if opt else None,
                     "tide_opt_vs_base": ratio("tide-opt", base), "tide_vs_base": ratio("tide", base),
                     "riptide_vs_tide_opt": ratio("riptide", "tide-opt"), "riptide_vs_tide": ratio("riptide", "tide"),
                     "riptide_vs_oracle": ratio("riptide", "oracle")})

@@ -2,9 +2,8 @@
 
 A :class:`Task` is self-contained and small: the model's config.json and the hardware profile travel as
 dicts, the trace as a file path (a Ray run ships each trace's bytes once through the object store). A worker
-caches parsed traces and cost models, so a sweep pays for each once per process. Results come back as
-JSON-ready rows, in task order: ``SimResult.metrics()`` plus trace, mode, label, tau, budget and the task's
-tags (the study's grid coordinates).
+caches parsed traces and cost models, so a sweep pays for each once per process. Results come back as rows,
+in task order: each run's :class:`~offload.results.SimRecord` with the task's tags (the study's grid coordinates).
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 from tqdm import tqdm
 
 from offload.cost import RooflineCostModel
@@ -26,8 +24,8 @@ from sim.engine import simulate
 from offload.errors import TideError
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
-from offload.policies import Policy, make_policy
-from offload.results import SimResult
+from offload.policies import make_policy
+from offload.results import SimRecord, SimResult
 from offload.trace_io import read_trace
 from offload.trace import Trace
 
@@ -64,33 +62,17 @@ def cost_of(task: Task) -> RooflineCostModel:
     return _cost(json.dumps(task.model, sort_keys=True), json.dumps(task.hardware, sort_keys=True))
 
 
-def run_task(task: Task, timeline: bool = False, trace: Trace | None = None,
-             policy: Policy | None = None) -> SimResult:
-    trace = trace if trace is not None else _trace(task.trace_path)
-    return simulate(trace, policy or make_policy(task.policy, **task.params), cost_of(task), task.budget,
-                    shared_duplex=bool(task.hardware["link"].get("shared_duplex", False)), timeline=timeline,
-                    trace_name=task.trace_name)
+def run_task(task: Task, timeline: bool = False) -> SimResult:
+    return simulate(_trace(task.trace_path), make_policy(task.policy, **task.params), cost_of(task), task.budget,
+                    timeline=timeline, trace_name=task.trace_name)
 
 
-def task_row(task: Task, trace: Trace | None = None) -> dict[str, Any]:
-    trace = trace if trace is not None else _trace(task.trace_path)
-    policy = make_policy(task.policy, **task.params)
-    res = run_task(task, trace=trace, policy=policy)
-    out = res.metrics()
-    # what a policy decided for itself during the run (tide-opt: the tau it chose), next to its parameters
-    report = policy.report()
-    out.update(trace=task.trace_name, mode=trace.mode, label=res.label,
-               tau=res.params.get("tau", _scalar(report.get("chosen_tau"))), policy_report=report, causal=policy.causal,
-               budget=task.budget if policy.needs_budget else trace.num_experts, **task.tags)
-    return out
-
-
-def _scalar(v: Any) -> int | None:
-    return int(v) if isinstance(v, (int, np.integer)) else None
+def task_row(task: Task) -> SimRecord:
+    return run_task(task).record(task.tags)
 
 
 def run_tasks(tasks: Sequence[Task], workers: int | None = None, progress: bool = True,
-              ray_address: str | None = None) -> list[dict[str, Any]]:
+              ray_address: str | None = None) -> list[SimRecord]:
     """Every task's row, in task order. ``workers`` defaults to all cores (1: in this process);
     ``ray_address`` (e.g. "auto" or "ray://host:10001") runs them on that Ray cluster instead."""
     tasks = list(tasks)
@@ -126,12 +108,12 @@ def _materialise(digest: str, data: bytes) -> str:
     return str(path)
 
 
-def _ray_row(task: Task, digest: str, data: bytes) -> dict[str, Any]:
+def _ray_row(task: Task, digest: str, data: bytes) -> SimRecord:
     local = _materialise(digest, data)
     return task_row(Task(**{**task.__dict__, "trace_path": local}))
 
 
-def _run_ray(tasks: list[Task], address: str, bar: Any) -> list[dict[str, Any]]:
+def _run_ray(tasks: list[Task], address: str, bar: Any) -> list[SimRecord]:
     try:
         import ray
     except ImportError:
@@ -151,7 +133,7 @@ def _run_ray(tasks: list[Task], address: str, bar: Any) -> list[dict[str, Any]]:
             shipped[path] = (hashlib.sha256(data).hexdigest()[:24], ray.put(data))
         refs = [remote.remote(t, *shipped[t.trace_path]) for t in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
-        rows: list[dict[str, Any] | None] = [None] * len(refs)
+        rows: list[SimRecord | None] = [None] * len(refs)
         pending = list(refs)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)

@@ -6,7 +6,7 @@ RUN: a ``python -m runtime.bench`` output folder (or its runtime_results.json), 
 ``METRICS.json TRACE.npz`` pair (validate.runs). Each run's trace is replayed under the same policy,
 parameters and budget with the profile calibrated on the same machine (``--hardware``; default: the
 profile.json beside the first run), see validate.replay. Reported (validate.stats): measured against simulated
-tokens/s and per-step time with the signed error, the six work counters (which must be equal: any difference
+tokens/s and per-step time with the signed error, the work counters (which must be equal: any difference
 is flagged as a bug and the exit status is 1), Kendall tau of the policy rankings and whether the best policy
 agrees, errors by policy / mode / step kind, and where the simulated time goes.
 
@@ -60,8 +60,8 @@ def machine_warnings(profile: HardwareProfile, runs: Sequence[Run]) -> list[str]
         for key in ("gpu", "cpu"):
             if env.get(key) and renv.get(key) and env[key] != renv[key]:
                 out.append(f"{run.name}: {key} {renv[key]!r} differs from the profile's {env[key]!r}")
-        if (run.device == "cpu") != profile.single_device:
-            out.append(f"{run.name}: device {run.device} but the profile is single_device={profile.single_device}")
+        if (run.record.device == "cpu") != profile.single_device:
+            out.append(f"{run.name}: device {run.record.device} but the profile is single_device={profile.single_device}")
     return sorted(set(out))
 
 
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     atomic_write_text(out / "table.md", markdown(rows, summary))
     from validate.report import write_report  # plotly only here: calibrate and the runtime never need it
 
-    series = {r["run"]: (rep.run.step_s, rep.step_s, rep.run.trace.kind,
+    series = {r["run"]: (rep.run.step_s, rep.result.step_times_s, rep.run.trace.kind,
                          rep.run.step_cpu_s if r["tps_error_cpu"] is not None else None) for r, rep in zip(rows, replays)}
     write_report(out / "report.html", result, series)
     print_console(rows, summary, warnings)

@@ -21,8 +21,8 @@ from offload.errors import TideError
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.policies import make_policy
-from offload.results import WHAT
-from validate.runs import COUNTERS, Run
+from offload.results import WHAT, SimResult
+from validate.runs import Run
 
 _WAIT = WHAT.index("wait")
 
@@ -30,11 +30,7 @@ _WAIT = WHAT.index("wait")
 @dataclass(frozen=True, eq=False)
 class Replay:
     run: Run
-    sim_time_s: float
-    tokens_per_s: float
-    step_s: np.ndarray
-    counters: dict[str, int]
-    busy_s: dict[str, float]       # per resource (gpu, cpu, h2d, d2h)
+    result: SimResult              # the simulator's run of the same trace, policy and budget
     by_what: dict[str, float]      # seconds per kind of work
     serial: bool
 
@@ -48,7 +44,7 @@ def spec_for(run: Run, profile: HardwareProfile, model: ModelSpec | None = None)
     else:
         raise TideError(f"profile {profile.name} records no model config: pass --model")
     first = int(config.get("first_k_dense_replace", 0))
-    config.update(num_hidden_layers=first + run.trace.num_moe_layers, dtype=run.dtype)
+    config.update(num_hidden_layers=first + run.trace.num_moe_layers, dtype=run.record.dtype)
     config.pop("torch_dtype", None)
     spec = ModelSpec.from_config(config, name=str(run.trace.header["model"].get("name", "model")))
     want = run.trace.header["model"].get("config_hash")
@@ -62,12 +58,9 @@ def spec_for(run: Run, profile: HardwareProfile, model: ModelSpec | None = None)
 def replay(run: Run, profile: HardwareProfile, model: ModelSpec | None = None) -> Replay:
     spec = spec_for(run, profile, model)
     cost = RooflineCostModel(spec, profile)
-    budget = run.layer_budget if run.layer_budget is not None else run.budget  # None: every expert
-    res = simulate(run.trace, make_policy(run.policy, **run.params), cost, budget,
-                   shared_duplex=profile.link.shared_duplex, timeline=True, trace_name=run.name)
+    rec = run.record
+    res = simulate(run.trace, make_policy(rec.policy, **rec.params), cost, rec.budget, timeline=True, trace_name=run.name)
     tl = res.timeline
     w = np.where(tl.what != _WAIT, tl.end - tl.start, 0.0)
     by_what = {name: float(w[tl.what == i].sum()) for i, name in enumerate(WHAT) if i != _WAIT}
-    return Replay(run=run, sim_time_s=float(res.sim_time_s), tokens_per_s=res.tokens_per_s,
-                  step_s=np.asarray(res.step_times_s), counters={k: int(getattr(res, k)) for k in COUNTERS},
-                  busy_s=dict(res.busy_s), by_what=by_what, serial=bool(cost.serial))
+    return Replay(run=run, result=res, by_what=by_what, serial=bool(cost.serial))

@@ -5,12 +5,10 @@ Accepted inputs (RUN arguments, in any mix):
   runtime_results.json      the same, naming the file (the tar is looked for beside it)
   METRICS.json TRACE.npz    a ``python -m runtime.generate --metrics-out M --trace-out T`` pair, in that order
 
-Measured quantities kept per run (never given to the simulator; they are only compared with its output):
-  tokens_per_s = committed tokens / wall_s  (the simulator's definition; runtime.generate's own tokens_per_s
-                 counts tokens up to the first EOS and is not used)
+Each run is the runtime's :class:`~offload.results.RunRecord` with the trace it recorded. Measured quantities
+(never given to the simulator; they are only compared with its output): tokens_per_s and counters (the record's),
   step_s       = step_wall_s (each step's share of wall_s, sampler included) when recorded, else the forward
                  times step_times_s (then the per-step comparison misses the sampler and bookkeeping)
-  counters     = promotions, demotions, h2d_bytes, d2h_bytes, cpu_assignments, gpu_assignments
   cpu_s        = the process's CPU time over the generation (when recorded), and per step; on a shared CPU
                  (device=cpu, one torch thread) cpu_s < wall_s is time other processes took, and
                  tokens / cpu_s is the contention-free throughput (validate.stats)
@@ -29,43 +27,32 @@ from typing import Any, Sequence
 import numpy as np
 
 from offload.errors import TideError
+from offload.results import RunRecord, from_json
 from offload.trace_io import read_trace
 from offload.trace import Trace
 
-COUNTERS = ("promotions", "demotions", "h2d_bytes", "d2h_bytes", "cpu_assignments", "gpu_assignments")
 RESULTS = "runtime_results.json"
 TRACES = "runtime_traces.tar"
 _MAX_MEMBER = 1 << 30
-_DEFAULT_DTYPE = {"cpu": "float32", "cuda": "bfloat16"}
 
 
 @dataclass(frozen=True, eq=False)
 class Run:
-    source: str                    # file the metrics came from
-    policy: str
-    params: dict[str, Any]
-    label: str                     # e.g. "tide(tau=4)"
-    mode: str
-    budget: int | None             # experts per MoE layer (None: all); the largest one when per-layer
-    device: str
-    dtype: str
-    tokens_per_s: float
-    wall_s: float
-    generated_tokens: int
+    """A measured run: its record, the trace it recorded, and the step times compared."""
+
+    source: str                    # file the record came from
+    record: RunRecord
+    trace: Trace
     step_s: np.ndarray
     step_kind: str                 # "step_wall_s" or "step_times_s (forward only)"
     forward_s: np.ndarray          # forward times (model call + sync), for the time breakdown
-    counters: dict[str, int]
-    trace: Trace
+    step_cpu_s: np.ndarray | None  # per step, aligned with step_s when step_s is step_wall_s
     environment: dict[str, Any] = field(default_factory=dict)
-    cpu_s: float | None = None           # process CPU time of the generation (None: not recorded)
-    step_cpu_s: np.ndarray | None = None  # per step, aligned with step_s when step_s is step_wall_s
     threads: int | None = None
-    layer_budget: tuple[int, ...] | None = None  # per MoE layer, when the run recorded a list
 
     @property
     def name(self) -> str:
-        return f"{self.label} [{self.mode}]"
+        return f"{self.record.label} [{self.record.mode}]"
 
 
 def _json(path: Path) -> Any:
@@ -75,44 +62,25 @@ def _json(path: Path) -> Any:
         raise TideError(f"{path}: not valid JSON ({exc})") from None
 
 
-def _run(row: dict[str, Any], trace: Trace, source: str, device: str, dtype: str | None, env: dict,
-         threads: int | None = None) -> Run:
+def _run(d: Any, trace: Trace, source: str, env: dict, threads: int | None = None) -> Run:
+    """The run of record ``d`` and its trace; ``env``: the machine, where the record names none."""
     try:
-        wall = float(row["wall_s"])
-        committed = int(row.get("committed_tokens", row.get("generated_tokens")))
-        counters = {k: int(row[k]) for k in COUNTERS}
-        policy, params = str(row["policy"]), dict(row.get("params") or {})
-    except (KeyError, TypeError, ValueError) as exc:
-        raise TideError(f"{source}: run lacks or mangles a field ({exc})") from None
-    if committed != trace.generated_tokens:
-        raise TideError(f"{source}: {committed} committed tokens, but its trace commits {trace.generated_tokens}")
-    walls = np.asarray(row.get("step_wall_s") or [], np.float64)
-    fwd = np.asarray(row.get("step_times_s") or [], np.float64)
+        rec = from_json(RunRecord, d)
+    except TideError as exc:
+        raise TideError(f"{source}: {exc}") from None
+    if rec.generated_tokens != trace.generated_tokens:
+        raise TideError(f"{source}: {rec.generated_tokens} generated tokens, but its trace commits {trace.generated_tokens}")
+    walls, fwd, cpu = (np.asarray(v, np.float64) for v in (rec.step_wall_s, rec.step_times_s, rec.step_cpu_s))
+    env = rec.environment or env
+    threads = threads or env.get("threads")
     use_wall = walls.size == trace.num_steps
     if not use_wall and fwd.size != trace.num_steps:
         raise TideError(f"{source}: {fwd.size} step times for a trace of {trace.num_steps} steps")
-    cpu = row.get("cpu_s")
-    step_cpu = np.asarray(row.get("step_cpu_s") or [], np.float64)
-    label = str(row.get("label") or (policy + ("(" + ", ".join(f"{k}={v}" for k, v in params.items()) + ")" if params else "")))
-    budget = row.get("budget")
-    layer_budget = None
-    if isinstance(budget, list):  # runtime.generate records the store's per-layer budget
-        try:
-            layer_budget = tuple(int(b) for b in budget)
-        except (TypeError, ValueError):
-            raise TideError(f"{source}: budget must be an integer or a list of integers") from None
-        if len(layer_budget) != trace.num_moe_layers:
-            raise TideError(f"{source}: budget lists {len(layer_budget)} layers, the trace has {trace.num_moe_layers}")
-        budget = max(layer_budget)
-    return Run(source=source, policy=policy, params=params, label=label, mode=trace.mode,
-               budget=None if budget is None else int(budget), device=device,
-               dtype=str(row.get("dtype") or dtype or _DEFAULT_DTYPE.get(device, "float32")),
-               tokens_per_s=committed / wall if wall > 0 else 0.0, wall_s=wall, generated_tokens=committed,
-               step_s=walls if use_wall else fwd, step_kind="step_wall_s" if use_wall else "step_times_s (forward only)",
-               forward_s=fwd if fwd.size == trace.num_steps else np.zeros(trace.num_steps), counters=counters,
-               trace=trace, environment=env, cpu_s=None if cpu is None else float(cpu),
-               step_cpu_s=step_cpu if use_wall and step_cpu.size == trace.num_steps else None,
-               threads=threads, layer_budget=layer_budget)
+    return Run(source=source, record=rec, trace=trace, step_s=walls if use_wall else fwd,
+               step_kind="step_wall_s" if use_wall else "step_times_s (forward only)",
+               forward_s=fwd if fwd.size == trace.num_steps else np.zeros(trace.num_steps),
+               step_cpu_s=cpu if use_wall and cpu.size == trace.num_steps else None,
+               environment=env, threads=None if threads is None else int(threads))
 
 
 def _tar_traces(path: Path) -> dict[str, Trace]:
@@ -147,8 +115,6 @@ def load_results(path: Path) -> list[Run]:
     if not isinstance(d, dict) or not isinstance(d.get("runs"), list):
         raise TideError(f"{res}: not a runtime.bench result (no runs list)")
     traces = _tar_traces(res.parent / TRACES)
-    settings = d.get("settings") or {}
-    device = str(settings.get("device", "cpu"))
     runs = []
     for row in d["runs"]:
         if not isinstance(row, dict):
@@ -156,22 +122,13 @@ def load_results(path: Path) -> list[Run]:
         key = f"{row.get('mode')}__{row.get('label')}.npz"
         if key not in traces:
             raise TideError(f"{res}: run {row.get('label')} [{row.get('mode')}] has no trace {key} in {TRACES}")
-        threads = settings.get("threads") or (d.get("environment") or {}).get("threads")
-        runs.append(_run(row, traces[key], str(res), str(row.get("device", device)), settings.get("dtype"),
-                         d.get("environment") or {}, None if threads is None else int(threads)))
+        runs.append(_run(row, traces[key], str(res), d.get("environment") or {}, (d.get("settings") or {}).get("threads")))
     return runs
 
 
 def load_pair(metrics: Path, trace_path: Path) -> Run:
     """One ``runtime.generate`` run: its --metrics-out JSON and --trace-out trace."""
-    d = _json(metrics)
-    if not isinstance(d, dict) or "policy" not in d:
-        raise TideError(f"{metrics}: not a runtime.generate metrics file")
-    env = d.get("environment") or {}
-    device = str(env.get("device", "cpu")).split(":")[0]
-    threads = env.get("threads")
-    return _run(d, read_trace(trace_path), str(metrics), device, d.get("dtype"), env,
-                None if threads is None else int(threads))
+    return _run(_json(metrics), read_trace(trace_path), str(metrics), {})
 
 
 def load_runs(args: Sequence[str]) -> list[Run]:

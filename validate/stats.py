@@ -9,8 +9,8 @@ Per run (signed relative errors, simulated against measured):
   tps_error_cpu  = the same error against tokens / cpu_s, the contention-free throughput (device=cpu, one
                    thread only: there the process CPU time is the time the serial device worked); the simulated
                    profile comes from medians of short samples, which preemption rarely hits
-  counters       = the six work counters, which must be equal: any difference is a bug in the runtime or
-                   the simulator, flagged, and ``validate.compare`` exits 1
+  counters       = the work counters (offload.results.Counters), which must be equal: any difference is a bug
+                   in the runtime or the simulator, flagged, and ``validate.compare`` exits 1
 Across runs, per group of runs that differ only in policy (same mode, budget, device) and over all runs:
   Kendall tau (scipy.stats.kendalltau, tau-b) between measured and simulated tokens/s, and whether the
   fastest policy is the same (``rankings``; on device=cpu with one thread also ``rankings_cpu``, measured by
@@ -21,13 +21,13 @@ GPU targets (issue #4): median |tps_error| <= 5 %, max <= 10 %, identical rankin
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
 
 from offload.trace import KIND_NAMES
 from validate.replay import Replay
-from validate.runs import COUNTERS
 
 TARGETS = {"median_abs_tps_error": 0.05, "max_abs_tps_error": 0.10}
 
@@ -38,18 +38,18 @@ def _rel(sim: float, meas: float) -> float:
 
 def contention_free(run: Any) -> bool:
     """Whether tokens / cpu_s is the contention-free throughput (see the module docstring)."""
-    return run.device == "cpu" and run.threads == 1 and run.cpu_s is not None and run.cpu_s > 0
+    return run.record.device == "cpu" and run.threads == 1 and run.record.cpu_s is not None and run.record.cpu_s > 0
 
 
 def run_row(rep: Replay) -> dict[str, Any]:
-    run = rep.run
-    meas, sim = run.step_s, rep.step_s
+    run, rec, res = rep.run, rep.run.record, rep.result
+    meas, sim = run.step_s, res.step_times_s
     cf = contention_free(run)
-    cpu_tps = run.generated_tokens / run.cpu_s if cf else None
+    cpu_tps = rec.generated_tokens / rec.cpu_s if cf else None
     cpu_steps = run.step_cpu_s if cf and run.step_cpu_s is not None else None
     per_step = np.abs(sim - meas) / np.maximum(meas, 1e-12)
-    mism = {k: {"measured": run.counters[k], "simulated": rep.counters[k]} for k in COUNTERS
-            if run.counters[k] != rep.counters[k]}
+    simulated = asdict(res.counters)
+    counters = {k: {"measured": v, "simulated": simulated[k]} for k, v in asdict(rec.counters).items()}
     kinds = {}
     for code, name in KIND_NAMES.items():
         sel = run.trace.kind == code
@@ -57,25 +57,25 @@ def run_row(rep: Replay) -> dict[str, Any]:
             kinds[name] = {"steps": int(sel.sum()), "measured_s": float(meas[sel].sum()),
                            "simulated_s": float(sim[sel].sum()), "error": _rel(float(sim[sel].sum()), float(meas[sel].sum()))}
     return {
-        "run": run.name, "source": run.source, "policy": run.policy, "params": run.params, "label": run.label,
-        "mode": run.mode, "budget": run.budget, "device": run.device, "dtype": run.dtype, "steps": int(meas.size),
-        "step_source": run.step_kind, "generated_tokens": run.generated_tokens,
-        "measured_tokens_per_s": run.tokens_per_s, "simulated_tokens_per_s": rep.tokens_per_s,
-        "tps_error": _rel(rep.tokens_per_s, run.tokens_per_s),
-        "measured_wall_s": run.wall_s, "simulated_time_s": rep.sim_time_s,
+        "run": run.name, "source": run.source, "policy": rec.policy, "params": rec.params, "label": rec.label,
+        "mode": rec.mode, "budget": rec.budget, "device": rec.device, "dtype": rec.dtype, "steps": int(meas.size),
+        "step_source": run.step_kind, "generated_tokens": rec.generated_tokens,
+        "measured_tokens_per_s": rec.tokens_per_s, "simulated_tokens_per_s": res.tokens_per_s,
+        "tps_error": _rel(res.tokens_per_s, rec.tokens_per_s),
+        "measured_wall_s": rec.wall_s, "simulated_time_s": res.sim_time_s,
         "measured_step_mean_s": float(meas.mean()), "simulated_step_mean_s": float(sim.mean()),
         "step_error": _rel(float(sim.mean()), float(meas.mean())), "step_mape": float(np.median(per_step)),
-        "cpu_share": run.cpu_s / run.wall_s if run.cpu_s is not None and run.wall_s > 0 else None,
+        "cpu_share": rec.cpu_s / rec.wall_s if rec.cpu_s is not None and rec.wall_s > 0 else None,
         "measured_cpu_tokens_per_s": cpu_tps,
-        "tps_error_cpu": None if cpu_tps is None else _rel(rep.tokens_per_s, cpu_tps),
+        "tps_error_cpu": None if cpu_tps is None else _rel(res.tokens_per_s, cpu_tps),
         "step_error_cpu": None if cpu_steps is None else _rel(float(sim.mean()), float(cpu_steps.mean())),
         "step_mape_cpu": None if cpu_steps is None else
         float(np.median(np.abs(sim - cpu_steps) / np.maximum(cpu_steps, 1e-12))),
-        "counters": {k: {"measured": run.counters[k], "simulated": rep.counters[k]} for k in COUNTERS},
-        "counter_mismatch": mism, "by_step_kind": kinds,
+        "counters": counters, "by_step_kind": kinds,
+        "counter_mismatch": {k: v for k, v in counters.items() if v["measured"] != v["simulated"]},
         "measured_breakdown_s": {"forward": float(run.forward_s.sum()),
-                                 "between_forwards": float(max(0.0, run.wall_s - run.forward_s.sum()))},
-        "simulated_busy_s": rep.busy_s, "simulated_by_what_s": rep.by_what, "serial_accounting": rep.serial,
+                                 "between_forwards": float(max(0.0, rec.wall_s - run.forward_s.sum()))},
+        "simulated_busy_s": dict(res.busy_s), "simulated_by_what_s": rep.by_what, "serial_accounting": rep.serial,
     }
 
 

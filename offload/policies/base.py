@@ -117,6 +117,7 @@ class Policy(ABC):
     name: ClassVar[str] = "policy"
     causal: ClassVar[bool] = True
     needs_budget: ClassVar[bool] = True
+    uses_cost: ClassVar[bool] = False  # decides from the cost model (ctx.cost): a hardware profile matters
     Params: ClassVar[type[PolicyParams]] = PolicyParams  # its knobs (offload.policies.params)
 
     def __init__(self, **params: Any) -> None:

@@ -96,6 +96,7 @@ class Oracle(Policy):
     name = "oracle"
     causal = False
     Params = OracleParams
+    uses_cost = True
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
@@ -116,7 +117,7 @@ class Oracle(Policy):
         self.step_fixed = np.asarray(cost.step_fixed(tr.tokens_forwarded, tr.context_tokens, tr.lm_tokens), float)
         self.pre = np.asarray(cost.moe_pre(tr.tokens_forwarded, tr.context_tokens), dtype=np.float64)
         self.cost, self.eb, self.tb = cost, int(cost.expert_bytes), int(cost.token_bytes)
-        self.shared = bool(getattr(getattr(getattr(cost, "hw", None), "link", None), "shared_duplex", False))
+        self.shared = bool(cost.shared_duplex)
         self.copy_lat = float(cost.h2d(self.eb)) - self._copy_marginal()
         # GPU expert batch: f(x) = sum_e f1(x_e) + C when any x_e > 0; f1 marginal via a pair with a 1-count
         one, two = float(cost.gpu_experts(np.array([1]))), float(cost.gpu_experts(np.array([1, 1])))

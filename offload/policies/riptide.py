@@ -104,6 +104,7 @@ class RiptideParams(PolicyParams):
 class Riptide(Policy):
     name = "riptide"
     Params = RiptideParams
+    uses_cost = True
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         placement = super().initial_placement(ctx)

@@ -37,6 +37,8 @@ class ProxyCost:
 
     expert_bytes: int
     token_bytes: int = 4096
+    serial: bool = False
+    shared_duplex: bool = False
 
     def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
         return np.zeros(np.shape(n))

@@ -198,6 +198,7 @@ class TideOpt(Tide):
     name = "tide-opt"
 
     Params = TideOptParams
+    uses_cost = True
 
     def __init__(self, **params: Any) -> None:
         Policy.__init__(self, **params)

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 from offload.errors import TideError
 from offload.plan import PlanTotals, plan_layer
 from offload.policies import KEEP, LayerDecision, Prefetch, make_policy
-from offload.policies.residency import Residency
+from offload.policies.residency import MoveCounters, Residency
+from offload.results import Counters
 
 EXPERT_BYTES, TOKEN_BYTES = 100, 8
 
@@ -62,11 +63,13 @@ def test_invalid_decisions_are_refused_before_any_plan():
 
 def test_totals_sum_plans():
     t = PlanTotals()
-    assert t.hit_ratio == 1.0
+    assert Counters.of(MoveCounters(), t, EXPERT_BYTES).hit_ratio == 1.0  # nothing routed: nothing missed
     for counts in ([2, 0, 1, 3], [0, 5, 0, 1]):
         t.add(apply_and_plan([1, 0, 0, 1], counts, KEEP)[0])
     assert (t.gpu_assignments, t.cpu_assignments) == (6, 6)
-    assert t.act_bytes == 6 * TOKEN_BYTES and t.hit_ratio == 0.5
+    c = Counters.of(MoveCounters(promotions=2, demotions=1), t, EXPERT_BYTES)
+    assert t.act_bytes == 6 * TOKEN_BYTES and c.hit_ratio == 0.5
+    assert (c.h2d_weight_bytes, c.h2d_bytes, c.d2h_bytes) == (200, 200 + 6 * TOKEN_BYTES, 6 * TOKEN_BYTES)
 
 
 @st.composite

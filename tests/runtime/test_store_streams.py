@@ -20,9 +20,9 @@ import test_expert_store as cases  # the store's shared cases (same directory; c
 from runtime.expert_store import ExpertStore
 from runtime.streams import WAITS, Delays, HostStreams, ThreadStreams, pin_in_place
 from offload.policies import LayerDecision, LayerView, Policy, Prefetch, make_policy
+from offload.results import Counters
 
 SPEC, E = cases.SPEC, cases.E
-COUNTERS = ("h2d_bytes", "d2h_bytes", "hit_ratio", "promotions", "demotions", "cpu_assignments", "gpu_assignments")
 
 
 class SelfPrefetchPolicy(Policy):
@@ -106,8 +106,7 @@ def test_lossless_with_delays_on_every_stream(reference, name, params):
     host, _ = run(host_policy, 8, HostStreams())
     assert len(outs) == len(reference)
     assert all(torch.equal(g, w) for g, w in zip(outs, reference))
-    got, want = store.metrics(), host.metrics()
-    assert {k: got[k] for k in COUNTERS} == {k: want[k] for k in COUNTERS}
+    assert store.counters() == host.counters()
 
 
 # ---- each wait is needed: drop it, delay the stream it waits for, and the outputs go wrong ---------------------
@@ -199,7 +198,7 @@ def test_store_keeps_unpinned_stacks_without_copying_them(reference):
         warnings.simplefilter("always")
         store, outs = run(make_policy("cpu-route"), 8, _Unpinnable())
     assert any("page-lock" in str(w.message) for w in caught)
-    assert store.metrics()["host_pinned"] is False
+    assert store.pinned is False
     assert store.host[0]["gate"].data_ptr() == cases.EXPERTS[0]["gate"].data_ptr()  # the caller's memory, not a copy
     assert all(torch.equal(g, w) for g, w in zip(outs, reference))
 
@@ -235,7 +234,7 @@ def test_cuda_delays_change_nothing(name, params):
 
     dev = torch.device("cuda")
 
-    def outputs(streams: Any) -> tuple[list[torch.Tensor], dict]:
+    def outputs(streams: Any) -> tuple[list[torch.Tensor], Counters]:
         policy = cases.build(name, params)
         experts = [{n: t.to(torch.bfloat16) for n, t in d.items()} for d in cases.EXPERTS]
         store = ExpertStore(SPEC, experts, policy, 8, dev, torch.bfloat16, stream_slots=3,
@@ -247,9 +246,9 @@ def test_cuda_delays_change_nothing(name, params):
             for layer, (x, ids, w) in enumerate(layers):
                 outs.append(store.forward(layer, x.to(dev, torch.bfloat16), ids.to(dev), w.to(dev)).cpu())
         torch.cuda.synchronize()
-        return outs, store.metrics()
+        return outs, store.counters()
 
     plain, m_plain = outputs(CudaStreams(dev))
     delayed, m_delayed = outputs(CudaStreams(dev, Delays(compute=2e-4, copy=5e-4, act=5e-4, seed=1)))
     assert all(torch.equal(a, b) for a, b in zip(plain, delayed))
-    assert {k: m_plain[k] for k in COUNTERS} == {k: m_delayed[k] for k in COUNTERS}
+    assert m_plain == m_delayed

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from offload.results import Counters, SimRecord
 from offload.trace import KIND_DENOISE
 from offload.trace_check import make_trace
 
@@ -24,3 +25,18 @@ def tiny_trace(counts, *, block=None, step_in_block=None, kind=None, committed=N
                       tokens_forwarded=tf, context_tokens=tf,
                       tokens_committed=np.ones(S) if committed is None else committed,
                       kind=np.full(S, KIND_DENOISE) if kind is None else kind)
+
+
+def sim_row(trace: str, policy: str, tps: float, tau: int | None = None, budget: int = 64, hit: float = 0.5,
+            mode: str | None = None, **tags) -> SimRecord:
+    """A hand-made row (SimRecord) of 1000 generated tokens at ``tps`` tokens/s and hit ratio ``hit``."""
+    sim_time = 1000.0 / tps
+    gpu = round(1000 * hit)
+    return SimRecord(
+        policy=policy, params={} if tau is None else {"tau": tau}, trace=trace, mode=mode or trace, tau=tau,
+        budget=budget, causal=True, policy_report={}, generated_tokens=1000, sim_time_s=sim_time,
+        counters=Counters(h2d_bytes=3_000_000_000, d2h_bytes=1_000_000_000, h2d_weight_bytes=2_000_000_000,
+                          promotions=120, demotions=100, cpu_assignments=1000 - gpu, gpu_assignments=gpu),
+        busy_s={"gpu": 0.6 * sim_time, "cpu": 0.3 * sim_time, "h2d": 0.2 * sim_time, "d2h": 0.1 * sim_time},
+        lower_bound_s=0.1 * sim_time, step_time_mean_s=0.01, step_time_p50_s=0.01, steps=100, events=5000,
+        wall_s=0.2, tags=tags)

@@ -48,10 +48,10 @@ def test_invariants(name, params, budget):
     r = simulate(trace, make_policy(name, **params), COST, budget, timeline=True)
     if make_policy(name).needs_budget:
         assert np.all(r.max_resident <= budget)  # resident never exceeds the budget
-    assert r.h2d_weight_bytes == r.promotions * MODEL.expert_bytes
-    assert r.h2d_bytes == r.h2d_weight_bytes + r.cpu_assignments * MODEL.token_bytes
-    assert r.d2h_bytes == r.cpu_assignments * MODEL.token_bytes
-    assert r.gpu_assignments + r.cpu_assignments == int(trace.counts.sum())
+    assert r.counters.h2d_weight_bytes == r.counters.promotions * MODEL.expert_bytes
+    assert r.counters.h2d_bytes == r.counters.h2d_weight_bytes + r.counters.cpu_assignments * MODEL.token_bytes
+    assert r.counters.d2h_bytes == r.counters.cpu_assignments * MODEL.token_bytes
+    assert r.counters.gpu_assignments + r.counters.cpu_assignments == int(trace.counts.sum())
     for res in RESOURCES:
         assert r.busy_s[res] <= r.sim_time_s * (1 + 1e-12)
     assert r.sim_time_s >= r.lower_bound_s * (1 - 1e-12)
@@ -79,7 +79,7 @@ def test_deterministic():
     trace = random_trace(3)
     a = simulate(trace, make_policy("tide", tau=2), COST, 64)
     b = simulate(trace, make_policy("tide", tau=2), COST, 64)
-    assert a.sim_time_s == b.sim_time_s and a.promotions == b.promotions
+    assert a.sim_time_s == b.sim_time_s and a.counters.promotions == b.counters.promotions
     np.testing.assert_array_equal(a.step_times_s, b.step_times_s)
 
 
@@ -121,6 +121,9 @@ def test_shared_duplex_serialises_both_directions():
         tl = r.timeline
         assert tl.start[tl.what == WHAT.index("act_d2h")] == pytest.approx([d2h_start])
     assert shared.busy_s == split.busy_s  # the same work, only later
+    # by default the engine takes the flag from the cost model (RooflineCostModel: its profile's link)
+    assert simulate(tiny_trace(SWAP), _SwapAndOverlap(), ConstantCostModel(shared_duplex=True), 2).sim_time_s == \
+        pytest.approx(5.1)
     # without concurrent copies there is nothing to serialise: the flag changes nothing
     counts, policy = [[[1, 1, 1, 0]]], make_policy("cpu-route")
     a, b = (simulate(tiny_trace(counts), policy, cost, 2, shared_duplex=d).sim_time_s for d in (False, True))
@@ -145,7 +148,7 @@ def test_serial_mode_charges_every_item_in_turn():
     assert np.sum(tl.end[work] - tl.start[work]) == pytest.approx(r.sim_time_s)  # never two items at once
     act = np.isin(tl.what, [WHAT.index("act_d2h"), WHAT.index("act_h2d")])
     assert act.sum() == 4 and np.all(tl.end[act] == tl.start[act])
-    assert r.busy_s["d2h"] == 0 and r.d2h_bytes == 6  # activation bytes still counted as the runtime does
+    assert r.busy_s["d2h"] == 0 and r.counters.d2h_bytes == 6  # activation bytes still counted as the runtime does
     # cost.serial is the default; serial=False overlaps the same work: CPU under the copy, prefetch under step 1
     assert simulate(trace, _SwapAndOverlap(), _OneDevice(), 2, serial=False).sim_time_s == pytest.approx(6.42)
     assert simulate(trace, _SwapAndOverlap(), ConstantCostModel(), 2, serial=True).sim_time_s == pytest.approx(8.4)

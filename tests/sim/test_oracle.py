@@ -49,7 +49,7 @@ def test_prefetch_lands_just_in_time():
     # all-gpu time
     policy, r = run([[[1, 1, 0, 0]], [[0, 0, 1, 1]]], 2)
     assert r.sim_time_s == pytest.approx(4.4) and policy.t == pytest.approx(4.4)
-    assert (r.promotions, r.demotions, r.cpu_assignments) == (2, 2, 0)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments) == (2, 2, 0)
 
 
 def test_misses_run_on_cpu_when_cheaper_than_a_fetch():
@@ -57,7 +57,7 @@ def test_misses_run_on_cpu_when_cheaper_than_a_fetch():
     # overlaps the GPU's 0.1, beating a fetch (1 s) then 0.2 of GPU work
     _, r = run([[[0, 3, 1, 0]]], 1)
     assert r.sim_time_s == pytest.approx(1 + 1 + 1.02)
-    assert (r.cpu_assignments, r.promotions) == (1, 0)
+    assert (r.counters.cpu_assignments, r.counters.promotions) == (1, 0)
 
 
 def test_misses_are_streamed_when_the_link_is_cheap():
@@ -65,7 +65,7 @@ def test_misses_are_streamed_when_the_link_is_cheap():
     # be freed (expert 1 is in use), so it is streamed
     _, r = run([[[0, 3, 1, 0]]], 1, cost=ConstantCostModel(h2d_per_byte_s=0.001, d2h_per_byte_s=0.001))
     assert r.sim_time_s == pytest.approx(1 + 1 + 0.1 + 0.2)
-    assert (r.cpu_assignments, r.promotions, r.demotions) == (0, 1, 1) and r.max_resident.max() <= 1
+    assert (r.counters.cpu_assignments, r.counters.promotions, r.counters.demotions) == (0, 1, 1) and r.max_resident.max() <= 1
 
 
 def test_overlapped_split_cpu_starts_at_the_decision():
@@ -76,7 +76,7 @@ def test_overlapped_split_cpu_starts_at_the_decision():
     cost = ConstantCostModel(gpu_expert_s=0.01, cpu_expert_s=0.5, token_bytes=10)
     policy, r = run([[[0, 5, 2, 1]]], 1, cost=cost)
     assert r.sim_time_s == pytest.approx(3.1) and policy.t == pytest.approx(3.1)
-    assert (r.cpu_assignments, r.promotions, r.demotions) == (1, 1, 1) and r.max_resident.max() <= 1
+    assert (r.counters.cpu_assignments, r.counters.promotions, r.counters.demotions) == (1, 1, 1) and r.max_resident.max() <= 1
 
 
 def test_needs_the_trace_and_a_cost_model():

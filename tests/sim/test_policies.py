@@ -29,8 +29,8 @@ def run(policy, budget=2, trace=None, **kw):
 def test_all_gpu_is_dense_plus_experts():
     r = run(make_policy("all-gpu"))
     assert r.sim_time_s == pytest.approx(2 * (1 + 1 + 0.2))
-    assert (r.promotions, r.demotions, r.cpu_assignments, r.gpu_assignments) == (0, 0, 0, 4)
-    assert r.h2d_bytes == r.d2h_bytes == 0 and r.hit_ratio == 1.0
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments, r.counters.gpu_assignments) == (0, 0, 0, 4)
+    assert r.counters.h2d_bytes == r.counters.d2h_bytes == 0 and r.counters.hit_ratio == 1.0
     assert r.tokens_per_s == pytest.approx(2 / 4.4)
 
 
@@ -38,8 +38,8 @@ def test_cpu_route_sends_misses_to_cpu():
     r = run(make_policy("cpu-route"))
     # step 1: no GPU expert; CPU path = D2H 2 B (0.02) + 2 experts (2.0) + H2D 2 B (0.02)
     assert r.sim_time_s == pytest.approx(2.2 + (1 + 1 + 0 + 0.02 + 2.0 + 0.02))
-    assert (r.cpu_assignments, r.gpu_assignments, r.promotions) == (2, 2, 0)
-    assert r.d2h_bytes == 2 and r.h2d_bytes == 2 and r.hit_ratio == 0.5
+    assert (r.counters.cpu_assignments, r.counters.gpu_assignments, r.counters.promotions) == (2, 2, 0)
+    assert r.counters.d2h_bytes == 2 and r.counters.h2d_bytes == 2 and r.counters.hit_ratio == 0.5
     np.testing.assert_allclose(r.step_times_s, [2.2, 4.04])
 
 
@@ -47,7 +47,7 @@ def test_cpu_route_first_step_places_most_used():
     counts = [[[0, 0, 3, 1]], [[0, 0, 2, 2]]]
     r = run(make_policy("cpu-route", initial="first-step"), trace=tiny_trace(counts))
     # step 0 loads experts 2 and 3 (200 B, 2 s) once; afterwards everything hits
-    assert (r.promotions, r.demotions, r.cpu_assignments) == (2, 2, 0)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments) == (2, 2, 0)
     assert r.sim_time_s == pytest.approx((1 + 1 + 2 + 0.2) + 2.2)
 
 
@@ -55,21 +55,21 @@ def test_fetch_lru_fetches_every_miss():
     r = run(make_policy("fetch-lru"))
     # step 1: evict 0 and 1, fetch 2 and 3 synchronously (200 B = 2 s), then 2 GPU experts
     assert r.sim_time_s == pytest.approx(2.2 + (1 + 1 + 2 + 0.2))
-    assert (r.promotions, r.demotions, r.cpu_assignments, r.h2d_bytes) == (2, 2, 0, 200)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments, r.counters.h2d_bytes) == (2, 2, 0, 200)
 
 
 def test_fetch_lru_evicts_least_recently_used():
     counts = [[[1, 0, 0, 0]], [[0, 1, 0, 0]], [[0, 0, 1, 0]], [[1, 0, 0, 0]]]
     r = run(make_policy("fetch-lru"), trace=tiny_trace(counts))
     # resident {0,1}; step 2 needs 2: LRU of the idle {0 (used step 0), 1 (step 1)} is 0 -> step 3 misses 0
-    assert (r.promotions, r.demotions) == (2, 2)
+    assert (r.counters.promotions, r.counters.demotions) == (2, 2)
 
 
 def test_fetch_lru_streams_overflow():
     counts = [[[1, 1, 1, 1]]]
     r = run(make_policy("fetch-lru"), budget=1, trace=tiny_trace(counts))
     # resident {0}; 3 misses, no free or idle slot: all three streamed (fetched, used, dropped)
-    assert (r.promotions, r.demotions, r.h2d_bytes, r.cpu_assignments) == (3, 3, 300, 0)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.h2d_bytes, r.counters.cpu_assignments) == (3, 3, 300, 0)
     assert r.max_resident.max() <= 1
     assert r.sim_time_s == pytest.approx(1 + 1 + 3.0 + 0.4)
 
@@ -77,31 +77,31 @@ def test_fetch_lru_streams_overflow():
 def test_tide_tau1_refreshes_like_fetch_here():
     r = run(make_policy("tide", tau=1), block=[0, 1], step_in_block=[0, 0])
     assert r.sim_time_s == pytest.approx(2.2 + 4.2)
-    assert (r.promotions, r.demotions, r.cpu_assignments) == (2, 2, 0)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments) == (2, 2, 0)
 
 
 def test_tide_frozen_between_refreshes():
     # block 1, in-block step 1 with tau 2: no refresh, misses go to the CPU
     r = run(make_policy("tide", tau=2), block=[1, 1], step_in_block=[0, 1])
-    assert (r.promotions, r.cpu_assignments) == (0, 2)
+    assert (r.counters.promotions, r.counters.cpu_assignments) == (0, 2)
     assert r.sim_time_s == pytest.approx(2.2 + 4.04)
 
 
 def test_tide_first_block_refreshes_every_step():
     r = run(make_policy("tide", tau=8), block=[0, 0], step_in_block=[0, 1])
-    assert r.promotions == 2 and r.cpu_assignments == 0
+    assert r.counters.promotions == 2 and r.counters.cpu_assignments == 0
 
 
 def test_tide_keeps_only_positive_counts_and_caps_demotions():
     # budget 3, resident {0,1,2}; step refreshes with counts on expert 3 only: promote 3, demote one (0)
     counts = [[[0, 0, 0, 4]]]
     r = run(make_policy("tide", tau=1), budget=3, trace=tiny_trace(counts))
-    assert (r.promotions, r.demotions) == (1, 1)
+    assert (r.counters.promotions, r.counters.demotions) == (1, 1)
 
 
 def test_tide_skips_commit_forwards():
     r = run(make_policy("tide", tau=1), block=[1, 1], step_in_block=[0, 0], kind=[0, 1])
-    assert r.cpu_assignments == 2  # the commit forward (kind 1) did not refresh
+    assert r.counters.cpu_assignments == 2  # the commit forward (kind 1) did not refresh
 
 
 def test_tau_must_be_positive():
@@ -140,7 +140,7 @@ def test_prefetch_overlaps_next_step():
     r = run(_Prefetcher())
     # step 0 ends at 2.2; prefetch (2 s) lands at 4.2 while the GPU does step 1's 2 s dense work (to 4.2)
     assert r.sim_time_s == pytest.approx(4.4)
-    assert (r.promotions, r.demotions, r.h2d_bytes, r.cpu_assignments) == (2, 2, 200, 0)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.h2d_bytes, r.counters.cpu_assignments) == (2, 2, 200, 0)
 
 
 class _SlowPrefetcher(_Prefetcher):

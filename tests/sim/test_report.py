@@ -10,26 +10,11 @@ import pytest
 pytest.importorskip("plotly")
 
 from offload.errors import TideError  # noqa: E402
+from simcases import sim_row as row  # noqa: E402
 from sim.report import SECTION_TITLES, speedups, write_report  # noqa: E402
 
 
-def row(trace: str, policy: str, tps: float, tau: int | None = None, budget: int = 64, hit: float = 0.5,
-        **extra: Any) -> dict[str, Any]:
-    label = f"{policy}(tau={tau})" if tau is not None else policy
-    sim_time = 1000.0 / tps
-    r = {"policy": policy, "params": {} if tau is None else {"tau": tau}, "trace": trace,
-         "tokens_per_s": tps, "sim_time_s": sim_time, "h2d_bytes": 3_000_000_000, "d2h_bytes": 1_000_000_000,
-         "hit_ratio": hit, "promotions": 120, "demotions": 100, "cpu_assignments": 500, "gpu_assignments": 500,
-         "generated_tokens": 1000, "h2d_weight_bytes": 2_000_000_000,
-         "busy_s": {"gpu": 0.6 * sim_time, "cpu": 0.3 * sim_time, "h2d": 0.2 * sim_time, "d2h": 0.1 * sim_time},
-         "utilisation": {"gpu": 0.6, "cpu": 0.3, "h2d": 0.2, "d2h": 0.1}, "lower_bound_s": 0.1 * sim_time,
-         "step_time_mean_s": 0.01, "step_time_p50_s": 0.01, "steps": 100, "events": 5000, "wall_s": 0.2,
-         "events_per_s": 25000.0, "mode": trace, "label": label, "tau": tau, "budget": budget}
-    r.update(extra)
-    return r
-
-
-def rows() -> list[dict[str, Any]]:
+def rows() -> list[Any]:
     out = []
     for trace, scale in (("prefix-recompute", 1.0), ("block-cache", 2.0)):
         out += [row(trace, "all-gpu", 100 * scale, budget=256, hit=1.0), row(trace, "cpu-route", 20 * scale, hit=0.3),
@@ -60,7 +45,7 @@ def test_report_written(tmp_path):
 
 def test_speedups_against_better_baseline():
     r = rows()
-    ups = dict(((x["trace"], x["label"]), u) for x, u in zip(r, speedups(r)))
+    ups = dict(((x.trace, x.label), u) for x, u in zip(r, speedups(r)))
     assert ups[("prefix-recompute", "fetch-lru")] == pytest.approx(1.0)
     assert ups[("prefix-recompute", "cpu-route")] == pytest.approx(20 / 25)
     assert ups[("block-cache", "tide(tau=8)")] == pytest.approx(38 / 25)

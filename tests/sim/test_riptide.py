@@ -101,7 +101,7 @@ def test_balance_streams_costliest_misses_while_the_layer_shortens():
     counts = [[[1, 1, 1, 1, 1, 1]]]
     r = simulate(tiny_trace(counts), rip(balance=True), COST, 2)
     assert r.sim_time_s == pytest.approx(4.4)
-    assert (r.promotions, r.demotions, r.cpu_assignments, r.gpu_assignments) == (2, 2, 2, 4)  # 2 streamed
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments, r.counters.gpu_assignments) == (2, 2, 2, 4)  # 2 streamed
     serial = simulate(tiny_trace(counts), rip(), COST, 2)
     assert serial.sim_time_s == pytest.approx(2 + 0.2 + 0.04 + 4 + 0.04)  # TIDE's layer: GPU, then the CPU path
 
@@ -117,10 +117,10 @@ def test_cost_aware_promotes_only_what_pays(step_in_block, promoted):
     counts = [[[0, 0, 1, 1]]]
     tr = tiny_trace(counts, step_in_block=[step_in_block], block_length=30)
     r = simulate(tr, rip(cost_aware=True), COST, 2)
-    assert r.promotions == promoted
+    assert r.counters.promotions == promoted
     assert r.sim_time_s == pytest.approx(2 + (2.2 if promoted else 2.04))
     tide = simulate(tr, make_policy("tide", tau=1), COST, 2)
-    assert tide.promotions == 2 and r.sim_time_s <= tide.sim_time_s + 1e-12
+    assert tide.counters.promotions == 2 and r.sim_time_s <= tide.sim_time_s + 1e-12
 
 
 # ---- asynchronous prefetch ------------------------------------------------------------------------------------
@@ -133,9 +133,9 @@ def test_prefetch_hides_the_promotion_under_the_next_step():
     tr = tiny_trace(counts, block_length=30)
     r = simulate(tr, rip(cost_aware=True, prefetch=True), COST, 2)
     assert r.sim_time_s == pytest.approx(3.02 + 2.1)
-    assert (r.promotions, r.demotions, r.cpu_assignments, r.gpu_assignments) == (1, 1, 1, 1)
+    assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments, r.counters.gpu_assignments) == (1, 1, 1, 1)
     sync = simulate(tr, rip(cost_aware=True), COST, 2)
-    assert sync.sim_time_s == pytest.approx(3.1 + 2.1) and sync.cpu_assignments == 0
+    assert sync.sim_time_s == pytest.approx(3.1 + 2.1) and sync.counters.cpu_assignments == 0
 
 
 # ---- per-layer budgets --------------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ def test_layer_budgets_move_slots_to_the_busier_layer():
     assert pol.b.tolist() == [3, 1] and r.max_resident.tolist() == [3, 2]
     uniform = simulate(tiny_trace(counts, **kw), rip(cost_aware=True), COST, 2)
     assert uniform.max_resident.tolist() == [2, 2]
-    assert r.cpu_assignments < uniform.cpu_assignments and r.sim_time_s < uniform.sim_time_s
+    assert r.counters.cpu_assignments < uniform.counters.cpu_assignments and r.sim_time_s < uniform.sim_time_s
 
 
 # ---- drift-triggered refresh --------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def test_refresh_when_routing_drifts(params, promoted):
     counts = [[[4, 4, 0, 0, 0, 0]], [[4, 4, 1, 0, 0, 0]], [[4, 1, 4, 0, 0, 0]]]
     tr = tiny_trace(counts, block=[1, 1, 1], step_in_block=[1, 2, 3])
     r = simulate(tr, rip(**params), COST, 2)
-    assert r.promotions == promoted
+    assert r.counters.promotions == promoted
 
 
 # ---- reuse across blocks ------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_carry_keeps_the_placement_where_a_reset_would_copy():
     tr = tiny_trace(counts, block=[0, 1], step_in_block=[0, 0])
     carry = simulate(tr, rip(cost_aware=True), COST, 2)
     reset = simulate(tr, rip(cost_aware=True, carry=False), COST, 2)
-    assert (carry.promotions, reset.promotions) == (0, 2)
+    assert (carry.counters.promotions, reset.counters.promotions) == (0, 2)
     assert carry.sim_time_s == pytest.approx(2.2 + 4.04) and reset.sim_time_s == pytest.approx(2.2 + 4.2)
 
 
@@ -214,10 +214,10 @@ def test_engine_invariants_hold_under_riptide(mode):
     cost = RooflineCostModel(spec, HardwareProfile.load("a100-pcie4"))
     trace = generate(spec, default_config(spec, mode, gen_length=96, prompt_length=32, seed=2))
     r = simulate(trace, make_policy("riptide"), cost, 32, timeline=True)
-    assert r.h2d_weight_bytes == r.promotions * spec.expert_bytes
-    assert r.h2d_bytes == r.h2d_weight_bytes + r.cpu_assignments * spec.token_bytes
-    assert r.d2h_bytes == r.cpu_assignments * spec.token_bytes
-    assert r.gpu_assignments + r.cpu_assignments == int(trace.counts.sum())
+    assert r.counters.h2d_weight_bytes == r.counters.promotions * spec.expert_bytes
+    assert r.counters.h2d_bytes == r.counters.h2d_weight_bytes + r.counters.cpu_assignments * spec.token_bytes
+    assert r.counters.d2h_bytes == r.counters.cpu_assignments * spec.token_bytes
+    assert r.counters.gpu_assignments + r.counters.cpu_assignments == int(trace.counts.sum())
     assert r.sim_time_s >= r.lower_bound_s and r.step_times_s.sum() == pytest.approx(r.sim_time_s)
     tl = r.timeline
     for i in range(len(RESOURCES)):  # every resource serialises its work

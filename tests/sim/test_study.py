@@ -15,6 +15,7 @@ from offload.model_spec import ModelSpec
 from offload.errors import TideError
 from sim.study import grid_points, headline, max_fitting_budget, paper_setting
 from sim.study_spec import load_study
+from simcases import sim_row
 
 SMALL = ["--gen-length", "32", "--tau", "1", "4", "--quiet", "--no-report",
          "--policies", "all-gpu", "cpu-route", "fetch-lru", "tide"]
@@ -41,13 +42,12 @@ def test_grid_collapses_capped_budgets_and_marks_the_paper_setting():
 
 
 def test_headline_ratios():
-    rows = [{"point": "p", "model": "m", "hardware": "h", "budget": 8, "mode": "block-cache", "policy": pol,
-             "tokens_per_s": t, "tau": tau, "params": {"tau": tau} if tau else {}}
+    rows = [sim_row("t", pol, t, tau=tau, budget=8, mode="block-cache", point="p", model="m", hardware="h")
             for pol, t, tau in (("cpu-route", 10.0, None), ("fetch-lru", 20.0, None), ("tide", 25.0, 2),
                                 ("tide", 30.0, 4), ("all-gpu", 100.0, None))]
     (h,) = headline(rows)
-    assert h["baseline"] == 20.0 and h["baseline_policy"] == "fetch-lru"
-    assert h["tide"] == 30.0 and h["tide_best_tau"] == 4 and h["tide_vs_base"] == pytest.approx(1.5)
+    assert h["baseline"] == pytest.approx(20.0) and h["baseline_policy"] == "fetch-lru" and h["budget"] == 8
+    assert h["tide"] == pytest.approx(30.0) and h["tide_best_tau"] == 4 and h["tide_vs_base"] == pytest.approx(1.5)
     assert h["riptide"] is None and h["riptide_vs_oracle"] is None
 
 

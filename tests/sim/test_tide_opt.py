@@ -94,7 +94,7 @@ def test_cheap_transfers_refresh_every_step():
     # refresh 0.02 s: J(1) = 4 x 0.2 + 3 x 0.02 = 0.86 beats any stale step (2.04 s)
     policy, result = run(ConstantCostModel(h2d_per_byte_s=1e-4))
     assert policy.chosen_tau == 1
-    assert result.cpu_assignments == 0
+    assert result.counters.cpu_assignments == 0
 
 
 def test_zero_drift_takes_the_largest_tau():

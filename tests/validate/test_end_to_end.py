@@ -14,13 +14,16 @@ pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine:
 import json
 import re
 import shutil
+from dataclasses import fields
 from pathlib import Path
 
 
 from runtime import generate as runtime_generate
 from offload.hardware import HardwareProfile
 from validate import compare
-from validate.runs import COUNTERS
+from offload.results import Counters
+
+COUNTERS = [f.name for f in fields(Counters)]
 
 
 PROMISED = ["env.txt", "log.txt", "profile.json", "runtime_results.json", "runtime_traces.tar", "smoke.json"]
@@ -105,6 +108,7 @@ def test_compare_counters_equal_and_sane(gpu_script_cpu, tmp_path, capsys):
     assert len(res["runs"]) == 2 * len(CAUSAL)
     for row in res["runs"]:
         assert not row["counter_mismatch"], row["run"]
+        assert list(row["counters"]) == COUNTERS  # every counter of the record is compared
         for k in COUNTERS:
             assert row["counters"][k]["measured"] == row["counters"][k]["simulated"], (row["run"], k)
         assert row["serial_accounting"] and row["simulated_by_what_s"]["act_d2h"] == 0
@@ -200,15 +204,15 @@ def test_serial_accounting_matches_the_engine(gpu_script_cpu):
     seen = set()
     for run in load_runs([str(gpu_script_cpu)]):
         rep = replay(run, hw)
-        budget = run.layer_budget if run.layer_budget is not None else run.budget
-        res = simulate(run.trace, make_policy(run.policy, **run.params), RooflineCostModel(spec_for(run, hw), hw),
-                       budget, shared_duplex=True, timeline=True, serial=False)
+        rec = run.record
+        res = simulate(run.trace, make_policy(rec.policy, **rec.params), RooflineCostModel(spec_for(run, hw), hw),
+                       rec.budget, shared_duplex=True, timeline=True, serial=False)
         tl = res.timeline
         work = np.where(np.isin(tl.what, idle), 0.0, tl.end - tl.start)
         step_s = np.bincount(tl.step, weights=work, minlength=run.trace.num_steps)
         assert rep.serial
-        np.testing.assert_allclose(rep.step_s, step_s, rtol=1e-9, err_msg=run.name)
-        assert rep.sim_time_s == pytest.approx(step_s.sum(), rel=1e-9)
+        np.testing.assert_allclose(rep.result.step_times_s, step_s, rtol=1e-9, err_msg=run.name)
+        assert rep.result.sim_time_s == pytest.approx(step_s.sum(), rel=1e-9)
         assert rep.by_what["act_d2h"] == rep.by_what["act_h2d"] == 0
         seen |= {WHAT[w] for w in np.unique(tl.what[work > 0])}
     assert {"experts_cpu", "prefetch_h2d", "weights_h2d"} <= seen  # the runs exercise every serialised path
