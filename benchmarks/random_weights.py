@@ -22,7 +22,6 @@ CPU tensors) cut the page faults ~75x here (1.14 M to 15 k for a 3-layer LLaDA2.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import hashlib
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from offload.cli import Parser  # noqa: E402
 from runtime.checkpoint import ExpertWeights  # noqa: E402
 from runtime.checkpoint_layout import EXPERT_PROJS, expert_proj_shape, keeps_float32, non_expert_shapes  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
@@ -117,7 +117,7 @@ def elements(cfg: RuntimeConfig) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llada2.0-mini")
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="pool size of the new build (default: torch's threads)")

@@ -17,7 +17,6 @@ concentrated configuration (block_concentration 0.3), the second half from a spr
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from offload.cli import Parser
 from offload.budget import fits, resolve_budget  # noqa: E402
 from offload.cost import RooflineCostModel  # noqa: E402
 from sim.engine import simulate  # noqa: E402
@@ -85,7 +85,7 @@ def run_setting(job: tuple[str, str, Any, str, bool, list[int], bool]) -> dict[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--hardware", nargs="+", default=["a100-pcie4", "h100-pcie5"])
     ap.add_argument("--budgets", nargs="+", default=["0.25", "0.5", "0.75"],

@@ -15,7 +15,6 @@ import os
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import inspect  # noqa: E402
 import platform  # noqa: E402
@@ -26,6 +25,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
+from offload.cli import Parser
 from offload.cost import RooflineCostModel  # noqa: E402
 from sim.engine import simulate  # noqa: E402
 from offload.hardware import HardwareProfile  # noqa: E402
@@ -53,7 +53,7 @@ def _config(default_config, model, mode: str, gen_length: int, block_length: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llada2.0-flash")
     ap.add_argument("--hardware", default="h100-pcie5")
     ap.add_argument("--mode", default="prefix-recompute")

@@ -7,12 +7,14 @@
   --mode / --modes, --gen-length, --block-length, --prompt-length, --steps, --seed   generation
 
 and the rule that a CLI refuses an option it would ignore: :func:`given_options` tells which options the
-command line set, :func:`refuse` ends with one line naming those a run would not use.
+command line set, :func:`refuse` ends with one line naming those a run would not use. :class:`Parser` makes
+argparse's own errors (unknown option, bad value) one line too, like every other bad input.
 """
 from __future__ import annotations
 
 import argparse
-from typing import Any, Iterable, Sequence
+import sys
+from typing import Any, Iterable, NoReturn, Sequence
 
 import numpy as np
 
@@ -20,6 +22,14 @@ from offload.errors import TideError
 from offload.hardware import HARDWARE_PRESETS
 from offload.model_spec import MODEL_PRESETS, ModelSpec
 from offload.trace import DIFFUSION_MODES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: MESSAGE (see --help)`` and exit status 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
 
 
 def add_model(p: argparse.ArgumentParser, default: str | None = None, required: bool = False, what: str = "") -> None:

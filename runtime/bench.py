@@ -27,7 +27,7 @@ from typing import BinaryIO, Sequence
 import numpy as np
 
 from offload.atomic_io import atomic_write_bytes, atomic_write_text
-from offload.cli import add_budget, add_hardware, budget_from
+from offload.cli import add_budget, add_hardware, budget_from, Parser
 from offload.errors import TideError, run_cli
 from offload.policies import policy_from_text
 from offload.results import RunRecord, to_json
@@ -39,7 +39,7 @@ from runtime.session import Session, add_session_arguments, cost_model, random_p
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m runtime.bench", description=__doc__.split("\n\n")[0])
     add_session_arguments(p, gen_length=64, modes="many")
     add_budget(p, default="half the experts")
     p.add_argument("--policies", nargs="+", default=["all-gpu", "cpu-route", "fetch-lru", "tide(tau=1)", "tide(tau=4)"],

@@ -24,7 +24,7 @@ from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationSettings
 from runtime.environment import environment
 from runtime.session import Session, add_session_arguments, cost_model, random_prompt
-from offload.cli import add_budget, add_hardware, budget_from, given_options, refuse
+from offload.cli import add_budget, add_hardware, budget_from, given_options, Parser, refuse
 from offload.errors import TideError, run_cli
 from offload.policies import POLICIES, Policy, make_policy, policy_from_text
 from offload.policies.policy_file import read_policy_file
@@ -34,7 +34,7 @@ from offload.trace_io import write_trace
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
     add_session_arguments(p, gen_length=None, modes="one")
     p.add_argument("--prompt", default=None, help="prompt text (needs the checkpoint's tokenizer)")
     p.add_argument("--policy", default="tide", help=f"name or name(k=v, ...), e.g. tide(tau=2) ({', '.join(POLICIES)}), "

@@ -34,7 +34,7 @@ from offload.results import SimRecord, to_json
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
-from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, refuse
+from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, Parser, refuse
 
 
 
@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sim.explore", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="python -m sim.explore", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model(p, default="llada2.0-mini")
     add_hardware(p, default="h100-pcie5")

@@ -7,10 +7,9 @@ See :func:`traces.importers.import_jsonl` for the log format. Bad input prints `
 """
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
-from offload.cli import add_model
+from offload.cli import add_model, Parser
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from traces.importers import import_jsonl
@@ -18,7 +17,7 @@ from offload.trace_io import write_trace
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m traces.import_jsonl", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m traces.import_jsonl", description=__doc__.splitlines()[0])
     ap.add_argument("log", help="JSONL routing log: rows {\"step\", \"layer\", \"experts\"}")
     add_model(ap, required=True)
     ap.add_argument("--out", required=True, help="trace file to write (.npz)")

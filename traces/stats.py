@@ -25,7 +25,6 @@ Statistics without any contributing pair or forward are NaN (null in --json).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from offload.cli import Parser
 from offload.errors import run_cli
 from offload.trace_io import read_trace
 from offload.trace import KIND_COMMIT, KIND_DECODE, KIND_DENOISE, KIND_NAMES, KIND_PREFILL, Trace
@@ -144,7 +144,7 @@ def _json_ready(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m traces.stats", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m traces.stats", description=__doc__.splitlines()[0])
     ap.add_argument("traces", nargs="+", help="trace files (.npz)")
     ap.add_argument("--json", action="store_true", help="print the statistics as JSON (an object per file when "
                                                         "several are given)")

@@ -9,14 +9,13 @@ Options left out take the calibrated defaults for the model. Bad input prints ``
 """
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Sequence
 
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
-from offload.cli import add_model
+from offload.cli import add_model, Parser
 from offload.trace import DIFFUSION_MODES
 from traces.synthetic import default_config, generate
 
@@ -38,7 +37,7 @@ _OPTIONS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m traces.synth", description=__doc__.splitlines()[0])
+    ap = Parser(prog="python -m traces.synth", description=__doc__.splitlines()[0])
     add_model(ap, required=True)
     ap.add_argument("--mode", choices=DIFFUSION_MODES, default="prefix-recompute",
                     help="generation loop (default prefix-recompute, as TIDE's released code)")

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from offload.cli import add_model
+from offload.cli import add_model, Parser
 from offload.errors import TideError, run_cli
 from offload.atomic_io import atomic_write_text
 from validate import bench_copies, bench_experts, bench_layers, bench_store
@@ -82,7 +82,7 @@ def grids(device: str, quick: bool, E: int) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m validate.calibrate", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m validate.calibrate", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", required=True, choices=("cpu", "cuda"))
     p.add_argument("--out", default=None, help="profile JSON to write (default runs/profile-<device>-<model>-<time>.json)")
     add_model(p, what="; default llada2-tiny on cpu, llada2.0-mini on cuda")

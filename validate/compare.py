@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from offload.cli import Parser
 from offload.errors import TideError, run_cli
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
@@ -33,7 +34,7 @@ from validate.stats import run_row, summarise
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m validate.compare", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m validate.compare", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", metavar="RUN", help=f"results folder, {RESULTS}, or METRICS.json TRACE.npz")
     p.add_argument("--hardware", default=None, help="calibrated profile (default: profile.json beside the first run)")
     p.add_argument("--model", default=None, help="model preset or config.json (default: the profile's model record)")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from runtime.environment import environment
+from offload.cli import Parser
 from offload.errors import TideError, run_cli
 from offload.model_spec import ModelSpec
 from offload.atomic_io import atomic_write_text
@@ -271,7 +272,7 @@ def check_host_expert(spec: ModelSpec, quick: bool) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python3 -m validate.gpu_smoke", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python3 -m validate.gpu_smoke", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="JSON to (re)write after every check")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--model", default=None, help="preset or config.json for the shapes (default llada2.0-mini on "

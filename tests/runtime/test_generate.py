@@ -168,6 +168,7 @@ def test_cli_loads_a_checkpoint_in_hf_layout(tmp_path):
     (["--device", "cuda"], "CUDA"),
     (["--policy", "nope"], "unknown policy"),
     (["--policy", "tide(tau=0)"], "tau must be an integer >= 1"),
+    (["--policy", "tide", "--tau", "2"], "unrecognized arguments: --tau 2"),  # argparse's errors are one line too
     (["--policy", "all-gpu", "--gpu-experts-per-layer", "4"], "--gpu-experts-per-layer would be ignored"),
     (["--policy", "tide", "--hardware", "h100-pcie5"], "decides without a cost model: --hardware would be ignored"),
     (["--gpu-experts-per-layer", "33"], "exceeds"),
