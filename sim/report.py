@@ -4,7 +4,7 @@
 browser), atomically. Each row is an :class:`offload.results.SimRecord` (``sim.sweep``'s rows). Sections, one figure each, one subplot per trace where that helps:
 
   (a) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference lines
-  (b) speedup of each policy at its best tau over the better of the baselines cpu-route and fetch-lru
+  (b) speedup of each policy at its best tau over the best baseline (cpu-route, static, fetch-lru)
   (c) GPU hit ratio (share of token-assignments computed on the GPU) against tau
   (d) bytes moved over the host link: H2D weights, H2D activations, D2H activations
   (e) resource utilisation: busy time / simulated time of the GPU, CPU, H2D and D2H engines
@@ -31,13 +31,13 @@ from offload.atomic_io import atomic_write_text
 CEILING = "all-gpu"
 SECTION_TITLES = {
     "throughput": "Throughput vs refresh interval tau",
-    "speedup": "Speedup over the better baseline (cpu-route or fetch-lru)",
+    "speedup": "Speedup over the best baseline (cpu-route, static or fetch-lru)",
     "hit_ratio": "GPU hit ratio vs tau",
     "bytes": "Bytes moved over the host link",
     "utilisation": "Resource utilisation",
 }
-_POLICY_ORDER = {CEILING: 0, "cpu-route": 1, "fetch-lru": 2}
-_FIXED_COLOURS = {CEILING: "#222222", "cpu-route": "#d62728", "fetch-lru": "#ff7f0e"}
+_POLICY_ORDER = {CEILING: 0, "cpu-route": 1, "static": 2, "fetch-lru": 3}
+_FIXED_COLOURS = {CEILING: "#222222", "cpu-route": "#d62728", "static": "#8c564b", "fetch-lru": "#ff7f0e"}
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 _BYTE_PARTS = (("H2D weights", "#1f77b4"), ("H2D activations", "#aec7e8"), ("D2H activations", "#ff9896"))
 _RESOURCE_COLOURS = {"gpu": "#2ca02c", "cpu": "#d62728", "h2d": "#1f77b4", "d2h": "#ff7f0e"}
@@ -117,7 +117,7 @@ def _finish(fig: go.Figure, lay: _Layout, title: str, extra_height: int = 0, **l
 
 # ---- speedups -------------------------------------------------------------------------------------------
 def baseline_throughput(rows: list[SimRecord], trace: str, budget: int | None) -> float | None:
-    """The better baseline's tokens/s in ``trace`` at ``budget`` (falls back to the trace's only budget)."""
+    """The best baseline's tokens/s in ``trace`` at ``budget`` (falls back to the trace's only budget)."""
     base = [r for r in rows if r.trace == trace and r.policy in BASELINES]
     same = [r for r in base if r.budget == budget]
     if not same and len({r.budget for r in base}) == 1:
@@ -126,7 +126,7 @@ def baseline_throughput(rows: list[SimRecord], trace: str, budget: int | None) -
 
 
 def speedups(rows: list[SimRecord]) -> list[float | None]:
-    """Each row's tokens/s over the better baseline of its trace and budget (None where there is none)."""
+    """Each row's tokens/s over the best baseline of its trace and budget (None where there is none)."""
     out: list[float | None] = []
     for r in rows:
         base = baseline_throughput(rows, r.trace, r.budget)
@@ -204,9 +204,9 @@ def speedup_figure(lay: _Layout) -> go.Figure:
         if xs:
             fig.add_trace(go.Bar(x=xs, y=ys, name=name, marker_color=lay.colours[name], text=text,
                                  textposition="outside", hovertext=hover, hoverinfo="text+name"))
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#555555", annotation_text="better baseline = 1×",
+    fig.add_hline(y=1.0, line_dash="dot", line_color="#555555", annotation_text="best baseline = 1×",
                   annotation_position="top right")
-    fig.update_layout(barmode="group", xaxis_title="trace", yaxis_title="speedup (× tokens/s of the better baseline)",
+    fig.update_layout(barmode="group", xaxis_title="trace", yaxis_title="speedup (× tokens/s of the best baseline)",
                       title={"text": f"(b) {SECTION_TITLES['speedup']}: each policy at its best tau, per trace",
                              "x": 0.0, "xanchor": "left"},
                       template="plotly_white", height=_PANEL_H + 140, margin={"t": 110, "l": 70, "r": 30, "b": 60},
@@ -214,7 +214,7 @@ def speedup_figure(lay: _Layout) -> go.Figure:
     fig.update_yaxes(rangemode="tozero")
     _log_toggle(fig)
     if not fig.data:
-        fig.add_annotation(text="no cpu-route or fetch-lru baseline among the results", showarrow=False,
+        fig.add_annotation(text="no baseline (cpu-route, static, fetch-lru) among the results", showarrow=False,
                            x=0.5, y=0.5, xref="paper", yref="paper")
     return fig
 
@@ -293,7 +293,7 @@ def summary_table(lay: _Layout) -> str:
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return (f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
             + "\n</tbody></table>\n<p class=\"note\">Bold: the fastest policy per trace other than the all-gpu "
-            "ceiling. Speedup: tokens/s over the better of cpu-route and fetch-lru at the same trace and budget.</p>")
+            "ceiling. Speedup: tokens/s over the best baseline (cpu-route, static, fetch-lru) at the same trace and budget.</p>")
 
 
 _CSS = """

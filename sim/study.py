@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from offload.budget import GIB
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
+from offload.policies import BASELINES
 from offload.results import SimRecord
 from sim.study_spec import StudySpec
 from sim.sweep import Task, model_payload
@@ -113,14 +114,15 @@ def _best(rows: list[SimRecord], policy: str) -> SimRecord | None:
 
 
 def headline(rows: Sequence[SimRecord]) -> list[dict[str, Any]]:
-    """Per grid point: tokens/s of the better baseline (max of cpu-route, fetch-lru), tide at its best tau,
-    tide-opt (with the tau it chose), riptide, oracle, all-gpu, and the ratios between them."""
+    """Per grid point: tokens/s of the best baseline (``offload.policies.BASELINES``: cpu-route, static,
+    fetch-lru), static alone, tide at its best tau, tide-opt (with the tau it chose), riptide, oracle, all-gpu,
+    and the ratios between them."""
     out = []
     for point in dict.fromkeys(r.tags["point"] for r in rows):
         rs = [r for r in rows if r.tags["point"] == point]
-        get = {p: _best(rs, p) for p in ("cpu-route", "fetch-lru", "tide", "tide-opt", "riptide", "oracle", "all-gpu")}
+        get = {p: _best(rs, p) for p in (*BASELINES, "tide", "tide-opt", "riptide", "oracle", "all-gpu")}
         tput = {p: (r.tokens_per_s if r else None) for p, r in get.items()}
-        base = max((t for p, t in tput.items() if p in ("cpu-route", "fetch-lru") and t), default=None)
+        base = max((t for p, t in tput.items() if p in BASELINES and t), default=None)
 
         def ratio(a: str | float | None, b: str | float | None) -> float | None:
             x = tput.get(a) if isinstance(a, str) else a
@@ -131,11 +133,12 @@ def headline(rows: Sequence[SimRecord]) -> list[dict[str, Any]]:
         out.append({"point": point, "model": first.tags["model"], "hardware": first.tags["hardware"],
                     "budget": next((r.budget for r in rs if r.policy != "all-gpu"), None),  # all-gpu's is every expert
                     "mode": first.mode, "paper_setting": bool(first.tags.get("paper_setting")), "baseline": base,
-                    "baseline_policy": max(("cpu-route", "fetch-lru"), key=lambda p: tput[p] or 0.0),
+                    "baseline_policy": max(BASELINES, key=lambda p: tput[p] or 0.0),
                     **{p: tput[p] for p in tput},
                     "tide_best_tau": get["tide"].tau if get["tide"] else None,
                     "tide_opt_tau": opt.policy_report.get("chosen_tau") if opt else None,
                     "tide_opt_vs_base": ratio("tide-opt", base), "tide_vs_base": ratio("tide", base),
+                    "tide_opt_vs_static": ratio("tide-opt", "static"),
                     "riptide_vs_tide_opt": ratio("riptide", "tide-opt"), "riptide_vs_tide": ratio("riptide", "tide"),
                     "riptide_vs_oracle": ratio("riptide", "oracle")})
     return out
@@ -148,15 +151,15 @@ def markdown_table(lines: Sequence[dict[str, Any]]) -> str:
     def x(v: Any) -> str:
         return "–" if v is None else f"{v:.2f}x"
 
-    head = ("| setting | B | mode | best baseline | tide (best τ) | tide-opt (τ) | riptide | oracle | all-gpu | "
-            "tide-opt / base | riptide / tide-opt | riptide / oracle |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| setting | B | mode | best baseline | static | tide (best τ) | tide-opt (τ) | riptide | oracle | all-gpu | "
+            "tide-opt / base | tide-opt / static | riptide / tide-opt | riptide / oracle |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = []
     for h in lines:
         star = " **paper**" if h["paper_setting"] else ""
         body.append(f"| {h['model']} {h['hardware']}{star} | {h['budget']} | {h['mode']} | {f(h['baseline'])} "
-                    f"({h['baseline_policy']}) | {f(h['tide'])} ({h['tide_best_tau']}) | {f(h['tide-opt'])} "
+                    f"({h['baseline_policy']}) | {f(h['static'])} | {f(h['tide'])} ({h['tide_best_tau']}) | {f(h['tide-opt'])} "
                     f"({h['tide_opt_tau'] if h['tide_opt_tau'] is not None else '–'}) | {f(h['riptide'])} | "
-                    f"{f(h['oracle'])} | {f(h['all-gpu'])} | {x(h['tide_opt_vs_base'])} | "
+                    f"{f(h['oracle'])} | {f(h['all-gpu'])} | {x(h['tide_opt_vs_base'])} | {x(h['tide_opt_vs_static'])} | "
                     f"{x(h['riptide_vs_tide_opt'])} | {x(h['riptide_vs_oracle'])} |")
     return head + "\n".join(body) + "\n"

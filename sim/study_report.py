@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-POLICY_COLUMNS = (("baseline", "best baseline"), ("tide", "tide (best τ)"), ("tide-opt", "tide-opt"),
+POLICY_COLUMNS = (("baseline", "best baseline"), ("static", "static"), ("tide", "tide (best τ)"), ("tide-opt", "tide-opt"),
                   ("riptide", "riptide"), ("oracle", "oracle"), ("all-gpu", "all-gpu"))
 
 
@@ -25,7 +25,7 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
                       margin=dict(b=260), title="Throughput per grid point (★ = the paper's setting)")
     div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}, div_id="fig-study")
     cols = ["setting", "B", "mode", *[n for _, n in POLICY_COLUMNS], "tide-opt τ", "tide-opt / base",
-            "riptide / tide-opt", "riptide / oracle"]
+            "tide-opt / static", "riptide / tide-opt", "riptide / oracle"]
 
     def cell(v: Any, spec: str = ".1f") -> str:
         return "–" if v is None else html.escape(format(v, spec) if not isinstance(v, str) else v)
@@ -34,7 +34,8 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
     for h in lines:
         vals = [("★ " if h["paper_setting"] else "") + f"{h['model']} {h['hardware']}", str(h["budget"]), h["mode"],
                 *[cell(h.get(k)) for k, _ in POLICY_COLUMNS], cell(h.get("tide_opt_tau") if isinstance(h.get("tide_opt_tau"), int) else None, "d"),
-                cell(h.get("tide_opt_vs_base"), ".2f"), cell(h.get("riptide_vs_tide_opt"), ".2f"),
+                cell(h.get("tide_opt_vs_base"), ".2f"), cell(h.get("tide_opt_vs_static"), ".2f"),
+                cell(h.get("riptide_vs_tide_opt"), ".2f"),
                 cell(h.get("riptide_vs_oracle"), ".2f")]
         rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
     table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"

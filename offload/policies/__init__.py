@@ -8,17 +8,19 @@ from typing import Any
 
 from offload.errors import TideError
 from offload.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
-from offload.policies.baselines import AllGpu, CpuRoute, FetchLru
+from offload.policies.baselines import AllGpu, CpuRoute, FetchLru, Static
 from offload.policies.tide import Tide
 from offload.policies.oracle import Oracle
 from offload.policies.tide_opt import TideOpt
 from offload.policies.riptide import Riptide
 from offload.policies.spec import format_policy, parse_policy
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, FetchLru, Tide)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (AllGpu, CpuRoute, Static, FetchLru, Tide)}
 POLICIES.update({cls.name: cls for cls in (TideOpt, Oracle)})
 POLICIES[Riptide.name] = Riptide
-BASELINES = ("cpu-route", "fetch-lru")  # the earlier offload designs TIDE compares with ("CPU routing", "full swap")
+# the designs refreshing is measured against: TIDE's two ("CPU routing", "full swap") and the fixed placement of
+# the busiest experts a user would try first
+BASELINES = ("cpu-route", "static", "fetch-lru")
 TAU_POLICIES = tuple(n for n, cls in POLICIES.items() if "tau" in cls.Params.sweepable())  # studies sweep their tau
 
 
@@ -35,4 +37,4 @@ def make_policy(name: str, **params: Any) -> Policy:
 
 
 __all__ = ["KEEP", "LayerDecision", "LayerView", "Policy", "PolicyContext", "Prefetch", "StepInfo", "POLICIES",
-           "TAU_POLICIES", "BASELINES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Tide", "TideOpt", "Oracle"]
+           "TAU_POLICIES", "BASELINES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Static", "Tide", "TideOpt", "Oracle"]

@@ -1,9 +1,11 @@
-"""Baseline policies: all-gpu (the ceiling), cpu-route (static placement), fetch-lru (on-demand swap).
+"""Baseline policies: all-gpu (the ceiling), cpu-route and static (fixed placements), fetch-lru (on-demand swap).
 
 - all-gpu: every expert resident; nothing moves; nothing runs on the CPU.
-- cpu-route: a fixed resident set (experts 0..B-1 as TIDE's code, or with ``initial="first-step"`` the B most
-  used experts of each layer at the first step, loaded then); non-resident experts always run on the CPU
-  (Fiddler, llama.cpp ``--n-cpu-moe``; TIDE's "CPU routing").
+- cpu-route: a fixed resident set, experts 0..B-1 as TIDE's code loads them; non-resident experts always run on
+  the CPU (Fiddler, llama.cpp ``--n-cpu-moe``; TIDE's "CPU routing").
+- static: the same, but each layer's resident set is the top-B of its summed counts over the first
+  ``profile_steps`` forwards (default 1), placed once then and never refreshed: what a user would try first,
+  and the baseline that shows what refreshing (TIDE) adds over a good fixed placement.
 - fetch-lru: every active non-resident expert is copied to the GPU before use; least-recently-used eviction
   within the budget (mixtral-offloading, MoE-Infinity on demand; TIDE's "full swap"). When a layer needs more
   experts than its free slots, the busiest missing experts take the slots and the rest are streamed.
@@ -16,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from offload.policies.base import KEEP, LayerDecision, LayerView, Policy, PolicyContext, ids
-from offload.policies.params import PolicyParams, knob
+from offload.policies.params import PolicyParams, check_int, knob
 
 
 class AllGpu(Policy):
@@ -37,34 +39,49 @@ def top_b(counts: np.ndarray, b: int) -> np.ndarray:
     return order[counts[order] > 0]
 
 
+class CpuRoute(Policy):
+    """Experts 0..B-1 of every layer, never moved (TIDE's released initial placement)."""
+
+    name = "cpu-route"
+
+    def decide(self, view: LayerView) -> LayerDecision:
+        return KEEP
+
+
 @dataclass(frozen=True)
-class CpuRouteParams(PolicyParams):
-    policy: ClassVar[str] = "cpu-route"
-    initial: str = knob("first-experts", "fixed resident set: experts 0..B-1 (first-experts) or the first "
-                        "step's top-B (first-step)")
+class StaticParams(PolicyParams):
+    policy: ClassVar[str] = "static"
+    profile_steps: int = knob(1, "the first forwards whose summed counts choose each layer's placement (top-B), "
+                              "which then never changes; misses run on the CPU meanwhile")
 
     def check(self) -> None:
-        if self.initial not in ("first-experts", "first-step"):
-            raise ValueError(f"initial must be 'first-experts' or 'first-step', got {self.initial!r}")
+        check_int("profile_steps", self.profile_steps)
 
 
-class CpuRoute(Policy):
-    name = "cpu-route"
-    Params = CpuRouteParams
+class Static(Policy):
+    """The baseline a user tries first: place each layer's busiest experts of a short profiling prefix once."""
+
+    name = "static"
+    Params = StaticParams
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
-        self._placed = np.zeros(ctx.num_moe_layers, dtype=bool)
+        self._seen = np.zeros(ctx.num_moe_layers, dtype=np.int64)
+        self._sum = np.zeros((ctx.num_moe_layers, ctx.num_experts), dtype=np.int64)
         return super().initial_placement(ctx)
 
     def decide(self, view: LayerView) -> LayerDecision:
-        if self.p.initial == "first-step" and not self._placed[view.layer]:
-            self._placed[view.layer] = True
-            target = np.zeros_like(view.resident)
-            target[top_b(view.counts, int(self.ctx.budget[view.layer]))] = True
-            promote = np.flatnonzero(target & ~view.resident)
-            demote = np.flatnonzero(view.resident & ~target)[: len(promote)]
-            return LayerDecision(promote=promote, demote=demote)
-        return KEEP
+        layer = view.layer
+        if self._seen[layer] >= self.p.profile_steps:
+            return KEEP
+        self._sum[layer] += view.counts
+        self._seen[layer] += 1
+        if self._seen[layer] < self.p.profile_steps:
+            return KEEP
+        target = np.zeros_like(view.resident)
+        target[top_b(self._sum[layer], int(self.ctx.budget[layer]))] = True
+        promote = np.flatnonzero(target & ~view.resident)
+        demote = np.flatnonzero(view.resident & ~target)[: len(promote)]  # only what the promotions need
+        return LayerDecision(promote=promote, demote=demote)
 
 
 class FetchLru(Policy):

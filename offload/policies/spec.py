@@ -1,6 +1,6 @@
 """The one policy syntax of every CLI: ``name`` or ``name(k=v, ...)``, the same text a policy's label prints.
 
-  tide(tau=4)    cpu-route(initial=first-step)    riptide(prefetch=false, drift=none, tau=2)    all-gpu
+  tide(tau=4)    static(profile_steps=2)    riptide(prefetch=false, drift=none, tau=2)    all-gpu
 
 Values: integers, decimals (``0.5``, ``1e-3``), ``true``/``false``, ``none``, and bare words (strings). The
 policy's parameter dataclass (``offload.policies.params``) then checks names and values, so a typo is a

@@ -12,7 +12,7 @@ from offload.policies.params import DEFAULT_TAU
 from offload.policies.spec import format_policy, parse_value
 
 # a non-default value for every knob of every policy
-NON_DEFAULT = {"cpu-route": {"initial": "first-step"}, "tide": {"tau": 7}, "tide-opt": {"per_layer": True},
+NON_DEFAULT = {"static": {"profile_steps": 3}, "tide": {"tau": 7}, "tide-opt": {"per_layer": True},
                "oracle": {"discount": 0.5},
                "riptide": {"prefetch": False, "cost_aware": False, "layer_budgets": False, "balance": False,
                            "carry": False, "drift": None, "tau": 3, "cost_bound": 2.5, "link_share": 0.25,
@@ -51,7 +51,7 @@ def test_params_show_swept_knobs_and_changed_ones_only():
     ("tide(tau=4)", "tide", {"tau": 4}), (" all-gpu ", "all-gpu", {}), ("tide()", "tide", {}),
     ("riptide(prefetch=false, drift=none, cost_bound=1e-1)", "riptide",
      {"prefetch": False, "drift": None, "cost_bound": 0.1}),
-    ("cpu-route(initial=first-step)", "cpu-route", {"initial": "first-step"}),
+    ("static(profile_steps=2)", "static", {"profile_steps": 2}),
 ])
 def test_parse(text, name, params):
     assert parse_policy(text) == (name, params)

@@ -29,7 +29,7 @@ BLOCK_LENGTH = 16
 # (block, step_in_block, kind, tokens): a prefill, a block of denoise steps + commit, a second block
 SCHEDULE = [(-1, 0, KIND_PREFILL, 32)] + [(0, s, KIND_DENOISE, 16) for s in range(4)] + [(0, 4, KIND_COMMIT, 16)] \
     + [(1, s, KIND_DENOISE, 16) for s in range(4)]
-POLICY_CASES = [("all-gpu", {}), ("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}),
+POLICY_CASES = [("all-gpu", {}), ("cpu-route", {}), ("static", {}), ("static", {"profile_steps": 3}), ("fetch-lru", {}),
                 ("tide", {"tau": 1}), ("tide", {"tau": 3})]
 # riptide with every part on, and ablations; it is priced by RIPTIDE_COST on both sides (store and replay)
 RIPTIDE_CASES = [("riptide", {}), ("riptide", {"prefetch": False, "balance": False}),

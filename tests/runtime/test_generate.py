@@ -24,7 +24,7 @@ from offload.trace import KIND_COMMIT, KIND_DENOISE, KIND_PREFILL
 CFG = RuntimeConfig.load("llada2-tiny")
 SPEC = CFG.spec
 STATE, EXPERTS = random_weights(CFG, seed=1)
-POLICIES = [("all-gpu", {}), ("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}),
+POLICIES = [("all-gpu", {}), ("cpu-route", {}), ("static", {}), ("static", {"profile_steps": 3}), ("fetch-lru", {}),
             ("tide", {"tau": 1}), ("tide", {"tau": 3}),
             ("riptide", {}), ("riptide", {"prefetch": False, "balance": False}),
             ("riptide", {"cost_aware": False, "layer_budgets": False, "carry": False})]

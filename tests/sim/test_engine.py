@@ -22,7 +22,7 @@ from offload.trace import model_header
 
 MODEL = ModelSpec.load("llada2.0-mini")
 COST = RooflineCostModel(MODEL, HardwareProfile.load("h100-pcie5"))
-POLICIES = [("all-gpu", {}), ("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}),
+POLICIES = [("all-gpu", {}), ("cpu-route", {}), ("static", {}), ("static", {"profile_steps": 3}), ("fetch-lru", {}),
             ("tide", {"tau": 1}), ("tide", {"tau": 3})]
 
 

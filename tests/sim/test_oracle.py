@@ -101,7 +101,7 @@ def test_refused_by_the_runtime():
 
 
 # ---- never slower than a causal policy --------------------------------------------------------------------
-CAUSAL = [("cpu-route", {}), ("cpu-route", {"initial": "first-step"}), ("fetch-lru", {}), ("tide-opt", {}),
+CAUSAL = [("cpu-route", {}), ("static", {}), ("static", {"profile_steps": 3}), ("fetch-lru", {}), ("tide-opt", {}),
           ("riptide", {})] + [("tide", {"tau": t}) for t in range(1, 9)]
 
 

@@ -43,12 +43,22 @@ def test_cpu_route_sends_misses_to_cpu():
     np.testing.assert_allclose(r.step_times_s, [2.2, 4.04])
 
 
-def test_cpu_route_first_step_places_most_used():
+def test_static_places_the_first_steps_most_used_once():
     counts = [[[0, 0, 3, 1]], [[0, 0, 2, 2]]]
-    r = run(make_policy("cpu-route", initial="first-step"), trace=tiny_trace(counts))
+    r = run(make_policy("static"), trace=tiny_trace(counts))
     # step 0 loads experts 2 and 3 (200 B, 2 s) once; afterwards everything hits
     assert (r.counters.promotions, r.counters.demotions, r.counters.cpu_assignments) == (2, 2, 0)
     assert r.sim_time_s == pytest.approx((1 + 1 + 2 + 0.2) + 2.2)
+
+
+def test_static_profiles_a_prefix_then_never_moves():
+    # budget 2; step 0 favours expert 0, steps 0-1 summed favour 2 and 3, step 2 would favour 1
+    counts = [[[3, 0, 2, 2]], [[0, 0, 2, 2]], [[0, 5, 0, 0]]]
+    r = run(make_policy("static", profile_steps=2), trace=tiny_trace(counts))
+    # steps 0: experts 0, 1 resident (id order), misses 2, 3 on the CPU; step 1: place {2, 3} (2 promotions, 2
+    # demotions); step 2: expert 1 is missed but nothing moves any more
+    assert (r.counters.promotions, r.counters.demotions) == (2, 2)
+    assert r.counters.cpu_assignments == 4 + 5
 
 
 def test_fetch_lru_fetches_every_miss():
