@@ -31,6 +31,7 @@ from offload.model_spec import ModelSpec
 from offload.policies import BASELINES, POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from offload.results import SimRecord, to_json
+from sim import spread
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
@@ -39,9 +40,9 @@ from offload.cli import add_budget, add_generation, add_hardware, add_model, bud
 
 
 # options a run would not use: refused rather than silently ignored
-SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed")
+SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed", "seeds")
 NOT_IN_STUDY = ("model", "hardware", "trace", "modes", "block_length", "prompt_length", "tokens_per_forward",
-                "gpu_experts_per_layer", "gpu_memory_gb", "timeline")
+                "gpu_experts_per_layer", "gpu_memory_gb", "timeline", "seeds")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -62,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     add_generation(g, gen_length=1024, prompt_length=128, steps=False, modes="many", seed_help="synthetic traces: seed")
     g.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed "
                    "per denoising step (default: the model's published figure)")
+    g.add_argument("--seeds", type=int, default=3, help="synthetic traces per mode (seeds --seed, --seed + 1, ...): "
+                   "results as medians with their range over seeds, and the recommendation's share of wins (default 3)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), "
                    f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
     add_budget(p, default="128, capped at the layer's experts")
@@ -92,14 +95,17 @@ def _check_args(a: argparse.Namespace) -> None:
         policy_from_text(text)
     if a.gen_length < 1 or a.block_length < 1 or a.prompt_length < 0:
         raise TideError("gen length and block length must be >= 1, prompt length >= 0")
+    if a.seeds < 1:
+        raise TideError(f"--seeds must be >= 1, got {a.seeds}")
     if a.jobs is not None and a.jobs < 1:
         raise TideError("--jobs must be >= 1")
 
 
-def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str]:
-    """Trace name -> file in the run directory (synthetic ones generated there)."""
+def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """Trace name -> file in the run directory (synthetic ones generated there), and trace name -> seed."""
     tdir = out / "traces"
     paths: dict[str, str] = {}
+    seeds: dict[str, int] = {}
     if a.trace:
         for f in a.trace:
             trace = read_trace(f, model=model)
@@ -107,17 +113,20 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> dict[str, str
             if name in paths:
                 raise TideError(f"two traces named {name!r}; rename one")
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
-        return paths
+        return paths, seeds
     from traces.synthetic import default_config, generate
 
     for mode in dict.fromkeys(a.modes):
-        overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
-                                         prompt_length=a.prompt_length, seed=a.seed)
-        if a.tokens_per_forward is not None:
-            overrides["tokens_per_forward"] = a.tokens_per_forward
-        trace = generate(model, default_config(model, mode, **overrides))
-        paths[mode] = str(write_trace(trace, tdir / f"{mode}.npz"))
-    return paths
+        for seed in range(a.seed, a.seed + a.seeds):
+            overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
+                                             prompt_length=a.prompt_length, seed=seed)
+            if a.tokens_per_forward is not None:
+                overrides["tokens_per_forward"] = a.tokens_per_forward
+            trace = generate(model, default_config(model, mode, **overrides))
+            name = mode if a.seeds == 1 else f"{mode}-seed{seed}"
+            paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
+            seeds[name] = seed
+    return paths, seeds
 
 
 def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
@@ -134,19 +143,25 @@ def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str,
     return [(n, dict(p)) for n, p in unique]
 
 
-def _tasks(a: argparse.Namespace, traces: dict[str, str], model: ModelSpec, hw: HardwareProfile,
-           budget: np.ndarray) -> list[Task]:
+def _tasks(a: argparse.Namespace, traces: dict[str, str], seeds: dict[str, int], model: ModelSpec,
+           hw: HardwareProfile, budget: np.ndarray) -> list[Task]:
     m, h, b = model_payload(model), hw.to_dict(), int(budget.max())
-    return [Task(path, name, m, h, b, p, params) for name, path in traces.items()
-            for p, params in policy_grid(a.policies, a.tau)]
+    return [Task(path, name, m, h, b, p, params, {"seed": seeds[name]} if name in seeds else {})
+            for name, path in traces.items() for p, params in policy_grid(a.policies, a.tau)]
 
 
-def recommend(rows: list[SimRecord], all_gpu_allowed: bool) -> SimRecord:
-    """The fastest row among policies that keep to the budget; all-gpu (the ceiling) only when the budget is
-    every expert and they fit the GPU. Falls back to the fastest row when nothing else ran."""
+def recommend(rows: list[SimRecord], all_gpu_allowed: bool) -> tuple[SimRecord, dict[str, float]]:
+    """The policy with the highest median tokens/s over the trace seeds (``sim.spread``) among those that keep to
+    the budget (all-gpu, the ceiling, only when the budget is every expert and they fit the GPU), as its most
+    frequent per-seed best row, with the predicted figures: median tokens/s, its range and the share of wins."""
     # a non-causal policy (oracle) is a bound, not something the runtime can execute
-    eligible = [r for r in rows if r.causal and (r.policy != "all-gpu" or all_gpu_allowed)] or rows
-    return max(eligible, key=lambda r: r.tokens_per_s)
+    best, share = spread.recommend(rows, lambda r: r.causal and (r.policy != "all-gpu" or all_gpu_allowed))
+    labels = [r.label for r in best.rows]
+    row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
+    tps = best.tokens_per_s
+    return row, {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
+                 "tokens_per_s_max": float(tps.max()), "hit_ratio": row.counters.hit_ratio,
+                 "wins_share": share, "trace_seeds": len(tps)}
 
 
 def summary_table(rows: list[SimRecord]) -> str:
@@ -181,7 +196,7 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
         "all_experts_fit_gpu": fits(model, hw, np.full(model.num_moe_layers, model.num_experts)),
         "traces": {name: {"file": path} for name, path in traces.items()},
         "synthetic": None if a.trace else {"modes": a.modes, "gen_length": a.gen_length, "block_length": a.block_length,
-                                           "prompt_length": a.prompt_length, "seed": a.seed,
+                                           "prompt_length": a.prompt_length, "seed": a.seed, "seeds": a.seeds,
                                            "tokens_per_forward": a.tokens_per_forward},
         "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (offload.cost.RooflineCostModel)",
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
@@ -238,17 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = budget_from(a, model, default=min(128, model.num_experts), hw=hw)
     out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
-    traces = _traces(a, model, out)
-    tasks = _tasks(a, traces, model, hw, budget)
+    traces, seeds = _traces(a, model, out)
+    tasks = _tasks(a, traces, seeds, model, hw, budget)
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     config = _resolved_config(a, model, hw, budget, traces)
     all_fit = config["all_experts_fit_gpu"]
-    best = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
+    best, predicted = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
     choice = PolicyChoice(policy=best.policy, params=best.params,
                           experts_per_layer=None if best.policy == "all-gpu" else int(budget.max()),
                           mode=best.mode, model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
-                          predicted={"tokens_per_s": best.tokens_per_s, "hit_ratio": best.counters.hit_ratio},
-                          created_by=config["command"])
+                          predicted=predicted, created_by=config["command"])
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     write_policy_file(out / "recommended-policy.json", choice)
@@ -269,8 +283,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      title=f"{model.name} on {hw.name}, {int(budget.max())} of {model.num_experts} experts per layer")
     print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
           f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")
-    print(summary_table(rows))
-    print(f"\nrecommended: {best.label} in {best.mode} mode, {best.tokens_per_s:.1f} tokens/s predicted")
+    print(summary_table(rows) if len(set(seeds.values())) <= 1 else spread.spread_table(rows))
+    spread_text = (f" (median of {predicted['trace_seeds']} trace seeds, range {predicted['tokens_per_s_min']:.1f}-"
+                   f"{predicted['tokens_per_s_max']:.1f}; fastest in {100 * predicted['wins_share']:.0f}% of them)"
+                   if predicted["trace_seeds"] > 1 else "")
+    print(f"\nrecommended: {best.label} in {best.mode} mode, {predicted['tokens_per_s']:.1f} tokens/s predicted"
+          + spread_text)
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ "
           f"(report.html, results.json, config.json, recommended-policy.json)")
     return 0

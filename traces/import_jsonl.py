@@ -12,7 +12,7 @@ from typing import Sequence
 from offload.cli import add_model, Parser
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
-from traces.importers import import_jsonl
+from traces.importers import import_jsonl, trace_summary
 from offload.trace_io import write_trace
 
 
@@ -32,9 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace = import_jsonl(args.log, model, layer_offset=args.layer_offset, first_is_prefill=args.first_is_prefill,
                          keep_topk=not args.no_topk_ids)
     out = write_trace(trace, args.out)
-    print(f"wrote {out}: {trace.num_steps} steps, {int(trace.tokens_forwarded.sum())} tokens, "
-          f"{trace.header['generation']['gen_length']} decode steps, {trace.num_moe_layers} MoE layers x "
-          f"{trace.num_experts} experts, top-{trace.top_k}")
+    print(f"wrote {out}: {trace_summary(trace)}")
     return 0
 
 

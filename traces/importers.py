@@ -23,19 +23,85 @@ from __future__ import annotations
 import json
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from offload.errors import TideError
-from offload.trace import KIND_DECODE, KIND_PREFILL, Trace, model_header
+from offload.trace import KIND_DECODE, KIND_NAMES, KIND_PREFILL, Trace, model_header
 from offload.trace_check import make_trace
 
 _ROUTE_TYPES = (None, "route")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return type(v) is int  # JSON integers only: bool and float are refused
+
+
+# ---- helpers shared with traces.vllm_logger -------------------------------------------------------------------
+
+def json_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number from 1, object) for each non-blank line of a JSON Lines routing log; an unreadable file,
+    malformed JSON or a line that is not an object is a one-line TideError naming the file and line."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TideError(f"routing log {path}: no such file") from None
+    except IsADirectoryError:
+        raise TideError(f"routing log {path}: is a directory") from None
+    for lineno, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise TideError(f"{path} line {lineno}: malformed JSON ({type(exc).__name__}: {exc})"
+                            .replace("\n", " ")) from None
+        if not isinstance(row, dict):
+            raise TideError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+        yield lineno, row
+
+
+def expert_id_array(path: Path, ids: list[list[int]], token_line: np.ndarray, model: Any) -> np.ndarray:
+    """Per-token expert ids as an int64 array [tokens, k], checked at once: each id in 0..E-1 and no token
+    listing an expert twice (``token_line``: each token's line number, for the message)."""
+    try:
+        arr = np.asarray(ids, dtype=np.int64)
+    except OverflowError:  # an id beyond int64: find it with Python ints (it is out of range, so we raise)
+        arr = np.asarray(ids, dtype=object)
+    bad = (arr < 0) | (arr >= model.num_experts)
+    if bad.any():
+        t, j = np.argwhere(bad)[0]
+        raise TideError(f"{path} line {token_line[t]}: expert id {arr[t, j]} outside model {model.name}'s "
+                        f"experts 0..{model.num_experts - 1}")
+    srt = np.sort(arr, axis=1)
+    dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
+    if dup.any():
+        raise TideError(f"{path} line {token_line[np.argmax(dup)]}: a token lists the same expert twice")
+    return arr
+
+
+def check_topk_fits(model: Any) -> None:
+    """Per-token ids are stored as int16 (schema v1)."""
+    if model.num_experts > np.iinfo(np.int16).max + 1:
+        raise TideError(f"model {model.name} has {model.num_experts} experts: too many to keep per-token ids "
+                        "(use keep_topk=False)")
+
+
+def count_assignments(group: np.ndarray, ids: np.ndarray, groups: int, num_experts: int) -> np.ndarray:
+    """counts[g, e] = token-assignments of expert e in group g (one bincount); ``group``: each token's group,
+    ``ids``: its [tokens, k] expert ids."""
+    flat = group[:, None] * num_experts + ids
+    return np.bincount(flat.ravel(), minlength=groups * num_experts).reshape(groups, num_experts)
+
+
+def trace_summary(trace: Trace) -> str:
+    """One line for an importer CLI: steps by kind, tokens, shape."""
+    kinds = ", ".join(f"{int((trace.kind == k).sum())} {name}" for k, name in KIND_NAMES.items()
+                      if (trace.kind == k).any())
+    return (f"{trace.num_steps} steps ({kinds}), {int(trace.tokens_forwarded.sum())} tokens forwarded, "
+            f"{trace.generated_tokens} generated, {trace.num_moe_layers} MoE layers x {trace.num_experts} experts, "
+            f"top-{trace.top_k}")
 
 
 def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
@@ -55,30 +121,15 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
     """Read a JSONL decode routing log for ``model`` (a :class:`offload.model_spec.ModelSpec`) into a Trace."""
     path = Path(path)
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
-    if keep_topk and E > np.iinfo(np.int16).max + 1:
-        raise TideError(f"model {model.name} has {E} experts: too many to keep per-token ids (use keep_topk=False)")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TideError(f"routing log {path}: no such file") from None
-    except IsADirectoryError:
-        raise TideError(f"routing log {path}: is a directory") from None
+    if keep_topk:
+        check_topk_fits(model)
 
     steps: list[int] = []       # per row
     layers: list[int] = []      # per row (MoE layer, after the offset)
     ntok: list[int] = []        # per row
     linenos: list[int] = []     # per row
     ids: list[list[int]] = []   # per token
-    for lineno, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise TideError(f"{path} line {lineno}: malformed JSON ({type(exc).__name__}: {exc})"
-                            .replace("\n", " ")) from None
-        if not isinstance(row, dict):
-            raise TideError(f"{path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+    for lineno, row in json_objects(path):
         if row.get("type") not in _ROUTE_TYPES:
             continue
         try:
@@ -86,9 +137,9 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
                 if key not in row:
                     raise TideError(f"line {lineno}: row lacks field {key!r}")
             step, layer = row["step"], row["layer"]
-            if not _is_int(step) or not 0 <= step < 2**62:
+            if not is_int(step) or not 0 <= step < 2**62:
                 raise TideError(f"line {lineno}: field step must be an integer >= 0, got {step!r}")
-            if not _is_int(layer):
+            if not is_int(layer):
                 raise TideError(f"line {lineno}: field layer must be an integer, got {layer!r}")
             moe_layer = layer - layer_offset
             if not 0 <= moe_layer < L:
@@ -113,19 +164,7 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
     # ---- vectorised checks of the ids ---------------------------------------------------------------
     ntok_a = np.asarray(ntok, dtype=np.int64)
     tok_line = np.repeat(np.asarray(linenos, dtype=np.int64), ntok_a)
-    try:
-        id_arr = np.asarray(ids, dtype=np.int64)
-    except OverflowError:  # an id beyond int64: find it with Python ints
-        id_arr = np.asarray(ids, dtype=object)
-    bad = (id_arr < 0) | (id_arr >= E)
-    if bad.any():
-        t, j = np.argwhere(bad)[0]
-        raise TideError(f"{path} line {tok_line[t]}: expert id {id_arr[t, j]} outside model {model.name}'s "
-                        f"experts 0..{E - 1}")
-    srt = np.sort(id_arr, axis=1)
-    dup = (srt[:, 1:] == srt[:, :-1]).any(axis=1)
-    if dup.any():
-        raise TideError(f"{path} line {tok_line[np.argmax(dup)]}: a token lists the same expert twice")
+    id_arr = expert_id_array(path, ids, tok_line, model)
 
     # ---- steps and per-(step, layer) token counts ---------------------------------------------------
     log_steps, step_row = np.unique(np.asarray(steps, dtype=np.int64), return_inverse=True)
@@ -148,8 +187,7 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
 
     # ---- counts[s, l, e] in one bincount ------------------------------------------------------------
     group_tok = np.repeat(group_row, ntok_a)
-    flat = group_tok[:, None] * E + id_arr
-    counts = np.bincount(flat.ravel(), minlength=S * L * E).reshape(S, L, E)
+    counts = count_assignments(group_tok, id_arr, S * L, E).reshape(S, L, E)
 
     topk = None
     if keep_topk:

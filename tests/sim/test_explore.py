@@ -12,10 +12,11 @@ import sys
 
 
 from sim.explore import main
+from offload.errors import TideError
 from offload.policies.policy_file import read_policy_file
 from offload.policies import POLICIES, TAU_POLICIES
 
-SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet"]
+SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet", "--seeds", "1"]
 
 
 def test_small_study_writes_run_directory(tmp_path, capsys):
@@ -102,3 +103,29 @@ def test_bad_config_and_mismatched_trace(tmp_path):
     garbage.write_bytes(b"\x00" * 100)
     proc = _cli("--trace", str(garbage), "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "not a readable trace" in proc.stderr
+
+
+def test_seeds_give_medians_ranges_and_a_share_of_wins(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--gen-length", "64", "--prompt-length", "32", "--tau", "2", "--quiet", "--no-report", "--modes",
+            "block-cache", "--policies", "cpu-route", "static", "tide", "--seeds", "3", "--seed", "5"]
+    assert main([*args, "--out", str(out), "--json", str(tmp_path / "rows.json")]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert len(rows) == 3 * 3 and sorted({r["trace"] for r in rows}) == [f"block-cache-seed{s}" for s in (5, 6, 7)]
+    assert "median [min-max] over 3 trace seeds" in text and "fastest in" in text
+    choice = read_policy_file(out / "recommended-policy.json")
+    p = choice.predicted
+    assert p["trace_seeds"] == 3 and 0 < p["wins_share"] <= 1
+    assert p["tokens_per_s_min"] <= p["tokens_per_s"] <= p["tokens_per_s_max"]
+    mine = sorted(r["tokens_per_s"] for r in rows if r["policy"] == choice.policy)
+    assert p["tokens_per_s"] == pytest.approx(mine[1])  # the median of three
+    others = [sorted(r["tokens_per_s"] for r in rows if r["policy"] == q)[1] for q in ("cpu-route", "static", "tide")]
+    assert p["tokens_per_s"] == pytest.approx(max(others))  # the highest median wins
+
+
+def test_seeds_must_be_positive_and_are_synthetic_only(tmp_path):
+    with pytest.raises(TideError, match="--seeds must be >= 1"):
+        main(["--seeds", "0", "--quiet"])
+    with pytest.raises(TideError, match="--seeds would be ignored"):
+        main(["--trace", str(tmp_path / "t.npz"), "--seeds", "2"])

@@ -114,7 +114,7 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
     ray = pytest.importorskip("ray", reason="ray is an optional extra (pip install -e '.[ray]')")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        args = [*SMALL, "--modes", "block-cache", "--policies", "cpu-route", "tide"]
+        args = [*SMALL, "--modes", "block-cache", "--seeds", "1", "--policies", "cpu-route", "tide"]
         main([*args, "--ray", "auto", "--out", str(tmp_path / "r"), "--json", str(tmp_path / "ray.json")])
     finally:
         ray.shutdown()
