@@ -1,6 +1,8 @@
 """Routing statistics of a trace, and a command line that prints them.
 
     python -m traces.stats TRACE.npz [TRACE.npz ...] [--json]
+    python -m traces.stats --check [--seeds N]     synthetic mini/flash traces: measured vs published, pass/fail
+    python -m sim.synthetic_check [--seeds N]     the same with tide's hit ratios (needs simpy)
 
 Definitions (c_s = counts[s, l, :], the count vector of MoE layer l at step s; "generating forwards" are the
 denoising forwards, kind 0, plus autoregressive decode forwards, kind 3; commit and prefill forwards only
@@ -22,13 +24,20 @@ re-encode tokens and are left out of every per-forward statistic):
                             G = sum_i (2i - n - 1) x_(i) / (n sum x), x_(i) ascending; mean over layers
                             (uniform use: 0.1 and 0)
 Statistics without any contributing pair or forward are NaN (null in --json).
+
+--check generates synthetic LLaDA2.0-mini and -flash traces (seeds 0..N-1, defaults, gen_length 1024) and prints
+each calibration figure (mean over seeds, and the range) against its published target with pass/fail:
+tokens per forward, distinct experts, cosines (block-cache denoise forwards: the block's own tokens), denoising
+steps per prompt (EOS stop), cross-seed ("topic") top-half coverage (OLMoE across domains, top-32 of 64). The
+tide hit ratio at tau = 1..5 under prefix recompute needs the simulator, which traces may not import
+(tests/test_architecture.py): `python -m sim.synthetic_check` prints the same table with those rows.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -77,6 +86,14 @@ def gini(x: np.ndarray) -> np.ndarray:
     n = s.shape[-1]
     i = np.arange(1, n + 1)
     return ((2 * i - n - 1) * s).sum(-1) / (n * s.sum(-1))
+
+
+def top_half_coverage(placed_on: np.ndarray, served: np.ndarray) -> float:
+    """Share of ``served``'s assignments [L, E] taken by the E/2 experts busiest in ``placed_on`` [L, E], mean over
+    layers: how well a top-half placement chosen on one workload serves another (itself: its top-half share)."""
+    E = placed_on.shape[-1]
+    top = np.argpartition(placed_on, E - E // 2, axis=-1)[:, E - E // 2:]
+    return float((np.take_along_axis(served, top, -1).sum(-1) / served.sum(-1)).mean())
 
 
 def trace_stats(trace: Trace) -> dict[str, Any]:
@@ -143,12 +160,93 @@ def _json_ready(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
+# ---- measured vs published (synthetic calibration) ---------------------------------------------------------
+BUDGET = {"mini": 128, "flash": 96}  # TIDE's B per layer (of 256): mini's released default, flash's paper setting
+
+
+HitRatios = Callable[[Trace, int], Sequence[float]]  # (trace, budget) -> tide hit ratio at tau = 1..5
+
+
+def calibration_rows(seeds: Sequence[int] = (0, 1, 2), hit_ratios: HitRatios | None = None
+                     ) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, measured, published, passed) rows; passed None: not measured (a note in ``measured``).
+
+    ``hit_ratios`` measures tide's hit ratio at tau = 1..5 (the simulator: sim.synthetic_check passes it; traces
+    may not import sim); None: those rows say where to get them."""
+    from offload.model_spec import ModelSpec
+    from traces.synthetic import default_config, generate
+
+    rows: list[tuple[str, str, str, bool | None]] = []
+
+    def row(name: str, values: Sequence[float], target: str, ok: bool) -> None:
+        v = np.asarray(values, dtype=float)
+        rows.append((name, f"{v.mean():.4f} ({v.min():.4f}-{v.max():.4f})", target, bool(ok)))
+
+    for model, tpf in (("mini", 2.55), ("flash", 3.19)):
+        spec = ModelSpec.load(f"llada2.0-{model}")
+        bc = [generate(spec, default_config(spec, "block-cache", seed=s)) for s in seeds]
+        pr = [generate(spec, default_config(spec, "prefix-recompute", seed=s)) for s in seeds]
+        st = [trace_stats(t) for t in bc]
+        tp = np.mean([s["tokens_per_forward"] for s in st])
+        row(f"{model}: tokens per denoising forward", [s["tokens_per_forward"] for s in st], f"{tpf}",
+            abs(tp - tpf) < 0.15)
+        c1 = [s["cosine_adjacent"] for s in st]
+        c5 = [s[f"cosine_lag{LAG}"] for s in st]
+        row(f"{model}: cosine adjacent steps (block tokens)", c1, "0.985", abs(np.mean(c1) - 0.985) < 0.01)
+        row(f"{model}: cosine 5 steps apart (block tokens)", c5, "> 0.95", np.mean(c5) > 0.95)
+        if model == "mini":
+            d = [s["distinct_experts"] for s in st]
+            row("mini: distinct experts per layer, block forward", d, "69.5", abs(np.mean(d) - 69.5) < 5)
+            n = [t.num_steps for t in pr]
+            row("mini: denoising steps per prompt (EOS stop)", n, "22-92", 22 <= min(n) and max(n) <= 92)
+            # one more seed, so that even one seed has a pair
+            extra = generate(spec, default_config(spec, "prefix-recompute", seed=max(seeds) + 1))
+            tot = [t.counts.sum(0) for t in (*pr, extra)]
+            cross = [top_half_coverage(tot[i], tot[j]) for i in range(len(tot)) for j in range(len(tot)) if i != j]
+            row("mini: top-half coverage across seeds (topics)", cross, "0.47-0.51 (OLMoE)",
+                0.45 <= np.mean(cross) <= 0.53)
+        if hit_ratios is None:
+            rows.append((f"{model}: tide hit ratios", "not measured here: python -m sim.synthetic_check", "", None))
+            continue
+        h = np.asarray([hit_ratios(t, BUDGET[model]) for t in pr])
+        want = (0.93, 0.95) if model == "mini" else (0.97, 0.99)
+        row(f"{model}: tide hit ratio, tau 1, B {BUDGET[model]}", h[:, 0], f"{want[0]}-{want[1]}",
+            want[0] <= h[:, 0].mean() <= want[1])
+        delta = h[:, :1] - h[:, 1:]
+        if model == "mini":
+            for t in range(2, 6):
+                row(f"mini: hit(tau 1) - hit(tau {t})", delta[:, t - 2], ("0.002-0.006" if t == 5 else
+                    "0.0009 0.0014 0.0028".split()[t - 2]) + " (TIDE)",
+                    0.002 <= delta[:, 3].mean() <= 0.006 if t == 5 else bool((np.diff(delta.mean(0)) > 0).all()))
+    return rows
+
+
+def format_check(rows: Sequence[tuple[str, str, str, bool | None]]) -> str:
+    table = [("figure", "measured: mean (range)", "published", "check")] + [
+        (n, m, p, "-" if ok is None else "pass" if ok else "FAIL") for n, m, p, ok in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = Parser(prog="python -m traces.stats", description=__doc__.splitlines()[0])
-    ap.add_argument("traces", nargs="+", help="trace files (.npz)")
+    ap.add_argument("traces", nargs="*", help="trace files (.npz)")
     ap.add_argument("--json", action="store_true", help="print the statistics as JSON (an object per file when "
                                                         "several are given)")
+    ap.add_argument("--check", action="store_true", help="measured vs published figures of synthetic mini and "
+                                                         "flash traces, with pass/fail")
+    ap.add_argument("--seeds", type=int, default=3, help="--check: synthetic seeds 0..N-1 (default 3)")
     args = ap.parse_args(argv)
+    if args.check:
+        if args.seeds < 1:
+            ap.error(f"--seeds must be an integer >= 1, got {args.seeds}")
+        print(format_check(calibration_rows(range(args.seeds))))
+        if not args.traces:
+            return 0
+    if not args.traces:
+        ap.error("give trace files, or --check")
     stats = [trace_stats(read_trace(p)) for p in args.traces]
     if args.json:
         out: Any = _json_ready(stats[0]) if len(stats) == 1 else {p: _json_ready(s) for p, s in zip(args.traces, stats)}

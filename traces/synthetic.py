@@ -11,37 +11,69 @@ solved so that T / E[denoising steps per block] = tokens_per_forward exactly (a 
 (step, masked tokens), see :func:`extra_commit_rate`). Which tokens commit is a random order.
 Calibrated to: tokens per forward at default decoding, LLaDA2.0-mini 2.55, LLaDA2.0-flash 3.19.
 
-Routing, per MoE layer l (E experts, top-k), all in log space:
-  popularity   log p_l(e) = -s log(1 + rank_l(e)) + const    rank_l: a random permutation (Zipf, exponent s)
-  block b      q_{b,l} ~ Dirichlet(alpha E p_l)               (mean p_l; small alpha = few experts per block)
+Length: with eos_stop (default) the block holding EOS is uniform on [eos_blocks_min, eos_blocks_max] = [2, 7]
+(1-based, capped at gen_length / T) and generation stops after it, as in TIDE's evaluation; the header keeps
+gen_length (the budget) and the trace commits fewer tokens. Calibrated to: 22 to 92 denoising steps per prompt
+(TIDE development runs, mini; routing-stats.md): 2..7 blocks of about 12.5 steps (32 / 2.55).
+
+Routing, per MoE layer l = 0..L-1 (E experts, top-k), x_l = l / (L - 1), all in log space:
+  depth        s_l = s (1 + d_s (x_l - 1/2)),  alpha_l = alpha exp(d_a (1/2 - x_l))   (flatter first layers)
+  topic        log p_l(e) = -s_l log(1 + rank_l(e)) + const, rank_l a random permutation per seed: each seed is
+               one prompt on one "topic"; two seeds' rankings are independent
+  drift        u_{i,l}(e) = phi u_{i-1,l}(e) + sigma sqrt(1 - phi^2) N(0, 1), stationary sd sigma, over the chunks
+               i of the generation (the prompt's ceil(P / T) chunks of T tokens, then the blocks);
+               log p_{i,l} = log p_l + u_{i,l}, renormalised
+  block        masked tokens:    q_M ~ Dirichlet(alpha_l E p_{b,l})   (mean p_b; small alpha = few experts)
+               committed tokens: q_F = (1 - eta) q_M + eta r_b,  r_b ~ Dirichlet(beta E pi_b), pi_b prop. to 1 / p_b
+               (eta of a committed token's routing goes to a handful of block-specific "content" experts, mostly
+               from the layer's unpopular tail): the block's routing drifts in one direction as it unmasks
   token t      S_{t,e} = (X_{t,e}^2 + Y_{t,e}^2) / 2 ~ Exp(1), X, Y standard normal
-               experts(t) = the k smallest S_{t,e} / q_{b,l}(e)
+               experts(t) = the k smallest S_{t,e} / q_t(e), q_t = q_M while t is masked at this step, else q_F
 The k smallest of Exp(1) / q are exactly a Gumbel-top-k draw from q (-log S is standard Gumbel): each token's
-experts at any one step are a draw without replacement from the block distribution. Across the denoising
+experts at any one step are a draw without replacement from its distribution. Across the denoising
 steps of a block X and Y follow a Gaussian AR(1) process, so each S stays Exp(1) while drifting slowly:
   X <- a_t X + sqrt(1 - a_t^2) N(0, 1)   (Y alike),   a_t = rho, or rho * rho_c for a token committed by the
                                                        previous step (mask -> real token: an extra jump)
 corr(S at steps j, j + d) = a^(2d). A step's count vector per layer is the bincount of its top-k ids.
-The state after the block's last step (one more AR step, with the last commits' jumps) is the block's *final*
+The state after the block's last step (one more AR step, every token committed) is the block's *final*
 routing: the one its tokens keep for the rest of generation, because block-causal attention never changes
-finished tokens' hidden states. The prompt is routed like finished blocks, one Dirichlet draw per T tokens.
-Blocks (and the prompt) draw independent block distributions and noise: no routing carries over a block
-boundary except through the shared popularity p_l.
+finished tokens' hidden states. The prompt's chunks are routed like finished blocks (by their q_F).
 
-Calibrated to (defaults s = 1.2, alpha = 1.15, rho = 0.998, rho_c = 0.75; tests/traces/test_synthetic.py
-checks the targets):
-  alpha (block_concentration) and s (popularity_skew): 69.5 distinct experts per layer in one 32-token block
-      forward of LLaDA2.0-mini (dMoE, of 256, top-8), together with TIDE's GPU hit ratio 0.93-0.95 for mini with
-      128 of 256 experts resident and per-step refresh under prefix recompute, which is about the share of a
-      step's assignments taken by its 128 busiest experts (traces.stats "top-half share").
-  rho (temporal_correlation), rho_c (commit_correlation): cosine similarity of a layer's count vectors between
-      adjacent denoising steps of a block about 0.985, and above 0.95 five steps apart (TIDE), measured on
-      block-cache denoising forwards (the block's own 32 tokens); the Gaussian AR(1) drifts diffusively, which
-      keeps the lag-5 similarity high while adjacent steps differ by about 1.5%.
-Measured with seed 0, gen_length 1024 (traces.stats): mini block-cache 2.56 tokens/forward, 69.4 distinct
-experts, cosine 0.986 (adjacent) / 0.966 (lag 5); prefix-recompute top-half share 0.94; flash alike with
-3.22 tokens/forward (3.14-3.22 over seeds 0-2). Prefix-recompute cosines are about 0.9999: the static
-prefix dominates its counts.
+Parameters (defaults; mini's s and alpha, flash's from SKEW_AND_CONCENTRATION), what each is calibrated to
+(targets: routing-stats.md, TIDE.md; tests/traces/test_synthetic.py and `python -m traces.stats --check`):
+  s = popularity_skew 1.3 (flash 2.2), alpha = block_concentration 1.8 (flash 3.0): jointly, 69.5 distinct
+      experts per layer in one 32-token block forward of LLaDA2.0-mini (dMoE; 256 experts, top-8) and TIDE's GPU
+      hit ratio 0.93-0.95 for mini with B = 128 resident and per-step refresh under prefix recompute; flash to
+      a hit ratio of about 0.98 at B = 96 (the mini values give 0.89 there).
+  d_s = skew_depth 0.5, d_a = concentration_depth 1.0: OLMoE's per-layer shares (own top-16 of 64 covers 0.43 /
+      0.56 / 0.61 of a domain's assignments at layers 0 / 7 / 15): the first layer flatter than the deep ones
+      (first-layer skew 0.75 s and concentration 1.65 alpha; last 1.25 s and 0.61 alpha).
+  sigma = drift_sd 0.5, phi = drift_correlation 0.7: expert popularity moves from block to block, so a
+      placement fixed on the first step (static) loses several points of hit ratio to TIDE; two blocks
+      of one generation share part of their top halves, two seeds (topics) share about chance: a top-half
+      placement from one seed's counts covers about 0.5 of another's (OLMoE across domains, top-32 of 64:
+      0.47-0.51; own domain 0.68-0.85).
+  eta = content_share 0.15, beta = content_concentration 0.02: the directional drift within a block; with rho it
+      sets the hit-ratio loss of refreshing every tau steps (TIDE: 0.0009 / 0.0014 / 0.0028 / 0.0040 at tau 2..5),
+      as high as the lag-5 cosine target below allows (the two pull against each other; see below).
+  rho = temporal_correlation 0.998, rho_c = commit_correlation 0.9: cosine similarity of a layer's count vectors
+      of the block's own tokens (block-cache denoising forwards) between adjacent denoising steps about 0.985,
+      and above 0.95 five steps apart (TIDE; which vector TIDE measured is not stated).
+  eos_stop True, eos_blocks_min 2, eos_blocks_max 7: see Length above.
+Measured (seeds 0-2, gen_length 1024, prompt 128, EOS stop on; `python -m traces.stats --check`), mini:
+tokens/forward 2.46-2.59 (2.55 in expectation; the short EOS-stopped traces scatter), 70.3-71.6 distinct
+experts, cosine 0.984-0.985 (adjacent) / 0.954-0.959 (lag 5), tide hit ratio at tau = 1 0.937-0.956 (mean
+0.944), hit(1) - hit(tau) 0.0006 / 0.0010 / 0.0014 / 0.0017 at tau 2..5 (monotone; TIDE's 0.0040 at tau 5 is not
+reached), static 0.022-0.049 below tide(tau = 1), 26-77 denoising steps, top-half coverage across seeds
+0.47-0.54 (mean 0.51); without EOS stop a block's top half covers 0.77 of the next block's final counts and 0.76
+ten blocks on, and the first layer's top-10% share is 0.49-0.52 against 0.73-0.74 at the last layer. Flash
+(B = 96): 3.10-3.20 tokens/forward, hit ratio at tau = 1 0.970-0.986 (mean 0.976), adjacent cosine 0.992, lag-5
+cosine 0.934-0.943 (below the 0.95 target: flash commits more tokens per step and its skew is higher), loss at
+tau = 5 0.0017-0.0021. Why the loss at tau = 5 stays near 0.0017: only the block's own tokens change within a
+block (under 15% of a prefix-recompute forward's assignments), and the lag-5 cosine of those tokens bounds how
+far their count vector may move in 5 steps; stronger content drift (content_share 0.5) reaches about 0.002, and
+giving committed tokens a whole new block distribution about 0.0035-0.004, but both put the lag-5 cosine near 0.9
+or below. Generation: about 1 s per mini trace (EOS stop) on one core.
 
 How steps become trace rows (offload/trace.py), for generated block b with n_b denoising steps:
   prefix-recompute: n_b rows, kind 0, tokens_forwarded = context_tokens = P + (b + 1) T; counts = the final
@@ -51,9 +83,10 @@ How steps become trace rows (offload/trace.py), for generated block b with n_b d
       (kind 1, step_in_block 0 as the schema prescribes, T tokens, 0 committed, the block's final counts) that
       writes its keys and values. The last block has no commit row: no later forward would read its cache.
 The routing timeline does not depend on the mode, so both modes of one seed share every block's routing (the
-last block's final state is drawn either way and left unused).
+last block's final state is drawn either way and left unused), and the EOS block.
 Cost: two float32 normals per (token, layer, expert) and denoising step, then one argpartition; no Python loop
-over tokens or experts. LLaDA2.0-flash, gen_length 1024: about 2 s on one core.
+over tokens or experts (loops over blocks and prompt chunks only). LLaDA2.0-flash, gen_length 1024 without EOS
+stop: a few seconds on one core.
 """
 from __future__ import annotations
 
@@ -72,6 +105,9 @@ from offload.trace_check import make_trace
 
 # Published tokens per denoising forward at default decoding (routing-stats.md).
 TOKENS_PER_FORWARD = {"mini": 2.55, "flash": 3.19}
+# (popularity_skew, block_concentration) by model: mini to 69.5 distinct experts per block forward and TIDE's hit
+# ratio 0.93-0.95 at B = 128; flash to a hit ratio of about 0.98 at B = 96 (see the module docstring)
+SKEW_AND_CONCENTRATION = {"mini": (1.3, 1.8), "flash": (2.2, 3.0)}
 _LOG_Q_FLOOR = -60.0  # log q below the layer's best expert by more than this counts as e^-60: keeps S/q finite
 
 
@@ -87,11 +123,19 @@ class SyntheticConfig:
     tokens_per_forward   mean tokens committed per denoising forward; None: the model's published value
                          (:func:`default_tokens_per_forward`)
     threshold            confidence threshold of the decoder; recorded in the header only
-    popularity_skew      s: Zipf exponent of each layer's expert popularity
-    block_concentration  alpha: Dirichlet concentration per expert of a block's distribution around it
-    temporal_correlation rho: per-step AR(1) coefficient of each token's routing noise within a block
-    commit_correlation   rho_c: extra AR(1) coefficient applied when a token is committed (mask -> token)
-    seed                 seed of numpy's SeedSequence; every random draw derives from it
+    popularity_skew      s in [0, 10]: Zipf exponent of expert popularity (geometric mean over layers)
+    block_concentration  alpha in [1e-4, 1e4]: Dirichlet concentration per expert of a block's distribution
+    temporal_correlation rho in [0, 1]: per-step AR(1) coefficient of each token's routing noise within a block
+    commit_correlation   rho_c in [0, 1]: extra AR(1) coefficient applied when a token is committed (mask -> token)
+    skew_depth           d_s in [0, 1.9]: skew rises linearly with depth, s_l = s (1 + d_s (x_l - 1/2))
+    concentration_depth  d_a in [0, 5]: concentration falls with depth, alpha_l = alpha exp(d_a (1/2 - x_l))
+    drift_sd             sigma in [0, 5]: stationary sd of the log-popularity drift across chunks and blocks
+    drift_correlation    phi in [0, 1]: its AR(1) coefficient from one chunk or block to the next
+    content_share        eta in [0, 1]: share of a committed token's routing moved to the block's content experts
+    content_concentration beta in [1e-3, 1e3]: Dirichlet concentration per expert of the content distribution
+    eos_stop             stop after the block holding EOS (True) or generate all gen_length tokens (False)
+    eos_blocks_min/max   integers in [1, 1e6], min <= max: the block holding EOS is uniform on [min, max]
+    seed                 seed of numpy's SeedSequence; every random draw derives from it (one prompt / topic)
     """
 
     mode: str = "prefix-recompute"
@@ -101,10 +145,19 @@ class SyntheticConfig:
     steps: int = 32
     tokens_per_forward: float | None = None
     threshold: float = 0.95
-    popularity_skew: float = 1.2
-    block_concentration: float = 1.15
+    popularity_skew: float = 1.3
+    block_concentration: float = 1.8
     temporal_correlation: float = 0.998
-    commit_correlation: float = 0.75
+    commit_correlation: float = 0.9
+    skew_depth: float = 0.5
+    concentration_depth: float = 1.0
+    drift_sd: float = 0.5
+    drift_correlation: float = 0.7
+    content_share: float = 0.15
+    content_concentration: float = 0.02
+    eos_stop: bool = True
+    eos_blocks_min: int = 2
+    eos_blocks_max: int = 7
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -130,10 +183,26 @@ class SyntheticConfig:
         _check_range("block_concentration", self.block_concentration, 1e-4, 1e4)
         _check_range("temporal_correlation", self.temporal_correlation, 0.0, 1.0)
         _check_range("commit_correlation", self.commit_correlation, 0.0, 1.0)
+        _check_range("skew_depth", self.skew_depth, 0.0, 1.9)
+        _check_range("concentration_depth", self.concentration_depth, 0.0, 5.0)
+        _check_range("drift_sd", self.drift_sd, 0.0, 5.0)
+        _check_range("drift_correlation", self.drift_correlation, 0.0, 1.0)
+        _check_range("content_share", self.content_share, 0.0, 1.0)
+        _check_range("content_concentration", self.content_concentration, 1e-3, 1e3)
+        if not isinstance(self.eos_stop, (bool, np.bool_)):
+            raise TideError(f"synthetic eos_stop must be True or False, got {self.eos_stop!r}")
+        for name in ("eos_blocks_min", "eos_blocks_max"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 10**6:
+                raise TideError(f"synthetic {name} must be an integer in [1, 1000000], got {v!r}")
+        if self.eos_blocks_min > self.eos_blocks_max:
+            raise TideError(f"synthetic eos_blocks_min {self.eos_blocks_min} must be in [1, eos_blocks_max "
+                            f"{self.eos_blocks_max}]")
 
     def params(self) -> dict[str, Any]:
         """All fields as JSON-ready values (the header's origin.params)."""
-        return {k: (v if isinstance(v, (str, type(None))) else float(v) if isinstance(v, float) else int(v))
+        return {k: (v if isinstance(v, (str, type(None))) else bool(v) if isinstance(v, (bool, np.bool_))
+                    else float(v) if isinstance(v, float) else int(v))
                 for k, v in asdict(self).items()}
 
 
@@ -154,8 +223,11 @@ def default_tokens_per_forward(model: Any) -> float:
 
 
 def default_config(model: Any, mode: str = "prefix-recompute", **overrides: Any) -> SyntheticConfig:
-    """The calibrated defaults for ``model`` in ``mode``, with tokens_per_forward set from the model."""
-    base = SyntheticConfig(mode=mode, tokens_per_forward=default_tokens_per_forward(model))
+    """The calibrated defaults for ``model`` in ``mode``: tokens_per_forward, popularity_skew and
+    block_concentration set from the model (:data:`SKEW_AND_CONCENTRATION`)."""
+    tpf = default_tokens_per_forward(model)
+    skew, conc = SKEW_AND_CONCENTRATION["flash" if tpf == TOKENS_PER_FORWARD["flash"] else "mini"]
+    base = SyntheticConfig(mode=mode, tokens_per_forward=tpf, popularity_skew=skew, block_concentration=conc)
     try:
         return replace(base, **overrides)
     except TypeError as exc:  # an unknown keyword: name it as bad input
@@ -224,20 +296,46 @@ def commit_schedule(rng: np.random.Generator, block_length: int, minimum: np.nda
 
 
 # ---- routing --------------------------------------------------------------------------------------------------
-def expert_popularity(rng: np.random.Generator, num_layers: int, num_experts: int, skew: float) -> np.ndarray:
-    """log p [L, E]: Zipf(skew) over a random ranking of the experts of each layer."""
+def depth_profile(num_layers: int, cfg: SyntheticConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer Zipf exponent s_l and Dirichlet concentration alpha_l [L], x_l = l / (L - 1) in [0, 1]:
+    s_l = s (1 + skew_depth (x_l - 1/2)),  alpha_l = alpha exp(concentration_depth (1/2 - x_l)):
+    the first layer flatter (smaller skew, larger concentration) than the last, geometric means s and alpha."""
+    x = np.arange(num_layers) / max(num_layers - 1, 1)
+    skew = cfg.popularity_skew * (1.0 + cfg.skew_depth * (x - 0.5))
+    conc = cfg.block_concentration * np.exp(cfg.concentration_depth * (0.5 - x))
+    return skew, conc
+
+
+def expert_popularity(rng: np.random.Generator, num_layers: int, num_experts: int, skew: Any) -> np.ndarray:
+    """log p [L, E]: Zipf(skew_l) over a random ranking of the experts of each layer (skew: scalar or [L])."""
     rank = np.argsort(rng.random((num_layers, num_experts)), axis=1)
-    log_p = -skew * np.log1p(rank.astype(np.float64))
+    log_p = -np.reshape(skew, (-1, 1)) * np.log1p(rank.astype(np.float64))
     return log_p - logsumexp(log_p, axis=1, keepdims=True)
 
 
-def block_distribution(rng: np.random.Generator, log_p: np.ndarray, concentration: float) -> np.ndarray:
-    """log q [..., L, E] ~ log Dirichlet(concentration * E * p), sampled in log space.
+def block_distribution(rng: np.random.Generator, log_p: np.ndarray, concentration: Any) -> np.ndarray:
+    """log q [..., L, E] ~ log Dirichlet(concentration_l * E * p), sampled in log space (concentration: scalar or
+    [L]).
 
     Gamma(a) = Gamma(a + 1) * U^(1/a) keeps tiny shape parameters from underflowing to log 0."""
-    shape = concentration * log_p.shape[-1] * np.exp(log_p)
+    shape = np.reshape(concentration, (-1, 1)) * log_p.shape[-1] * np.exp(log_p)
     log_g = np.log(rng.standard_gamma(shape + 1.0)) + np.log(rng.random(shape.shape)) / shape
     return log_g - logsumexp(log_g, axis=-1, keepdims=True)
+
+
+def masked_and_final(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig,
+                     concentration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log q_M, log q_F) [L, E] of one block: masked tokens route by q_M ~ Dirichlet(alpha_l E p_b); committed
+    tokens by q_F = (1 - eta) q_M + eta r_b, r_b ~ Dirichlet(beta E pi_b), pi_b proportional to 1 / p_b:
+    eta = content_share of a committed token's routing goes to a few block-specific "content" experts, drawn
+    mostly from the layer's unpopular tail (beta = content_concentration per expert)."""
+    log_m = block_distribution(rng, log_p, concentration)
+    log_pi = -log_p - logsumexp(-log_p, axis=-1, keepdims=True)
+    log_r = block_distribution(rng, log_pi, cfg.content_concentration)
+    eta = cfg.content_share
+    with np.errstate(divide="ignore"):  # eta 0 or 1: log 0 = -inf drops that part
+        log_f = np.logaddexp(np.log1p(-eta) + log_m, np.log(eta) + log_r)
+    return log_m, log_f
 
 
 def selection_weights(log_q: np.ndarray) -> np.ndarray:
@@ -276,9 +374,10 @@ class BlockRouting:
         return int(self.committed.size)
 
 
-def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig, top_k: int,
-                   lam: float) -> BlockRouting:
-    """Denoise one block: commit schedule, then per step an AR(1) move of the noise and a top-k routing."""
+def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig, top_k: int, lam: float,
+                   concentration: np.ndarray) -> BlockRouting:
+    """Denoise one block (log_p [L, E]: its drifted popularity): commit schedule, then per step an AR(1) move of
+    the noise and a top-k routing, masked tokens by q_M and committed ones by q_F."""
     T = cfg.block_length
     L, E = log_p.shape
     committed = commit_schedule(rng, T, scheduled_minimum(T, cfg.steps), lam)
@@ -286,11 +385,12 @@ def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticCo
     # step at which each token is committed, tokens taken in a random order
     commit_step = np.empty(T, dtype=np.int64)
     commit_step[rng.permutation(T)] = np.repeat(np.arange(n), committed)
-    weights = selection_weights(block_distribution(rng, log_p, cfg.block_concentration))
+    log_m, log_f = masked_and_final(rng, log_p, cfg, concentration)
+    w_m, w_f = selection_weights(log_m), selection_weights(log_f)  # [L, E] each
     xy = rng.standard_normal((2, T, L, E), dtype=np.float32)
     innovation = np.empty_like(xy)
     ids = np.empty((n + 1, T, L, top_k), dtype=np.int16)
-    ids[0] = route(xy, weights, top_k)
+    ids[0] = route(xy, w_m, top_k)
     rho, rho_c = cfg.temporal_correlation, cfg.commit_correlation
     for j in range(1, n + 1):
         # tokens committed by step j-1 enter step j as real tokens: their routing jumps further
@@ -299,19 +399,43 @@ def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticCo
         innovation *= np.sqrt(1.0 - a * a)
         xy *= a
         xy += innovation
+        weights = np.where((commit_step < j)[:, None, None], w_f[None], w_m[None])  # [T, L, E]
         ids[j] = route(xy, weights, top_k)
     return BlockRouting(ids=ids, committed=committed)
 
 
-def route_prompt(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig, top_k: int) -> np.ndarray:
-    """Final routing of the prompt's tokens [P, L, k]: one block distribution per block_length tokens."""
+def route_prompt(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig, top_k: int,
+                 concentration: np.ndarray) -> np.ndarray:
+    """Final routing of the prompt's tokens [P, L, k]; log_p [C, L, E]: the drifted popularity of each of its
+    C = ceil(P / T) chunks of block_length tokens, one final (committed) distribution per chunk."""
     P, T = cfg.prompt_length, cfg.block_length
-    L, E = log_p.shape
-    chunks = -(-P // T)
-    weights = selection_weights(block_distribution(rng, np.broadcast_to(log_p, (chunks, L, E)),
-                                                   cfg.block_concentration))
-    xy = rng.standard_normal((2, P, L, E), dtype=np.float32)
-    return route(xy, np.repeat(weights, T, axis=0)[:P], top_k)
+    E = log_p.shape[-1]
+    log_f = np.stack([masked_and_final(rng, lp, cfg, concentration)[1] for lp in log_p]) if P else log_p
+    xy = rng.standard_normal((2, P, log_p.shape[1], E), dtype=np.float32)
+    return route(xy, np.repeat(selection_weights(log_f), T, axis=0)[:P], top_k)
+
+
+def popularity_drift(seqs: list[np.random.SeedSequence], shape: tuple[int, int], sd: float, corr: float,
+                     start: np.ndarray | None = None) -> np.ndarray:
+    """u [n, L, E]: Gaussian AR(1) across n chunks, stationary sd ``sd``: u_i = corr u_(i-1) + sd sqrt(1 - corr^2)
+    e_i, with u_(-1) = ``start`` (None: u_0 = sd e_0, stationary); e_i from seqs[i], so earlier chunks do not
+    depend on how many follow. A loop over chunks, not tokens."""
+    u = np.empty((len(seqs), *shape))
+    inn = sd * np.sqrt(1.0 - corr * corr)
+    prev = start
+    for i, s in enumerate(seqs):
+        e = _rng(s).standard_normal(shape)
+        u[i] = prev = sd * e if prev is None else corr * prev + inn * e
+    return u
+
+
+def eos_blocks(rng: np.random.Generator, cfg: SyntheticConfig) -> int:
+    """Generated blocks: all gen_length / T without EOS stop; with it, the block holding EOS is uniform on
+    [eos_blocks_min, eos_blocks_max] (1-based) and generation stops after it (capped at gen_length / T)."""
+    n_blocks = cfg.gen_length // cfg.block_length
+    if not cfg.eos_stop:
+        return n_blocks
+    return min(n_blocks, int(rng.integers(cfg.eos_blocks_min, cfg.eos_blocks_max + 1)))
 
 
 def _rng(seq: np.random.SeedSequence) -> np.random.Generator:
@@ -333,11 +457,21 @@ def simulate(model: Any, cfg: SyntheticConfig) -> Timeline:
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
     lam = extra_commit_rate(cfg.block_length, cfg.steps, resolve(model, cfg).tokens_per_forward)
     root = np.random.SeedSequence(cfg.seed)
-    pop_seq, prompt_seq, blocks_seq = root.spawn(3)
-    log_p = expert_popularity(_rng(pop_seq), L, E, cfg.popularity_skew)
-    prompt_ids = route_prompt(_rng(prompt_seq), log_p, cfg, k)
-    n_blocks = cfg.gen_length // cfg.block_length
-    blocks = [simulate_block(_rng(s), log_p, cfg, k, lam) for s in blocks_seq.spawn(n_blocks)]
+    pop_seq, prompt_seq, blocks_seq, drift_seq, eos_seq = root.spawn(5)
+    skew, conc = depth_profile(L, cfg)
+    log_p = expert_popularity(_rng(pop_seq), L, E, skew)
+    chunks = -(-cfg.prompt_length // cfg.block_length)
+    n_blocks = eos_blocks(_rng(eos_seq), cfg)
+    prompt_drift, block_drift = drift_seq.spawn(2)
+    u_prompt = popularity_drift(prompt_drift.spawn(chunks), (L, E), cfg.drift_sd, cfg.drift_correlation)
+    # the blocks' drift continues from the prompt's last chunk (stationary start without a prompt)
+    u_blocks = popularity_drift(block_drift.spawn(n_blocks), (L, E), cfg.drift_sd, cfg.drift_correlation,
+                                u_prompt[-1] if chunks else None)
+    def norm(x: np.ndarray) -> np.ndarray:
+        return x - logsumexp(x, axis=-1, keepdims=True)
+    prompt_ids = route_prompt(_rng(prompt_seq), norm(log_p + u_prompt), cfg, k, conc)
+    blocks = [simulate_block(_rng(s), norm(log_p + u), cfg, k, lam, conc)
+              for s, u in zip(blocks_seq.spawn(n_blocks), u_blocks)]
     return Timeline(prompt_ids=prompt_ids, blocks=blocks)
 
 

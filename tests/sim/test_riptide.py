@@ -204,7 +204,9 @@ def test_riptide_beats_tide_best_tau_on_a_small_trace(mode):
     best = max(simulate(trace, make_policy("tide", tau=t), cost, 128).tokens_per_s for t in range(1, 9))
     r = simulate(trace, make_policy("riptide"), cost, 128)
     assert r.tokens_per_s >= best
-    assert r.max_resident.sum() <= 128 * spec.num_moe_layers
+    # the memory given is never exceeded: Residency refuses any re-split or step that would, so the run would have
+    # raised (test_residency_repartitions_within_the_total). Layers trade slots over time, so the sum of the
+    # per-layer maxima may exceed the total: it is no bound to assert
 
 
 @pytest.mark.parametrize("mode", ["prefix-recompute", "block-cache"])
