@@ -265,7 +265,8 @@ class ThreadStreams:
             w.stop()
 
     def __del__(self) -> None:
-        self.close()
+        if hasattr(self, "_workers"):  # a failed __init__ has no workers to stop
+            self.close()
 
     def _check(self) -> None:
         for w in self._workers.values():

@@ -70,7 +70,8 @@ def _range(v: Sequence[float], fmt: str) -> str:
 def recommend(rows: Sequence[SimRecord], eligible: Callable[[SimRecord], bool]) -> tuple[Spread, float]:
     """The eligible (policy, mode) with the highest median tokens/s, and its share of per-seed wins. A tau
     policy counts as one candidate at its best tau per seed, as in the table."""
-    cands = [s for s in spreads(rows) if all(eligible(r) for r in s.rows)] or spreads(rows)
+    every = spreads(rows)
+    cands = [s for s in every if all(eligible(r) for r in s.rows)] or every
     best = max(cands, key=lambda s: float(np.median(s.tokens_per_s)))
     seeds = sorted({seed_of(r) for r in rows})
     wins = 0

@@ -66,7 +66,7 @@ extra=()
 [ -n "$THREADS" ] && extra+=(--threads "$THREADS")
 quick=()
 [ -n "$QUICK" ] && quick+=(--quick)
-policies=(all-gpu cpu-route fetch-lru)
+policies=(all-gpu cpu-route static fetch-lru)
 for tau in $TAUS; do policies+=("tide(tau=$tau)"); done
 policies+=(tide-opt riptide)
 

@@ -27,7 +27,7 @@ COUNTERS = [f.name for f in fields(Counters)]
 
 
 PROMISED = ["env.txt", "log.txt", "profile.json", "runtime_results.json", "runtime_traces.tar", "smoke.json"]
-CAUSAL = ("all-gpu", "cpu-route", "fetch-lru", "tide(tau=1)", "tide(tau=4)", "tide-opt", "riptide")
+CAUSAL = ("all-gpu", "cpu-route", "static", "fetch-lru", "tide(tau=1)", "tide(tau=4)", "tide-opt", "riptide")
 
 
 def test_gpu_script_writes_every_promised_file_within_its_deadline(gpu_script_cpu):
