@@ -28,15 +28,17 @@ import sys
 import time
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
+from benchmarks._checks import at_least, load_model  # noqa: E402
 from offload.cli import Parser  # noqa: E402
+from offload.errors import TideError, run_cli  # noqa: E402
 from runtime.checkpoint import ExpertWeights  # noqa: E402
-from runtime.checkpoint_layout import EXPERT_PROJS, expert_proj_shape, keeps_float32, non_expert_shapes  # noqa: E402
+from runtime.checkpoint_layout import EXPERT_PROJS, expert_proj_shape, is_expert_bias, non_expert_shapes  # noqa: E402
 from runtime.config import RuntimeConfig  # noqa: E402
 from runtime.random_weights import random_weights  # noqa: E402
 
@@ -51,7 +53,7 @@ def _old_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     g.manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63))
     if name.endswith("norm.weight"):
         return 1.0 + 0.05 * torch.randn(shape, generator=g)
-    if keeps_float32(name):
+    if is_expert_bias(name):
         return 0.05 * torch.randn(shape, generator=g)
     if name.endswith("word_embeddings.weight"):
         return torch.randn(shape, generator=g)
@@ -61,7 +63,7 @@ def _old_tensor(name: str, shape: tuple[int, ...], seed: int) -> torch.Tensor:
 def old_random_weights(cfg: RuntimeConfig, seed: int, device: torch.device, dtype: torch.dtype) -> Weights:
     """The old ``random_weights``: float32 non-expert state cast onto ``device``; float32 expert stacks, one
     (layer, proj) at a time, copied into freshly allocated ``dtype`` host stacks (pinned on CUDA)."""
-    non_expert = {n: _old_tensor(n, shape, seed).to(device=device, dtype=torch.float32 if keeps_float32(n) else dtype)
+    non_expert = {n: _old_tensor(n, shape, seed).to(device=device, dtype=dtype)
                   for n, shape in non_expert_shapes(cfg).items()}
     experts = ExpertWeights.allocate(cfg, dtype, device.type == "cuda")
     for m in range(cfg.spec.num_moe_layers):
@@ -116,7 +118,7 @@ def elements(cfg: RuntimeConfig) -> int:
     return s.non_expert_params + s.num_moe_layers * s.num_experts * s.expert_params
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llada2.0-mini")
     p.add_argument("--num-layers", type=int, default=2)
@@ -126,7 +128,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeat", type=int, default=1, help="builds per kind; the fastest is printed")
     p.add_argument("--skip-old", action="store_true", help="time only the new builds (the old one is slow)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
+    # checked before the warm-up builds: --threads 0 would otherwise mean "torch's threads" without a word, and
+    # --repeat 0 would time nothing
+    at_least("--threads", a.threads)
+    at_least("--repeat", a.repeat)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise TideError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is false)")
+    load_model("--model", a.model)  # a folder without config.json is named as one
     cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
     threads = a.threads or torch.get_num_threads()
@@ -151,7 +160,8 @@ def main() -> None:
     del out
     print(f"{f'new x{threads}':<10}{many_s:>10.2f}{n / many_s / 1e6:>12.0f}{(base or one_s) / many_s:>10.2f}")
     print(f"new x1 and new x{threads} bitwise identical (BLAKE2b of every tensor): {one == many}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -29,13 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from offload.cli import Parser
+from benchmarks._checks import at_least, fraction, load_hardware, load_model, output_file  # noqa: E402
+from offload.atomic_io import atomic_write_text  # noqa: E402
 from offload.budget import fits, resolve_budget  # noqa: E402
+from offload.cli import Parser  # noqa: E402
 from offload.cost import RooflineCostModel  # noqa: E402
-from sim.engine import simulate  # noqa: E402
+from offload.errors import TideError, run_cli  # noqa: E402
 from offload.hardware import HardwareProfile  # noqa: E402
 from offload.model_spec import ModelSpec  # noqa: E402
 from offload.policies import POLICIES, make_policy  # noqa: E402
+from offload.trace import DIFFUSION_MODES  # noqa: E402
+from sim.engine import simulate  # noqa: E402
 from traces.synthetic import default_config, generate  # noqa: E402
 
 MODELS = {"mini": "llada2.0-mini", "flash": "llada2.0-flash"}
@@ -84,23 +88,51 @@ def run_setting(job: tuple[str, str, Any, str, bool, list[int], bool]) -> dict[s
     return row
 
 
+def check_args(a: Any) -> list[Any]:
+    """Every option checked in this process before any worker starts (a worker's error would surface only
+    after the pool drains, behind the settings already running); the budgets as run_setting takes them."""
+    at_least("--jobs", a.jobs)
+    for tau in a.tau:
+        at_least("--tau", tau)
+    for name in a.hardware:
+        load_hardware("--hardware", name)
+    output_file("--json", a.json)
+    specs = [load_model("--models", MODELS[m]) for m in a.models]
+    budgets: list[Any] = []
+    for text in a.budgets:
+        if not text.endswith("GB"):
+            budgets.append(fraction("--budgets", text))
+            continue
+        try:
+            gb = float(text[:-2])
+        except ValueError:
+            raise TideError(f"--budgets: {text!r} is not a number of GB (e.g. 70GB)") from None
+        for spec in specs:  # must hold one expert per layer of every model (the fit is only marked: no-fit)
+            try:
+                resolve_budget(spec, None, gpu_memory_gb=gb)
+            except TideError as exc:
+                raise TideError(f"--budgets {text}: {exc}") from None
+        budgets.append(text)
+    return budgets
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--hardware", nargs="+", default=["a100-pcie4", "h100-pcie5"])
     ap.add_argument("--budgets", nargs="+", default=["0.25", "0.5", "0.75"],
                     help="fractions of the experts per layer, or NGB for GPU memory (e.g. 70GB)")
-    ap.add_argument("--modes", nargs="+", default=["prefix-recompute", "block-cache"])
+    ap.add_argument("--modes", nargs="+", default=list(DIFFUSION_MODES), choices=DIFFUSION_MODES)
     ap.add_argument("--tau", nargs="+", type=int, default=list(range(1, 17)))
     ap.add_argument("--ablate", action="store_true", help="also run riptide with each part switched off")
     ap.add_argument("--hetero", action="store_true", help="layers that route unlike each other (see above)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--json", default=None, help="write the rows here")
     a = ap.parse_args(argv)
-    budgets = [b if b.endswith("GB") else float(b) for b in a.budgets]
+    budgets = check_args(a)
     jobs = [(MODELS[m], h, b, mode, a.ablate, a.tau, a.hetero) for m in a.models for h in a.hardware for b in budgets
             for mode in a.modes]
-    with ProcessPoolExecutor(max_workers=max(1, a.jobs)) as pool:
+    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
         rows = list(pool.map(run_setting, jobs))
     cols = ["riptide", "tide_best", "tide-opt", "cpu-route", "fetch-lru"]
     print(f"{'model':<15}{'hardware':<12}{'B':>4} {'mode':<17}" + "".join(f"{c:>11}" for c in cols)
@@ -113,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             line += "  " + " ".join(f"{k}:{v:.2f}" for k, v in r["ablations"].items())
         print(line)
     if a.json:
-        Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_text(a.json, json.dumps(rows, indent=1) + "\n")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -25,12 +25,14 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from offload.cli import Parser
+from benchmarks._checks import at_least, load_hardware, load_model  # noqa: E402
+from offload.budget import resolve_budget  # noqa: E402
+from offload.cli import Parser  # noqa: E402
 from offload.cost import RooflineCostModel  # noqa: E402
-from sim.engine import simulate  # noqa: E402
-from offload.hardware import HardwareProfile  # noqa: E402
-from offload.model_spec import ModelSpec  # noqa: E402
+from offload.errors import TideError, run_cli  # noqa: E402
 from offload.policies import make_policy  # noqa: E402
+from offload.trace import DIFFUSION_MODES  # noqa: E402
+from sim.engine import simulate  # noqa: E402
 
 TARGET_S = 2.0
 POLICIES = (("all-gpu", {}), ("cpu-route", {}), ("fetch-lru", {}), ("tide", {"tau": 4}))
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = Parser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llada2.0-flash")
     ap.add_argument("--hardware", default="h100-pcie5")
-    ap.add_argument("--mode", default="prefix-recompute")
+    ap.add_argument("--mode", default="prefix-recompute", choices=DIFFUSION_MODES)
     ap.add_argument("--gen-length", type=int, default=1024)
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--gpu-experts-per-layer", type=int, default=128, help="budget: routed experts resident per MoE layer")
@@ -64,6 +66,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-pin", action="store_true", help="do not pin the process to one CPU core")
     args = ap.parse_args(argv)
+    # every value checked before the pinning and the trace generation, so that a bad one costs nothing
+    for option, value in (("--gen-length", args.gen_length), ("--block-length", args.block_length),
+                          ("--repeat", args.repeat)):
+        at_least(option, value)
+    at_least("--seed", args.seed, 0)
+    model = load_model("--model", args.model)
+    hw = load_hardware("--hardware", args.hardware)
+    try:  # 1..E experts per layer (the simulator refuses others, but only after generating the trace)
+        resolve_budget(model, None, experts_per_layer=args.gpu_experts_per_layer)
+    except TideError as exc:
+        raise TideError(f"--gpu-experts-per-layer: {exc}") from None
+
+    from traces.synthetic import default_config, generate  # imported late: a sibling module, may be missing
+
+    cfg = _config(default_config, model, args.mode, args.gen_length, args.block_length, args.seed)
 
     pinned = "no"
     if not args.no_pin and hasattr(os, "sched_setaffinity"):
@@ -71,12 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {core})
         pinned = f"core {core}"
 
-    from traces.synthetic import default_config, generate  # imported late: a sibling module, may be missing
-
-    model = ModelSpec.load(args.model)
-    hw = HardwareProfile.load(args.hardware)
     cost = RooflineCostModel(model, hw)
-    cfg = _config(default_config, model, args.mode, args.gen_length, args.block_length, args.seed)
     t0 = time.perf_counter()
     trace = generate(model, cfg)
     gen_s = time.perf_counter() - t0
@@ -94,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0.0
     for name, params in POLICIES:
         walls, result = [], None
-        for _ in range(max(1, args.repeat)):
+        for _ in range(args.repeat):
             policy = make_policy(name, **params)
             t0 = time.perf_counter()
             result = simulate(trace, policy, cost, budget=args.gpu_experts_per_layer, shared_duplex=hw.link.shared_duplex,
@@ -109,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

@@ -25,6 +25,11 @@ def resolve_budget(model: ModelSpec, hw: HardwareProfile | None = None, *, exper
     if gpu_memory_gb is not None:
         if not np.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
             raise TideError(f"GPU expert memory must be positive, got {gpu_memory_gb}")
+        if hw is not None and gpu_memory_gb * GIB > hw.gpu_memory_bytes - model.non_expert_bytes:
+            room = max(0.0, (hw.gpu_memory_bytes - model.non_expert_bytes) / GIB)
+            raise TideError(f"--gpu-memory-gb {gpu_memory_gb:g} is more than {hw.gpu.name} has for experts: "
+                            f"{hw.gpu.memory_gib:g} GiB less {model.non_expert_bytes / GIB:.1f} GiB of non-expert "
+                            f"weights leaves {room:.1f} GiB")
         b = int(gpu_memory_gb * GIB // (L * model.expert_bytes))
         if b < 1:
             raise TideError(f"{gpu_memory_gb} GiB cannot hold one expert per layer ({L} layers x "

@@ -2,6 +2,7 @@
 
   --model M                   a model preset, config.json or model directory
   --hardware H                a hardware preset or profile JSON (prices cost-aware policies, checks the budget)
+  --executor X                an executor preset or profile JSON (how the simulator prices the plan)
   --gpu-experts-per-layer B | --gpu-memory-gb G      the GPU expert budget (``offload.budget``)
   --policy SPEC / --policies SPEC...                 ``name`` or ``name(k=v, ...)`` (``offload.policies.spec``)
   --mode / --modes, --gen-length, --block-length, --prompt-length, --steps, --seed   generation
@@ -19,6 +20,7 @@ from typing import Any, Iterable, NoReturn, Sequence
 import numpy as np
 
 from offload.errors import TideError
+from offload.executor import DEFAULT_EXECUTOR, EXECUTOR_PRESETS
 from offload.hardware import HARDWARE_PRESETS
 from offload.model_spec import MODEL_PRESETS, ModelSpec
 from offload.trace import DIFFUSION_MODES
@@ -41,6 +43,12 @@ def add_hardware(p: argparse.ArgumentParser, default: str | None = None, what: s
     p.add_argument("--hardware", default=default,
                    help=f"hardware preset ({', '.join(HARDWARE_PRESETS)}) or profile JSON (python -m "
                         f"validate.calibrate writes one){what}")
+
+
+def add_executor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default=None, metavar="NAME|FILE",
+                   help=f"how the plan is carried out and priced: executor preset ({', '.join(EXECUTOR_PRESETS)}; "
+                        f"default {DEFAULT_EXECUTOR}, this project's runtime) or executor JSON (offload.executor)")
 
 
 def add_budget(p: argparse.ArgumentParser, default: str) -> None:

@@ -32,7 +32,23 @@ moe_layer_overhead_us, default 0). A profile measured for another model layer sh
 cross a link, so :meth:`RooflineCostModel.act_d2h` / ``act_h2d`` are 0 and ``serial`` is True; the engine then
 runs every item one after the other (``sim.engine``'s serial mode, its default for such a cost model).
 
-:class:`ConstantCostModel` gives fixed times per unit of work, for hand-computed tests.
+Host memory (the profile's optional ``host`` section, ``offload.hardware.HostSpec``; f = pageable_fraction, 0.5
+by default):
+
+  h2d_pageable(B) = latency + B / (f BW_h2d)   (or the copy_h2d_pageable table);  d2h_pageable likewise
+  logits_cast(m)  = m V (b + 4) / BW_hbm + launch    float32 cast of m logit rows (0 for m = 0)
+  dram_bytes_per_s = host.dram_gbps x 1e9 (None: not given);  pinned_bytes = host.pinned_gib x 2^30 (inf: not given)
+  cpu_dram_bytes_per_s = cpu.dram_gbps x 1e9   the CPU experts' own read rate (their peak DRAM demand)
+
+:class:`ExecutorCost` prices one layer's pieces as an executor (``offload.executor``) carries them out: weight
+copies per batch, per expert or per projection, from pinned or pageable memory, in closed form (n blocking
+copies of B bytes: n x T(B)); activation copies batched or per CPU expert; per-expert overheads; lm_head over the
+block or the whole prefix. Each copy also returns the host DRAM bytes it moves (pageable: 3 B, a bounce through
+the driver's pinned buffer) for the engine's DRAM law (``sim.engine``). With the default executor every price
+equals the plain cost model's.
+
+:class:`ConstantCostModel` gives fixed times per unit of work, for hand-computed tests (pageable copies
+``pageable_slowdown`` times the pinned ones; optional DRAM bandwidth and pinned capacity).
 """
 from __future__ import annotations
 
@@ -41,6 +57,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec, OpCost
 
@@ -197,6 +214,36 @@ class RooflineCostModel:
     def d2h(self, nbytes: Any) -> np.ndarray:
         return self._copy(nbytes, "copy_d2h", self.hw.link.d2h_gbps)
 
+    def h2d_pageable(self, nbytes: Any) -> np.ndarray:
+        """A copy from pageable host memory: the measured table, else pageable_fraction of the pinned bandwidth."""
+        return self._copy(nbytes, "copy_h2d_pageable", self.hw.link.h2d_gbps * self.hw.host_memory.pageable_fraction)
+
+    def d2h_pageable(self, nbytes: Any) -> np.ndarray:
+        return self._copy(nbytes, "copy_d2h_pageable", self.hw.link.d2h_gbps * self.hw.host_memory.pageable_fraction)
+
+    def logits_cast(self, m: Any) -> np.ndarray:
+        """Casting m rows of logits to float32 (read b V m, write 4 V m bytes; one launch; 0 for m = 0)."""
+        m = np.asarray(m, dtype=np.float64)
+        nbytes = m * self.model.vocab_size * (self.model.dtype_bytes + 4)
+        t = nbytes / (self.hw.gpu.hbm_gbps * 1e9) + self.hw.gpu.kernel_overhead_us * 1e-6
+        return np.where(m > 0, t, 0.0)
+
+    @property
+    def dram_bytes_per_s(self) -> float | None:
+        """Host DRAM bandwidth shared by the link's copies and the CPU experts (None: not modelled)."""
+        gbps = self.hw.host_memory.dram_gbps
+        return None if gbps is None else gbps * 1e9
+
+    @property
+    def pinned_bytes(self) -> float:
+        """Page-locked host memory available for expert weights (inf: every expert)."""
+        return self.hw.host_memory.pinned_bytes
+
+    @property
+    def cpu_dram_bytes_per_s(self) -> float:
+        """The rate the CPU experts read their weights at (the profile's cpu.dram_gbps)."""
+        return self.hw.cpu.dram_gbps * 1e9
+
     def act_d2h(self, nbytes: Any) -> np.ndarray:
         """Activations to the CPU experts: none move on a single-device profile."""
         return np.zeros(np.shape(nbytes)) if self.serial else self.d2h(nbytes)
@@ -224,6 +271,10 @@ class ConstantCostModel:
     token_bytes: int = 1
     serial: bool = False
     shared_duplex: bool = False
+    pageable_slowdown: float = 2.0         # a pageable copy takes this many times the pinned one
+    dram_bytes_per_s: float | None = None  # shared host DRAM bandwidth (None: not modelled)
+    pinned_bytes: float = float("inf")     # page-locked host memory for expert weights
+    cpu_dram_bytes_per_s: float | None = None  # the CPU experts' read rate (None: all their time is memory-bound)
 
     def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
         return np.full(np.shape(n), self.step_s)
@@ -242,3 +293,110 @@ class ConstantCostModel:
 
     def d2h(self, nbytes: Any) -> np.ndarray:
         return np.asarray(nbytes, dtype=np.float64) * self.d2h_per_byte_s
+
+    def h2d_pageable(self, nbytes: Any) -> np.ndarray:
+        return self.h2d(nbytes) * self.pageable_slowdown
+
+    def d2h_pageable(self, nbytes: Any) -> np.ndarray:
+        return self.d2h(nbytes) * self.pageable_slowdown
+
+    def logits_cast(self, m: Any) -> np.ndarray:
+        return np.zeros(np.shape(m))
+
+
+def _pageable(cost: Any, direction: str, nbytes: Any) -> np.ndarray:
+    # a cost model without a pageable rate (a test's own) pays the pinned one
+    fn = getattr(cost, f"{direction}_pageable", None)
+    return np.asarray(fn(nbytes) if fn is not None else getattr(cost, direction)(nbytes), dtype=np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class ExecutorCost:
+    """A cost model priced as an executor carries the plan out (``offload.executor``; equations in the module
+    docstring of ``sim.engine``). ``pinned`` [L, E]: the experts whose host copy is page-locked."""
+
+    cost: Any
+    executor: ExecutorProfile
+    pinned: np.ndarray
+
+    @classmethod
+    def of(cls, cost: Any, executor: ExecutorProfile, num_moe_layers: int, num_experts: int) -> "ExecutorCost":
+        """Pinned experts: none for a pageable executor, else the first floor(pinned_bytes / expert_bytes) in
+        (layer, expert) order, as the store page-locks its stacks layer by layer."""
+        cap = 0.0 if executor.pageable else float(getattr(cost, "pinned_bytes", float("inf")))
+        n = num_moe_layers * num_experts
+        k = n if cap >= n * int(cost.expert_bytes) else int(cap // max(int(cost.expert_bytes), 1))
+        pinned = (np.arange(n) < k).reshape(num_moe_layers, num_experts)
+        pinned.setflags(write=False)
+        return cls(cost, executor, pinned)
+
+    @property
+    def dram_bytes_per_s(self) -> float | None:
+        """Shared host DRAM bandwidth when the executor models its contention, else None."""
+        return getattr(self.cost, "dram_bytes_per_s", None) if self.executor.shared_dram else None
+
+    # ---- fixed work ---------------------------------------------------------------------------------
+    def lm_rows(self, tokens_forwarded: Any, lm_tokens: Any) -> np.ndarray:
+        """Logit rows per forward: the block's (lm_tokens), or the whole forwarded prefix where logits are made."""
+        lm = np.asarray(lm_tokens)
+        return np.where(lm > 0, np.asarray(tokens_forwarded), 0) if self.executor.lm_head_rows == "prefix" else lm
+
+    def step_fixed(self, n: Any, c: Any, m_block: Any) -> np.ndarray:
+        m = self.lm_rows(n, m_block)
+        t = np.asarray(self.cost.step_fixed(n, c, m), dtype=np.float64)
+        if self.executor.lm_head_fp32:
+            t = t + np.asarray(getattr(self.cost, "logits_cast", lambda m: np.zeros(np.shape(m)))(m), dtype=np.float64)
+        return t
+
+    # ---- experts ------------------------------------------------------------------------------------
+    def gpu_experts(self, counts: np.ndarray) -> float:
+        counts = np.asarray(counts)
+        over = self.executor.gpu_expert_overhead_us * 1e-6 * int(np.count_nonzero(counts))
+        return float(self.cost.gpu_experts(counts)) + over
+
+    def cpu_experts(self, counts: np.ndarray) -> float:
+        counts = np.asarray(counts)
+        over = self.executor.cpu_expert_overhead_us * 1e-6 * int(np.count_nonzero(counts))
+        return float(self.cost.cpu_experts(counts)) + over
+
+    def cpu_dram_bytes(self, counts: np.ndarray) -> float:
+        """Host DRAM bytes a CPU batch moves: each active expert's weights once, each assignment's row in and out."""
+        counts = np.asarray(counts)
+        return float(np.count_nonzero(counts) * int(self.cost.expert_bytes) + 2 * counts.sum() * int(self.cost.token_bytes))
+
+    # ---- copies -------------------------------------------------------------------------------------
+    def _weights(self, direction: str, layer: int, ids: np.ndarray) -> tuple[float, float]:
+        """(seconds, host DRAM bytes) of copying experts ``ids`` of ``layer`` one way."""
+        if ids.size == 0:
+            return 0.0, 0.0
+        b = int(self.cost.expert_bytes)
+        pin = int(self.pinned[layer, ids].sum())
+        page = int(ids.size) - pin
+        g = self.executor.copy_granularity
+        pinned_t = getattr(self.cost, direction)
+        if g == "batched":  # one copy per memory kind (the pinned share and the pageable one)
+            t = float(pinned_t(pin * b)) + float(_pageable(self.cost, direction, page * b))
+        else:  # n blocking copies of b / per bytes each: n x (latency + bytes / bandwidth) in closed form
+            per = self.executor.copies_per_expert
+            t = per * (pin * float(pinned_t(b / per)) + page * float(_pageable(self.cost, direction, b / per)))
+        # a pageable copy bounces through the driver's pinned buffer: read + write by the CPU, then the DMA read
+        return t, float(pin * b + 3 * page * b)
+
+    def weights_h2d(self, layer: int, ids: np.ndarray) -> tuple[float, float]:
+        return self._weights("h2d", layer, np.asarray(ids, dtype=np.int64))
+
+    def demote_d2h(self, layer: int, ids: np.ndarray) -> tuple[float, float]:
+        return self._weights("d2h", layer, np.asarray(ids, dtype=np.int64))
+
+    def activations(self, direction: str, cpu_counts: np.ndarray) -> tuple[float, float]:
+        """(seconds, DRAM bytes) of the CPU experts' rows one way: one batch, or one copy per CPU expert."""
+        tb = int(self.cost.token_bytes)
+        counts = np.asarray(cpu_counts)
+        pageable = self.executor.pageable
+        fn = (lambda x: _pageable(self.cost, direction, x)) if pageable else getattr(self.cost, direction)
+        total = float(counts.sum()) * tb
+        if self.executor.act_copies == "batched":
+            t = float(fn(total))
+        else:
+            t = float(np.sum(fn(counts[counts > 0] * tb)))
+        return t, total * (3.0 if pageable else 1.0)

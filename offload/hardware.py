@@ -10,7 +10,9 @@ File format (JSON object)::
       "format": "tide-moe-hardware/1",
       "name": "H100-80GB-PCIe5",
       "description": "...",                  # free text
-      "sources": ["...", "..."],             # where each figure comes from
+      "sources": ["...", "..."],             # where each figure comes from (and why its range is what it is)
+      "ranges": {"cpu.matmul_tflops": [2.0, 21.0], ...},   # optional: plausible [low, high] of a guessed figure,
+                                             #   by dotted path (RANGE_FIGURES); sim.sensitivity varies each
       "gpu":  {"name": str, "memory_gib": float, "matmul_tflops": float, "hbm_gbps": float,
                "kernel_overhead_us": float},   # per launched operator group
       "cpu":  {"name": str, "threads": int, "matmul_tflops": float, "dram_gbps": float,
@@ -18,6 +20,9 @@ File format (JSON object)::
       "link": {"name": str, "h2d_gbps": float, "d2h_gbps": float, "latency_us": float,
                "shared_duplex": bool},         # true: H2D and D2H share one engine's bandwidth
       "step_overhead_us": float,             # per forward: sampling, scheduling, Python
+      "host": {"dram_gbps": float,           # optional: host DRAM bandwidth shared by link copies and the CPU
+               "pinned_gib": float | null,   #   experts (sim.engine's DRAM law); page-locked memory available for
+               "pageable_fraction": float},  #   expert weights (null: all); pageable copies' share of the pinned rate
       "tables": {                            # optional, measured; each takes precedence over the roofline
         "gpu_expert": {"tokens": [...], "seconds": [...], "call_seconds": s},  # one routed expert on the GPU
         "cpu_expert": {"tokens": [...], "seconds": [...], "call_seconds": s},  # one routed expert on the CPU
@@ -49,6 +54,15 @@ Tables are per model *layer shape*: they hold for any number of layers of the sa
 covers the config's shape fields except num_hidden_layers and first_k_dense_replace), in the dtype they were
 measured in. Roofline-only profiles stay model-independent.
 
+``host`` (optional; absent: no DRAM contention is modelled, every expert may be pinned, pageable copies run at
+half the pinned rate): experts beyond ``pinned_gib`` (in the order layer 0 expert 0, 0/1, ..., as the store pins
+layer by layer) live in pageable memory, and a pageable copy takes latency + B / (pageable_fraction x BW_link),
+or the ``copy_h2d_pageable`` / ``copy_d2h_pageable`` table where one was measured.
+
+``ranges`` (optional; calibrated profiles have none: their figures are measured): each named figure must exist
+in the profile, satisfy low <= value <= high (a value outside its own range is a typo), and both ends must be
+valid values of that figure. ``HardwareProfile.with_figure(path, v)`` is the profile with that one figure set to v.
+
 Tables are interpolated piecewise-linearly and extrapolated along the last segment; x values must be strictly
 increasing and all values non-negative.
 """
@@ -56,7 +70,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,6 +113,19 @@ class LinkSpec:
     d2h_gbps: float
     latency_us: float = 10.0
     shared_duplex: bool = False
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """Host memory as the copies and the CPU experts share it (see the module docstring)."""
+
+    dram_gbps: float | None = None      # None: DRAM bandwidth not shared (no contention modelled)
+    pinned_gib: float | None = None     # None: every expert can be page-locked
+    pageable_fraction: float = 0.5      # pageable copy bandwidth / pinned (hardware.md: about half)
+
+    @property
+    def pinned_bytes(self) -> float:
+        return float("inf") if self.pinned_gib is None else self.pinned_gib * 2**30
 
 
 @dataclass(frozen=True)
@@ -158,6 +185,27 @@ _LAYER_FIELDS = ("hidden_size", "intermediate_size", "moe_intermediate_size", "n
                  "num_shared_experts", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "n_group", "topk_group")
 
 
+# Figures a range may name (``ranges``, ``with_figure``), by dotted path, with the values each admits: ">0"
+# positive, ">=0" non-negative, "(0,1]" a fraction. The scalar numbers the cost model reads; names, threads and
+# switches are facts of the machine, not guesses.
+RANGE_FIGURES: dict[str, str] = {
+    "gpu.memory_gib": ">0", "gpu.matmul_tflops": ">0", "gpu.hbm_gbps": ">0", "gpu.kernel_overhead_us": ">=0",
+    "cpu.matmul_tflops": ">0", "cpu.dram_gbps": ">0", "cpu.expert_overhead_us": ">=0",
+    "link.h2d_gbps": ">0", "link.d2h_gbps": ">0", "link.latency_us": ">=0",
+    "step_overhead_us": ">=0", "moe_layer_overhead_us": ">=0",
+    "host.dram_gbps": ">0", "host.pinned_gib": ">=0", "host.pageable_fraction": "(0,1]",
+}
+_RULE_TEXT = {">0": "a positive number", ">=0": "a non-negative number", "(0,1]": "a number in (0, 1]"}
+_RULE_PLURAL = {">0": "positive numbers", ">=0": "non-negative numbers", "(0,1]": "numbers in (0, 1]"}
+
+
+def _admits(rule: str, v: Any) -> bool:
+    """Whether ``v`` is a value a figure of ``rule`` (RANGE_FIGURES) may take."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        return False
+    return v > 0 if rule == ">0" else v >= 0 if rule == ">=0" else 0 < v <= 1
+
+
 def layer_shape_hash(spec: Any) -> str:
     """16 hex digits of sha256 over a ModelSpec's per-layer shape (the config hash without the layer counts)."""
     shape = {f: int(getattr(spec, f)) for f in _LAYER_FIELDS}
@@ -185,6 +233,13 @@ class HardwareProfile:
     single_device: bool = False
     model: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] = field(default_factory=dict)
+    host: HostSpec | None = None
+    ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # figure path -> (low, high)
+
+    @property
+    def host_memory(self) -> HostSpec:
+        """The host section, or the defaults when the profile has none."""
+        return self.host if self.host is not None else HostSpec()
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -210,6 +265,7 @@ class HardwareProfile:
                 if v == 0 and k in ("memory_gib", "matmul_tflops", "hbm_gbps", "threads", "dram_gbps", "h2d_gbps", "d2h_gbps"):
                     raise TideError(f"{origin}: {section}.{k} must be positive")
         tables = _parse_tables(d.get("tables") or {}, origin)
+        host = _parse_host(d.get("host"), origin)
         step = _non_negative(d.get("step_overhead_us", 500.0), "step_overhead_us", origin)
         moe_over = _non_negative(d.get("moe_layer_overhead_us", 0.0), "moe_layer_overhead_us", origin)
         single = d.get("single_device", False)
@@ -227,10 +283,11 @@ class HardwareProfile:
         model = sections["model"]
         if model and not (isinstance(model.get("layer_shape_hash"), str) and isinstance(model.get("dtype_bytes"), int)):
             raise TideError(f"{origin}: model must name layer_shape_hash (string) and dtype_bytes (integer)")
-        return cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=step,
-                   description=str(d.get("description", "")), sources=tuple(sources), tables=tables,
-                   environment=sections["environment"], moe_layer_overhead_us=moe_over, single_device=single,
-                   model=model, calibration=sections["calibration"])
+        out = cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=step,
+                  description=str(d.get("description", "")), sources=tuple(sources), tables=tables,
+                  environment=sections["environment"], moe_layer_overhead_us=moe_over, single_device=single,
+                  model=model, calibration=sections["calibration"], host=host)
+        return replace(out, ranges=_parse_ranges(d.get("ranges"), out, origin))
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "HardwareProfile":
@@ -268,7 +325,37 @@ class HardwareProfile:
         for key in ("model", "calibration"):
             if getattr(self, key):
                 out[key] = dict(getattr(self, key))
+        if self.host is not None:
+            out["host"] = asdict(self.host)
+        if self.ranges:
+            out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         return out
+
+    # ---- uncertain figures -------------------------------------------------------------------------------
+    def figure(self, path: str) -> float | None:
+        """The value of the figure at dotted ``path`` (RANGE_FIGURES); None where the profile leaves it unset
+        (``host.dram_gbps`` null: no DRAM contention modelled)."""
+        if path not in RANGE_FIGURES:
+            raise TideError(f"unknown hardware figure {path!r} (known: {', '.join(RANGE_FIGURES)})")
+        section, _, key = path.rpartition(".")
+        obj = self.host_memory if section == "host" else getattr(self, section) if section else self
+        v = getattr(obj, key)
+        return None if v is None else float(v)
+
+    def with_figure(self, path: str, value: float) -> "HardwareProfile":
+        """This profile with the one figure at dotted ``path`` set to ``value`` (ranges and everything else kept);
+        a value the figure cannot take is a one-line TideError."""
+        rule = RANGE_FIGURES.get(path)
+        if rule is None:
+            raise TideError(f"unknown hardware figure {path!r} (known: {', '.join(RANGE_FIGURES)})")
+        if not _admits(rule, value):
+            raise TideError(f"{self.name}: {path} must be {_RULE_TEXT[rule]}, got {value!r}")
+        section, _, key = path.rpartition(".")
+        if not section:
+            return replace(self, **{key: float(value)})
+        # frozen sections: a new section object with the one field replaced (a profile without host: the defaults)
+        obj = self.host_memory if section == "host" else getattr(self, section)
+        return replace(self, **{section: replace(obj, **{key: float(value)})})
 
     @property
     def gpu_memory_bytes(self) -> int:
@@ -286,6 +373,55 @@ class HardwareProfile:
         if int(self.model.get("dtype_bytes", spec.dtype_bytes)) != int(spec.dtype_bytes):
             raise TideError(f"hardware profile {self.name} was calibrated with {self.model['dtype_bytes']}-byte "
                             f"weights; {spec.name} uses {spec.dtype_bytes}-byte weights: recalibrate with its dtype")
+
+
+def _parse_ranges(raw: Any, hw: HardwareProfile, origin: str) -> dict[str, tuple[float, float]]:
+    """The profile's ``ranges`` checked against its own figures (see the module docstring)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise TideError(f"{origin}: ranges must be an object of figure path -> [low, high]")
+    out: dict[str, tuple[float, float]] = {}
+    for path, pair in raw.items():
+        rule = RANGE_FIGURES.get(path)
+        if rule is None:
+            raise TideError(f"{origin}: ranges names unknown figure {path!r} (known: {', '.join(RANGE_FIGURES)})")
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2 and all(_admits(rule, x) for x in pair)):
+            raise TideError(f"{origin}: ranges.{path} must be [low, high] of {_RULE_PLURAL[rule]}, got {pair!r}")
+        lo, hi = float(pair[0]), float(pair[1])
+        if lo > hi:
+            raise TideError(f"{origin}: ranges.{path} has low {lo:g} > high {hi:g}")
+        v = hw.figure(path)
+        if v is None:
+            raise TideError(f"{origin}: ranges.{path} given but the profile sets no {path}")
+        if not lo <= v <= hi:  # a figure outside its own stated range is a typo in one or the other
+            raise TideError(f"{origin}: {path} = {v:g} lies outside its range [{lo:g}, {hi:g}]")
+        out[path] = (lo, hi)
+    return out
+
+
+def _parse_host(raw: Any, origin: str) -> HostSpec | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise TideError(f"{origin}: host must be an object")
+    unknown = sorted(set(raw) - {"dram_gbps", "pinned_gib", "pageable_fraction"})
+    if unknown:
+        raise TideError(f"{origin}: unknown host field(s) {', '.join(map(repr, unknown))}")
+    vals: dict[str, Any] = {}
+    for key in ("dram_gbps", "pinned_gib"):
+        v = raw.get(key)
+        if v is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0 or (key == "dram_gbps" and v == 0):
+                raise TideError(f"{origin}: host.{key} must be a {'positive' if key == 'dram_gbps' else 'non-negative'} "
+                                f"number or null, got {v!r}")
+            vals[key] = float(v)
+    if "pageable_fraction" in raw:
+        v = raw["pageable_fraction"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
+            raise TideError(f"{origin}: host.pageable_fraction must be in (0, 1], got {v!r}")
+        vals["pageable_fraction"] = float(v)
+    return HostSpec(**vals)
 
 
 def _non_negative(v: Any, what: str, origin: str) -> float:

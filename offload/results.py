@@ -7,7 +7,8 @@
   hit_ratio      = gpu_assignments / (gpu_assignments + cpu_assignments)   (token-assignments, routed experts)
   h2d_bytes      = promotions x expert_bytes + activation bytes returned from the CPU
   d2h_bytes      = activation bytes sent to the CPU (one hidden vector per CPU token-assignment)
-  busy_s[r]      = total time resource r (gpu, cpu, h2d, d2h) was working; <= sim_time_s
+  busy_s[r]      = total time resource r (gpu, cpu, h2d, d2h, host) was working; <= sim_time_s (records written
+                   before the host resource existed lack "host": read it as 0)
 
 :func:`to_json` writes a record (:class:`SimRecord`: a row of ``sim.explore``'s results.json; :class:`RunRecord`:
 one of ``runtime.bench``'s runtime_results.json, ``runtime.generate --metrics-out``) as one flat object: nested
@@ -26,9 +27,10 @@ from offload.plan import PlanTotals
 from offload.policies.residency import MoveCounters
 from offload.policies.spec import format_policy
 
-RESOURCES = ("gpu", "cpu", "h2d", "d2h")
-# what an event was, for the timeline
-WHAT = ("step", "dense", "experts_gpu", "experts_cpu", "weights_h2d", "prefetch_h2d", "act_d2h", "act_h2d", "wait")
+RESOURCES = ("gpu", "cpu", "h2d", "d2h", "host")  # host: the thread that syncs, decides and issues (sim.engine)
+# what an event was, for the timeline (appended only: timelines store the index)
+WHAT = ("step", "dense", "experts_gpu", "experts_cpu", "weights_h2d", "prefetch_h2d", "act_d2h", "act_h2d", "wait",
+        "decide", "demote_d2h")
 
 
 class Record:
@@ -136,14 +138,18 @@ class SimRecord(Record):
     sim_time_s: float
     counters: Counters
     busy_s: dict[str, float]       # per resource (RESOURCES)
-    lower_bound_s: float           # GPU work every policy must do: no run finishes sooner
+    lower_bound_s: float           # the mandatory GPU work alone (dense layers, attention, router, lm_head)
     step_time_mean_s: float
     step_time_p50_s: float
     steps: int                     # forward passes
     events: int                    # simulation events processed
     wall_s: float                  # wall time the simulation took
+    # a true lower bound on the run time of any policy for this trace, budget and machine (sim.bound: a fluid
+    # relaxation); None where it was not computed (a bare simulate call)
+    bound_s: float | None = None
     tags: dict[str, Any] = field(default_factory=dict)  # the task's tags (a study's grid coordinates)
-    DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s", "utilisation", "events_per_s")
+    DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s", "bound_tokens_per_s", "utilisation",
+                                          "events_per_s")
     REST: ClassVar[str | None] = "tags"
 
     @property
@@ -153,6 +159,11 @@ class SimRecord(Record):
     @property
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.sim_time_s if self.sim_time_s > 0 else 0.0
+
+    @property
+    def bound_tokens_per_s(self) -> float | None:
+        """The throughput no policy can exceed on this trace, budget and machine (from ``bound_s``)."""
+        return self.generated_tokens / self.bound_s if self.bound_s else None
 
     @property
     def utilisation(self) -> dict[str, float]:

@@ -17,8 +17,12 @@ A trace is S forward passes ("steps") of a model with L MoE layers of E routed e
 Header (JSON): {"version": 1,
   "model": {"name", "config_hash", "num_moe_layers", "num_experts", "top_k"},
   "generation": {"mode": "prefix-recompute" | "block-cache" | "autoregressive", "block_length", "steps",
-                 "threshold", "gen_length", "prompt_length"},
+                 "threshold", "gen_length", "prompt_length", optional "output_tokens"},
   "origin": {"kind": "recorded" | "synthetic" | "imported", "seed": int | null, ...free fields}}
+
+generated_tokens, what tokens/s counts: "output_tokens" when the header has it (the tokens a generation returns:
+TIDE's reference cuts its output after the first EOS, so positions committed after it are work, not output),
+else the committed tokens, sum(tokens_committed).
 
 Autoregressive decode is expressed with mode "autoregressive", block_length 1, one decode step per token.
 """
@@ -76,7 +80,8 @@ class Trace:
 
     @property
     def generated_tokens(self) -> int:
-        return int(self.tokens_committed.sum())
+        out = self.header["generation"].get("output_tokens")
+        return int(self.tokens_committed.sum()) if out is None else int(out)
 
     @property
     def is_commit(self) -> np.ndarray:

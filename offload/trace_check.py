@@ -93,6 +93,12 @@ def validate_trace(trace: Trace, model: Any = None) -> None:
     gen_len = trace.header["generation"]["gen_length"]
     if trace.tokens_committed.sum(dtype=np.int64) > gen_len:
         raise TideError(f"trace commits {int(trace.tokens_committed.sum())} tokens, more than gen_length {gen_len}")
+    out = trace.header["generation"].get("output_tokens")
+    if out is not None:
+        committed = int(trace.tokens_committed.sum(dtype=np.int64))
+        if isinstance(out, bool) or not isinstance(out, (int, np.integer)) or not 0 <= out <= committed:
+            raise TideError(f"trace header generation.output_tokens must be an integer in [0, {committed}] "
+                            f"(the committed tokens), got {out!r}")
     if trace.topk_ids is not None:
         _validate_topk(trace, k)
     if model is not None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -84,6 +82,10 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, origin: str) -> np.
 def read_trace(path: str | Path, model: Any = None) -> Trace:
     """Read and validate a trace; with ``model`` (a ModelSpec) also check that the shapes match it."""
     origin = str(path)
+    # asked first: opening a directory is IsADirectoryError on Linux but PermissionError on Windows, and a
+    # folder passed for a file is a common slip whose message should say exactly that
+    if Path(path).is_dir():
+        raise TideError(f"trace {origin}: is a directory, not a trace file (.npz)")
     try:
         with zipfile.ZipFile(path) as zf:
             members = {Path(i.filename).stem: i for i in zf.infolist() if i.filename.endswith(".npy")}
@@ -96,7 +98,10 @@ def read_trace(path: str | Path, model: Any = None) -> Trace:
     except FileNotFoundError:
         raise TideError(f"trace {origin}: no such file") from None
     except IsADirectoryError:
-        raise TideError(f"trace {origin}: is a directory") from None
+        raise TideError(f"trace {origin}: is a directory, not a trace file (.npz)") from None
+    except NotADirectoryError:  # a file named as a folder on the way, e.g. t.npz/x.npz
+        blocker = next((p for p in Path(path).parents if p.is_file()), Path(path).parent)
+        raise TideError(f"trace {origin}: no such file ({blocker} is a file, not a directory)") from None
     except PermissionError:
         raise TideError(f"trace {origin}: permission denied") from None
     except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, struct.error, EOFError, ValueError, OSError,

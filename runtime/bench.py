@@ -77,9 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'policy':<16}{'mode':<18}{'tokens/s':>10}{'fwd':>6}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}{'promo':>8}{'ms/fwd':>9}")
     for mode in a.modes:
         timed = GenerationSettings(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps, mode=mode,
-                                   eos_early_stop=False, seed=a.seed)
+                                   stop_at_eos=False, seed=a.seed)
         warm = GenerationSettings(gen_length=a.block_length, block_length=a.block_length, steps=a.steps, mode=mode,
-                                  eos_early_stop=False)
+                                  stop_at_eos=False)
         for text in a.policies:
             session.run(policy_from_text(text), layer_budget, prompt, warm, cost=cost)  # kernels, caches warm
             # a fresh policy (state, placement) and store for the timed run

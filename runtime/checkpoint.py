@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 import torch
 
 from runtime.config import RuntimeConfig
-from runtime.checkpoint_layout import checkpoint_shapes, expert_proj_shape, keeps_float32, layer_of, parse_expert_name
+from runtime.checkpoint_layout import checkpoint_shapes, expert_proj_shape, layer_of, parse_expert_name
 from offload.errors import TideError
 from offload.atomic_io import atomic_write_bytes
 
@@ -105,20 +105,24 @@ def _check_shape(name: str, got: Iterable[int], want: tuple[int, ...], origin: s
         raise TideError(f"{origin}: tensor {name} has shape {list(got)} but config.json implies {list(want)}")
 
 
-def _check_names(present: Iterable[str], expected: Mapping[str, tuple[int, ...]], origin: str) -> None:
+def _check_names(present: Iterable[str], expected: Mapping[str, tuple[int, ...]], origin: str,
+                 strict: bool = True) -> list[str]:
+    """Refuses a missing tensor; an unexpected one is refused when ``strict``, else returned (sorted) for the
+    caller to skip with a warning, as Hugging Face's loader does."""
     present = set(present)
     missing = [n for n in expected if n not in present]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise TideError(f"{origin}: missing tensor {missing[0]}{more}")
     unexpected = sorted(present.difference(expected))
-    if unexpected:
+    if unexpected and strict:
         more = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
-        raise TideError(f"{origin}: unexpected tensor {unexpected[0]}{more}")
+        raise TideError(f"{origin}: unexpected tensor {unexpected[0]}{more} (drop --strict to skip them)")
+    return unexpected
 
 
 def _to_device(name: str, t: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
-    return t.to(device=device, dtype=torch.float32 if keeps_float32(name) else dtype)
+    return t.to(device=device, dtype=dtype)
 
 
 def _place(name: str, t: torch.Tensor, non_expert: dict[str, torch.Tensor], experts: "ExpertWeights", first: int,
@@ -207,12 +211,14 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_checkpoint(model_dir: str | Path, cfg: RuntimeConfig | None = None, device=None,
-                    dtype: torch.dtype = torch.bfloat16
+                    dtype: torch.dtype = torch.bfloat16, strict: bool = False
                     ) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
     """(non-expert state on ``device`` in ``dtype``, routed experts on the host in ``dtype``).
 
     ``cfg`` defaults to the directory's config.json; a cfg with fewer layers (RuntimeConfig.load(...,
-    num_layers=n)) loads the first n layers and skips the rest. The expert bias stays float32.
+    num_layers=n)) loads the first n layers and skips the rest. Every tensor takes the model dtype, the expert
+    bias too (as in the reference). Tensors the model does not use are listed in a warning and skipped, or
+    refused with ``strict``; a missing one is always refused.
     """
     from safetensors import safe_open
 
@@ -223,7 +229,12 @@ def load_checkpoint(model_dir: str | Path, cfg: RuntimeConfig | None = None, dev
     weight_map = {n: f for n, f in _weight_map(model_dir).items()
                   if own_layers <= n_layers or (layer_of(n) is None or layer_of(n) < n_layers)}
     expected = checkpoint_shapes(cfg)
-    _check_names(weight_map, expected, f"checkpoint {model_dir}")
+    unexpected = _check_names(weight_map, expected, f"checkpoint {model_dir}", strict)
+    if unexpected:
+        shown = ", ".join(unexpected[:5]) + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        warnings.warn(f"checkpoint {model_dir}: {len(unexpected)} tensor(s) the model does not use, skipped: {shown}",
+                      stacklevel=2)
+        weight_map = {n: f for n, f in weight_map.items() if n in expected}
 
     experts = ExpertWeights.allocate(cfg, dtype, _wants_pin(device))
     non_expert: dict[str, torch.Tensor] = {}

@@ -57,6 +57,7 @@ def checkpoint_shapes(cfg: RuntimeConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def keeps_float32(name: str) -> bool:
-    """Tensors kept in float32 whatever the compute dtype: the expert bias feeds the float32 router."""
+def is_expert_bias(name: str) -> bool:
+    """The router's expert bias: held in the model dtype like every tensor, as the reference holds it (its
+    buffer follows the model's dtype, so in bf16 the bias is rounded to bf16 and then added to float32 scores)."""
     return name.endswith("mlp.gate.expert_bias")

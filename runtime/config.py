@@ -1,10 +1,16 @@
 """What the runtime needs beyond the shared :class:`~offload.model_spec.ModelSpec`: the numerical constants of the
-LLaDA2-MoE forward and generation, read from the same config.json (defaults from the published checkpoints).
+LLaDA2-MoE forward and generation, read from the same config.json as the reference reads them (TIDE's released
+configuration_llada2_moe.py and modeling_llada2_moe.py; ../shared/reference/TIDE.md, "Generation semantics").
 
-  rotary: the first rotary_dim = head_dim x partial_rotary_factor dimensions of q and k, base rope_theta
-  router: sigmoid scores in float32, expert bias for selection, group-limited top-k, weights normalised to sum
-          1 (norm_topk_prob) and scaled by routed_scaling_factor
+  rotary: the first rotary_dim = int(head_dim x partial_rotary_factor) dimensions of q and k, base rope_theta
+          (the reference derives it from the factor and ignores a "rotary_dim" key)
+  router: sigmoid scores in float32, expert bias for selection (always: the reference has no switch for it),
+          group-limited top-k, weights normalised to sum 1 when top-k > 1 (the reference ignores
+          norm_topk_prob) and scaled by routed_scaling_factor
   tokens: mask_token_id 156895, eos_token_id 156892 unless config.json says otherwise
+
+A key missing from config.json takes the reference configuration's default (DEFAULTS), not the published
+checkpoints' value: rope_theta 10000, rms_norm_eps 1e-5, routed_scaling_factor 2.5, partial_rotary_factor 0.5.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from offload.model_spec import ModelSpec
 
 MASK_TOKEN_ID = 156895
 EOS_TOKEN_ID = 156892
+# the reference configuration's defaults (configuration_llada2_moe.py: LLaDA2MoeConfig.__init__)
+DEFAULTS = {"rope_theta": 10000.0, "rms_norm_eps": 1e-5, "routed_scaling_factor": 2.5, "partial_rotary_factor": 0.5}
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,19 @@ class RuntimeConfig:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec) -> "RuntimeConfig":
-        c = spec.raw_config
-        rotary = c.get("rotary_dim")
-        if rotary is None:
-            rotary = int(spec.head_dim * float(c.get("partial_rotary_factor", 1.0)))
+        if spec.model_type != "llada2_moe":  # the simulator takes other MoE families; this runtime runs LLaDA2
+            raise TideError(f"the runtime runs LLaDA2-MoE (model_type llada2_moe); {spec.name} is "
+                            f"{spec.model_type}: simulate it with sim.explore instead")
+        c = {**DEFAULTS, **{k: v for k, v in spec.raw_config.items() if v is not None}}
+        rotary = int(spec.head_dim * float(c["partial_rotary_factor"]))
         if rotary % 2 or rotary > spec.head_dim or rotary < 0:
             raise TideError(f"config.json: rotary dimension {rotary} must be even and at most head_dim {spec.head_dim}")
         if c.get("score_function", "sigmoid") != "sigmoid":
             raise TideError(f"config.json: score_function {c.get('score_function')!r} is not supported (sigmoid only)")
         eos = _int(c, "eos_token_id", EOS_TOKEN_ID)
-        cfg = cls(spec=spec, rope_theta=float(c.get("rope_theta", 600000)), rotary_dim=int(rotary),
-                  rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
-                  routed_scaling_factor=float(c.get("routed_scaling_factor", 1.0)),
-                  norm_topk_prob=bool(c.get("norm_topk_prob", True)),
-                  use_expert_bias=bool(c.get("moe_router_enable_expert_bias", True)),
+        cfg = cls(spec=spec, rope_theta=float(c["rope_theta"]), rotary_dim=rotary,
+                  rms_norm_eps=float(c["rms_norm_eps"]), routed_scaling_factor=float(c["routed_scaling_factor"]),
+                  norm_topk_prob=spec.top_k > 1, use_expert_bias=True,
                   mask_token_id=_int(c, "mask_token_id", MASK_TOKEN_ID), eos_token_id=eos,
                   pad_token_id=_int(c, "pad_token_id", eos))
         for name in ("mask_token_id", "eos_token_id", "pad_token_id"):
@@ -60,8 +67,10 @@ class RuntimeConfig:
         benchmarks: e.g. a LLaDA2.0-mini shape with 4 MoE layers)."""
         spec = ModelSpec.load(name_or_path)
         if num_layers is not None:
-            if num_layers <= spec.first_k_dense_replace:
-                raise TideError(f"--num-layers must exceed first_k_dense_replace ({spec.first_k_dense_replace})")
+            if not spec.first_k_dense_replace < num_layers <= spec.num_layers:
+                raise TideError(f"--num-layers must be in [{spec.first_k_dense_replace + 1}, {spec.num_layers}] "
+                                f"for {spec.name} (more than its dense layers, at most its {spec.num_layers} "
+                                f"layers), got {num_layers}")
             spec = ModelSpec.from_config({**spec.raw_config, "num_hidden_layers": int(num_layers)},
                                          name=f"{spec.name}-{num_layers}L")
         return cls.from_spec(spec)

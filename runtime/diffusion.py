@@ -1,15 +1,29 @@
 """Block-diffusion generation as LLaDA2.0 does it, in two modes, recording what the model routed.
 
-Layout: the prompt (P tokens) followed by mask tokens, padded to N blocks of ``block_length`` (bl) tokens;
-attention is block-causal (a token sees its own block and every earlier block). Blocks are denoised in order,
-starting with the block that holds position P. At each denoising step of a block:
+Semantics are those of the reference ``generate`` (TIDE's released model/modeling_llada2_moe.py; the line numbers
+are in ../shared/reference/TIDE.md, "Generation semantics"); where the project offers more it is a setting whose
+default is the reference's behaviour.
 
-  forward  -> logits of the block's bl positions -> x0 = argmax (or a sample at ``temperature``), p = its prob.
-  commit every masked position with p > threshold; if fewer than the step's scheduled count
-  (bl // steps, the remainder spread over the first steps), commit the scheduled count of most confident ones.
+Layout: the prompt (P tokens) followed by mask tokens, padded to N = ceil((P + gen_length) / bl) blocks of
+``block_length`` (bl) tokens; attention is block-causal (a token sees its own block and every earlier block).
+Blocks are denoised in order, starting with the block that holds position P.
 
-A block ends when no mask is left; generation stops after a block that contains EOS (tokens after the first
-EOS are dropped from the output).
+  steps' = min(steps, gen_length // minimal_topk)           denoising steps per block at most
+  n_j    = bl // steps' + [j < bl % steps']                 scheduled commits at step j (0 when steps' > bl)
+
+At step j of a block (stopping early once no mask is left in it):
+
+  forward -> the block's bl logits (float32) -> z = logits / temperature (when temperature > 0 and != 1),
+             top_k / top_p filtering, q = softmax(z)
+  x0 = a sample of q (do_sample) or argmax q;  p = q(x0), the confidence
+  commit every masked position with p > threshold; if fewer than n_j, commit the min(n_j, masked) most
+  confident masked ones instead.
+
+Stopping: after a block that holds an EOS, generation ends (the reference always does; ``stop_at_eos=False``
+generates every block, for benchmarks of fixed work). With ``eos_early_stop`` (the reference's option, off by
+default) it ends within the step that commits an EOS once every position before it is committed.
+Output (what tokens/s counts, as the reference's evaluation does): x[P : P + gen_length] cut after the first EOS,
+EOS included; ``output_tokens`` in the trace header records its length.
 
 Modes:
 - ``prefix-recompute``: every step forwards the whole prefix up to the end of the current block with the
@@ -48,29 +62,60 @@ MODES = DIFFUSION_MODES  # the generation modes (offload.trace: one definition f
 
 @dataclass(frozen=True)
 class GenerationSettings:
+    """The reference's generate() arguments (same names and defaults where it has them) and the project's own.
+
+    gen_length, block_length, steps, threshold, temperature, top_k, top_p, minimal_topk, do_sample,
+    eos_early_stop   as the reference (module docstring); do_sample False takes the argmax
+    mode             prefix-recompute (the reference's loop) or block-cache
+    seed             seeds the sampler (do_sample) on the host
+    stop_at_eos      stop after the block holding an EOS (the reference, always); False: generate every block
+    """
+
     gen_length: int = 128
     block_length: int = 32
     steps: int = 32
     threshold: float = 0.95
     mode: str = "prefix-recompute"
     temperature: float = 0.0
+    do_sample: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
+    minimal_topk: int = 1
     seed: int = 0
-    eos_early_stop: bool = True
+    eos_early_stop: bool = False
+    stop_at_eos: bool = True
 
     def check(self) -> None:
         if self.mode not in MODES:
             raise TideError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.gen_length < 1 or self.block_length < 1 or self.steps < 1:
             raise TideError("gen length, block length and steps must be >= 1")
+        if self.gen_length > MAX_GEN_LENGTH:
+            raise TideError(f"gen length {self.gen_length} is above the limit of {MAX_GEN_LENGTH} tokens")
+        if not 1 <= self.minimal_topk <= self.gen_length:
+            raise TideError(f"minimal_topk must be in [1, gen_length {self.gen_length}], got {self.minimal_topk}")
         if not 0.0 <= self.threshold <= 1.0:
             raise TideError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.temperature < 0:
             raise TideError("temperature must be >= 0")
+        if self.top_k is not None and self.top_k < 0:
+            raise TideError(f"top_k must be >= 0 (0: off), got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise TideError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def effective_steps(self) -> int:
+        """Denoising steps per block at most: the reference's min(steps, gen_length // minimal_topk)."""
+        return min(self.steps, self.gen_length // self.minimal_topk)
+
+
+# positions a generation may hold (prompt excluded): a bound on the work and memory asked for up front
+MAX_GEN_LENGTH = 1 << 17
 
 
 @dataclass(frozen=True, eq=False)
 class GenerationResult:
-    tokens: list[int]             # generated ids up to (excluding) the first EOS
+    tokens: list[int]             # the output: generated ids up to and including the first EOS, at most gen_length
     sequence: torch.Tensor        # the whole final sequence (prompt + every generated position)
     step_times_s: np.ndarray      # wall time of each forward (synchronised)
     wall_s: float                 # whole generation, first forward to last
@@ -83,29 +128,62 @@ class GenerationResult:
 
 
 def transfer_schedule(block_length: int, steps: int) -> np.ndarray:
-    """Scheduled minimum of tokens committed per step: bl // steps, remainder to the first steps."""
-    steps = min(steps, block_length)
+    """Scheduled minimum of tokens committed at each of ``steps`` steps: bl // steps, plus one on the first
+    bl % steps steps (the reference's; steps beyond bl schedule 0)."""
     base, rem = divmod(block_length, steps)
     return base + (np.arange(steps) < rem).astype(np.int64)
 
 
-def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, threshold: float, temperature: float,
+def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """The reference's top-k then top-p (nucleus) filtering of logits [.., V]: excluded entries become -inf.
+    top-k keeps the entries >= the k-th largest (ties kept); top-p keeps the smallest prefix of the sorted
+    distribution whose mass reaches p (the entry that crosses p included, the best always kept)."""
+    if top_k:
+        kth = torch.topk(z, min(top_k, z.shape[-1]), dim=-1).values[..., -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        srt, idx = torch.sort(z, dim=-1, descending=True)
+        mass = torch.cumsum(torch.softmax(srt, dim=-1), dim=-1)
+        drop = torch.zeros_like(mass, dtype=torch.bool)
+        drop[..., 1:] = mass[..., :-1] > top_p  # shifted: the entry that crosses p stays
+        z = z.masked_fill(torch.zeros_like(drop).scatter(-1, idx, drop), float("-inf"))
+    return z
+
+
+def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, settings: GenerationSettings,
            gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0 [bl], commit mask [bl]) for one block's logits [bl, V] (float32)."""
-    probs = torch.softmax(logits.float() if temperature == 0 else logits.float() / temperature, dim=-1)
-    if temperature == 0:
-        x0 = probs.argmax(dim=-1)
-    else:
+    """(x0 [bl], commit mask [bl]) for one block's logits [bl, V] (the module docstring's step)."""
+    z = logits.float()
+    t = settings.temperature
+    if t > 0 and t != 1.0:
+        z = z / t
+    probs = torch.softmax(filter_logits(z, settings.top_k, settings.top_p), dim=-1)
+    if settings.do_sample:
         x0 = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(probs.device)
+    else:
+        x0 = probs.argmax(dim=-1)
     p = probs.gather(-1, x0[:, None]).squeeze(-1)
-    conf = torch.where(masked, p, torch.full_like(p, -1.0))
-    high = (conf > threshold) & masked
+    conf = torch.where(masked, p, torch.full_like(p, -float("inf")))
+    high = (conf > settings.threshold) & masked
     if int(high.sum()) >= n_min:
         return x0, high
     k = min(n_min, int(masked.sum()))
     commit = torch.zeros_like(masked)
     commit[torch.topk(conf, k).indices] = True
     return x0, commit
+
+
+def _answer_closed(x: torch.Tensor, P: int, hi: int, eos_id: int, mask_id: int) -> bool:
+    """The reference's early-stop test: the first EOS of x[:hi] has no mask between the prompt and it."""
+    eos = (x[:hi] == eos_id).nonzero()
+    return bool(eos.numel()) and not bool((x[P:int(eos[0, 0])] == mask_id).any())
+
+
+def output_length(generated: torch.Tensor, gen_length: int, eos_id: int) -> int:
+    """Tokens the reference returns from the generated positions: up to gen_length, cut after the first EOS."""
+    head = generated[:gen_length]
+    eos = (head == eos_id).nonzero()
+    return int(eos[0, 0]) + 1 if eos.numel() else int(head.numel())
 
 
 class _Recorder:
@@ -146,8 +224,9 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
     x = torch.full((total,), cfg.mask_token_id, dtype=torch.long, device=device)
     x[:P] = prompt
     positions = torch.arange(total, device=device)
-    schedule = transfer_schedule(bl, settings.steps)
-    gen = torch.Generator().manual_seed(settings.seed) if settings.temperature > 0 else None
+    schedule = transfer_schedule(bl, settings.effective_steps)
+    gen = torch.Generator().manual_seed(settings.seed) if settings.do_sample else None
+    eos_id = cfg.eos_token_id
     first = P // bl  # first block holding a generated position
     rec = _Recorder()
     cache = None
@@ -182,7 +261,7 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
             forward(x[:end], positions[:end], block_causal_mask(end, bl, device), info, end, True, slice(0, 0))
             fwd += 1
     bar = tqdm(range(first, n_blocks), desc="blocks", unit="block", disable=not progress, leave=False)
-    stop = False
+    stop = early = False
     for b in bar:
         lo, hi = b * bl, (b + 1) * bl
         gb = b - first
@@ -197,11 +276,17 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
             else:
                 logits, _ = forward(x[lo:hi], positions[lo:hi], None, info, hi, False, None)
             fwd += 1
-            x0, commit = choose(logits, masked, int(schedule[step]), settings.threshold, settings.temperature, gen)
+            x0, commit = choose(logits, masked, int(schedule[step]), settings, gen)
             block = x[lo:hi]
             block[commit] = x0[commit]
             rec.set_committed(int(commit.sum()))
-        if settings.eos_early_stop and bool((x[max(lo, P):hi] == cfg.eos_token_id).any()):
+            if settings.eos_early_stop and bool((x0[commit] == eos_id).any()) and _answer_closed(x, P, hi, eos_id,
+                                                                                              cfg.mask_token_id):
+                stop = early = True  # the reference returns at once: no commit forward, no later step
+                break
+        if stop:
+            break
+        if settings.stop_at_eos and bool((x[P:hi] == eos_id).any()):
             stop = True
         if settings.mode == "block-cache" and b < n_blocks - 1 and not stop:
             info = StepInfo(index=fwd, block=gb, step_in_block=len(schedule), kind=KIND_COMMIT, tokens_forwarded=bl)
@@ -219,13 +304,14 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
     step_cpu = np.diff(np.array([cpu_start, *cpu_starts[1:], cpu_end]) - cpu_start) if cpu_starts else np.zeros(0)
     if hasattr(bar, "close"):
         bar.close()
-    generated = x[P:].tolist()
-    tokens = generated[: generated.index(cfg.eos_token_id)] if cfg.eos_token_id in generated else generated
-    tokens = [t for t in tokens if t != cfg.mask_token_id]  # positions never reached after an early stop
+    # the reference's in-step return cuts at the first EOS wherever it lies; otherwise within gen_length
+    n_out = output_length(x[P:], total - P if early else settings.gen_length, eos_id)
+    tokens = x[P:P + n_out].tolist()  # may hold masks only where the reference's would (no EOS, stopped early)
     header = {"version": SCHEMA_VERSION, "model": model_header(cfg.spec),
-              "generation": {"mode": settings.mode, "block_length": bl, "steps": settings.steps,
+              "generation": {"mode": settings.mode, "block_length": bl, "steps": settings.effective_steps,
                              "threshold": settings.threshold, "gen_length": total - P, "prompt_length": P,
-                             "temperature": settings.temperature},
+                             "temperature": settings.temperature, "do_sample": settings.do_sample,
+                             "requested_gen_length": settings.gen_length, "output_tokens": n_out},
               "origin": {"kind": "recorded", "seed": settings.seed, **(origin or {})}}
     return GenerationResult(tokens=tokens, sequence=x.detach().cpu(), step_times_s=np.array(rec.times), wall_s=wall,
                             trace=rec.trace(header), forwards=fwd,

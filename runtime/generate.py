@@ -26,8 +26,8 @@ from runtime.environment import environment
 from runtime.session import Session, add_session_arguments, cost_model, random_prompt
 from offload.cli import add_budget, add_hardware, budget_from, given_options, Parser, refuse
 from offload.errors import TideError, run_cli
-from offload.policies import POLICIES, Policy, make_policy, policy_from_text
-from offload.policies.policy_file import read_policy_file
+from offload.policies import RUNNABLE, Policy, make_policy, policy_from_text
+from offload.policies.policy_file import PolicyChoice, read_policy_file
 from offload.results import to_json
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import write_trace
@@ -37,13 +37,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = Parser(prog="python -m runtime.generate", description=__doc__.split("\n\n")[0])
     add_session_arguments(p, gen_length=None, modes="one")
     p.add_argument("--prompt", default=None, help="prompt text (needs the checkpoint's tokenizer)")
-    p.add_argument("--policy", default="tide", help=f"name or name(k=v, ...), e.g. tide(tau=2) ({', '.join(POLICIES)}), "
+    p.add_argument("--policy", default="tide", help=f"name or name(k=v, ...), e.g. tide(tau=2) ({', '.join(RUNNABLE)}), "
                    "or the recommended-policy JSON of sim.explore")
     add_budget(p, default="half the experts, or the policy file's")
     add_hardware(p, what=": prices cost-aware policies such as tide-opt and riptide as the simulator does; without "
                  "it they fall back to their documented byte-ratio estimates")
-    p.add_argument("--threshold", type=float, default=0.95)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    g = p.add_argument_group("decoding (the reference generate()'s arguments and defaults)")
+    g.add_argument("--threshold", type=float, default=0.95, help="commit every masked position whose confidence "
+                   "exceeds this, at least the step's scheduled count (default 0.95)")
+    g.add_argument("--temperature", type=float, default=0.0, help="logits are divided by it when > 0; it changes "
+                   "the confidences, and the tokens only with --do-sample (default 0)")
+    g.add_argument("--do-sample", action="store_true", help="sample each position (seeded by --seed) instead of "
+                   "taking the argmax; TIDE's evaluation samples")
+    g.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (default: all)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus filtering at this mass (default: off)")
+    g.add_argument("--minimal-topk", type=int, default=1, help="steps per block at most gen_length // this "
+                   "(default 1)")
+    g.add_argument("--eos-early-stop", action="store_true", help="end within the step that commits an EOS once "
+                   "every position before it is committed (default: at the end of the block holding it)")
     p.add_argument("--metrics-out", default=None, help="write metrics JSON here")
     p.add_argument("--trace-out", default=None, help="write the routing trace here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -52,12 +63,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return a
 
 
-def _policy(a: argparse.Namespace) -> tuple[Policy, int | None, str | None]:
-    """(policy, experts per layer from a policy file or None, mode from the file or None)."""
-    if a.policy.endswith(".json") or Path(a.policy).is_file():
-        choice = read_policy_file(a.policy)
-        return make_policy(choice.policy, **choice.params), choice.experts_per_layer, choice.mode
-    return policy_from_text(a.policy), None, None
+def _policy(a: argparse.Namespace) -> tuple[Policy, PolicyChoice | None]:
+    """The policy, and the recommended-policy file it came from (None for a ``name(k=v, ...)`` spec). A file's
+    model and hardware profile fill --model and --hardware when they are not given."""
+    if not (a.policy.endswith(".json") or Path(a.policy).exists()):
+        return policy_from_text(a.policy), None
+    choice = read_policy_file(a.policy)
+    if "model" not in a.given and choice.model_source:
+        a.model = choice.model_source
+    if a.hardware is None and choice.hardware_source and make_policy(choice.policy, **choice.params).uses_cost:
+        a.hardware = choice.hardware_source
+    return make_policy(choice.policy, **choice.params), choice
 
 
 def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: torch.device) -> torch.Tensor:
@@ -77,13 +93,19 @@ def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: tor
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Build everything from parsed arguments, generate, and return the run's RunRecord as JSON (+ ``text``)."""
-    policy, file_budget, file_mode = _policy(a)
+    policy, choice = _policy(a)
+    file_budget, file_mode = (choice.experts_per_layer, choice.mode) if choice else (None, None)
     session = Session.from_args(a)
     spec, device, dtype = session.cfg.spec, session.device, session.dtype
+    if choice is not None:
+        choice.check_model(spec)
     if not policy.needs_budget:
         refuse(a.given, ("gpu_experts_per_layer", "gpu_memory_gb"), f"policy {policy.name} keeps every expert")
     if not policy.uses_cost:
         refuse(a.given, ("hardware",), f"policy {policy.name} decides without a cost model")
+    elif a.hardware is None:
+        print(f"note: {policy.name} decides without a hardware profile (--hardware): it falls back to its "
+              f"byte-ratio estimates, and its decisions differ from the simulator's")
     if a.prompt is not None:
         refuse(a.given, ("prompt_length",), "--prompt gives the prompt")
     budget = None if not policy.needs_budget else budget_from(a, spec, default=max(1, spec.num_experts // 2),
@@ -91,17 +113,21 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     gen_length = a.gen_length if a.gen_length is not None else (1024 if session.real else 128)
     settings = GenerationSettings(gen_length=gen_length, block_length=a.block_length, steps=a.steps,
                                   threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
-                                  temperature=a.temperature, seed=a.seed)
+                                  temperature=a.temperature, do_sample=a.do_sample, top_k=a.top_k, top_p=a.top_p,
+                                  minimal_topk=a.minimal_topk, eos_early_stop=a.eos_early_stop, seed=a.seed)
     settings.check()
     # cost-aware policies price this machine with the same cost model the simulator would
     cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
     prompt = _prompt_ids(a, session.cfg, session.tokenizer, device)
     result, record = session.run(policy, budget, prompt, settings, cost=cost, progress=not a.quiet)
     metrics = to_json(dataclasses.replace(record, environment=environment(device, dtype)))
+    written = []
     if a.trace_out:
-        write_trace(result.trace, a.trace_out)
+        written.append(f"trace {write_trace(result.trace, a.trace_out)}")
     if a.metrics_out:
         atomic_write_text(a.metrics_out, json.dumps(metrics, indent=1) + "\n")
+        written.append(f"metrics {a.metrics_out}")
+    metrics["written"] = written
     if session.tokenizer is not None:
         metrics["text"] = session.tokenizer.decode(result.tokens, skip_special_tokens=True)
     return metrics
@@ -117,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"hit_ratio={m['hit_ratio']:.3f} promotions={m['promotions']} demotions={m['demotions']} "
           f"h2d_bytes={m['h2d_bytes']} d2h_bytes={m['d2h_bytes']} cpu_assignments={m['cpu_assignments']} "
           f"gpu_assignments={m['gpu_assignments']}")
+    for what in m["written"]:
+        print(f"wrote {what}")
     return 0
 
 

@@ -179,14 +179,15 @@ class MLP(nn.Module):
 
 
 class Gate(nn.Module):
-    """Router parameters: ``weight`` [E, h] (model dtype) and buffer ``expert_bias`` [E] (always float32)."""
+    """Router parameters: ``weight`` [E, h] and buffer ``expert_bias`` [E], both in the model dtype as the
+    reference holds them (the router adds the bias to float32 scores)."""
 
     def __init__(self, cfg: RuntimeConfig, device=None, dtype=None) -> None:
         super().__init__()
         E = cfg.spec.num_experts
         self.weight = nn.Parameter(torch.empty(E, cfg.spec.hidden_size, device=device, dtype=dtype))
         nn.init.normal_(self.weight, std=cfg.spec.hidden_size ** -0.5)
-        bias = torch.zeros(E, device=device, dtype=torch.float32) if cfg.use_expert_bias else None
+        bias = torch.zeros(E, device=device, dtype=dtype) if cfg.use_expert_bias else None
         self.register_buffer("expert_bias", bias)
 
 

@@ -21,7 +21,7 @@ from typing import Mapping
 import torch
 
 from runtime.checkpoint import ExpertWeights
-from runtime.checkpoint_layout import (EXPERT_PROJS, expert_param_name, expert_proj_shape, keeps_float32,
+from runtime.checkpoint_layout import (EXPERT_PROJS, expert_param_name, expert_proj_shape, is_expert_bias,
                                        non_expert_shapes)
 from runtime.config import RuntimeConfig
 
@@ -46,7 +46,7 @@ def _init_of(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
     """(mean, std) of tensor ``name``'s values; the scales are explained in :func:`random_state`."""
     if name.endswith("norm.weight"):  # RMSNorms: input_layernorm, query_layernorm, model.norm, ...
         return 1.0, _NORM_JITTER
-    if keeps_float32(name):
+    if is_expert_bias(name):
         return 0.0, _BIAS_STD
     if name.endswith("word_embeddings.weight"):
         return 0.0, 1.0
@@ -149,11 +149,11 @@ def random_weights(cfg: RuntimeConfig, seed: int, device=None, dtype: torch.dtyp
     ``threads`` threads (default: torch's thread count; the values do not depend on it).
 
     Every tensor is drawn straight into its final host buffer, chunk by chunk: routed experts into the (pinned)
-    ``dtype`` host stacks, non-expert tensors into ``dtype`` (the expert bias float32) CPU tensors that then go
+    ``dtype`` host stacks, non-expert tensors into ``dtype`` CPU tensors that then go
     to ``device``. No full-size float32 copy of the experts is ever made: for a LLaDA2.0-mini shape that would
     be 3 GiB per MoE layer. ``pin`` defaults to "device is CUDA", as for a loaded checkpoint."""
     device = torch.device(device if device is not None else "cpu")
-    host = {n: torch.empty(shape, dtype=torch.float32 if keeps_float32(n) else dtype)
+    host = {n: torch.empty(shape, dtype=dtype)
             for n, shape in non_expert_shapes(cfg).items()}
     experts = ExpertWeights.allocate(cfg, dtype, device.type == "cuda" if pin is None else pin)
     stacks = {random_stack_name(cfg, m, proj): experts[m].proj(proj)

@@ -8,7 +8,7 @@ For T tokens x [T, h], router weight W [E, h] and expert bias b [E] (all arithme
   groups: the E experts split into G = n_group contiguous groups of E/G (expert e is in group e // (E/G));
   group score g_j = sum of the 2 largest s' in group j; keep the topk_group groups of largest g_j;
   selection: the k = num_experts_per_tok largest s' among the experts of the kept groups
-  weights  w = s[selected]; w /= sum(w) if norm_topk_prob; w *= routed_scaling_factor
+  weights  w = s[selected]; w /= sum(w) when k > 1 (norm_topk_prob, set as the reference does); w *= routed_scaling_factor
 
 With n_group <= 1 (or topk_group >= n_group) the group limit keeps everything and this is plain top-k.
 
@@ -38,7 +38,7 @@ def route(hidden: torch.Tensor, weight: torch.Tensor, expert_bias: torch.Tensor 
           cfg: RuntimeConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Route ``hidden`` [T, h]; returns (topk_ids int64 [T, k], topk_weights float32 [T, k]).
 
-    ``expert_bias`` may be None (no bias); it is ignored when the config disables the expert bias.
+    ``expert_bias`` may be None (no bias); its dtype is the model's (bf16 rounds it, as in the reference).
     """
     spec = cfg.spec
     E, k = spec.num_experts, spec.top_k

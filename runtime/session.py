@@ -34,8 +34,13 @@ def add_session_arguments(p: argparse.ArgumentParser, gen_length: int | None, mo
     """The options :meth:`Session.from_args` and :func:`random_prompt` read, and generation's (offload.cli)."""
     add_model(p, default="llada2-tiny", what=": a checkpoint directory loads its weights, otherwise random ones")
     p.add_argument("--num-layers", type=int, default=None, help="keep only the first N decoder layers")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: float32 on cpu, bfloat16 on cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where the model runs (default auto: cuda when torch sees a GPU, else cpu)")
+    p.add_argument("--dtype", default=None, choices=tuple(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--trust-remote-code", action="store_true", help="let the checkpoint's tokenizer run its own "
+                   "code (transformers' trust_remote_code; LLaDA2.0's tokenizer needs it)")
+    p.add_argument("--strict", action="store_true", help="refuse a checkpoint with tensors the model does not use "
+                   "(default: list them in a warning and skip them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU's experts run on them)")
     add_generation(p, gen_length=gen_length, prompt_length=32, modes=modes,
                    seed_help="of the random weights, the random prompt and sampling")
@@ -60,13 +65,20 @@ def random_prompt(cfg: RuntimeConfig, length: int, seed: int, device: torch.devi
     return ids.to(device)
 
 
-def _tokenizer(path: Path) -> Any:
+def _tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    """The checkpoint's tokenizer, or None (prompts and outputs as ids) with a note that states why."""
     try:
         from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # no tokenizer files (or no transformers): ids only
-        print(f"note: no tokenizer loaded from {path} ({type(exc).__name__}); prompts and outputs are token ids")
+    except ImportError:
+        print("note: transformers is not installed (pip install transformers); prompts and outputs are token ids")
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # no tokenizer files, or code it may not run: ids only, and the cause in one line
+        cause = " ".join((str(exc).strip() or type(exc).__name__).split())
+        hint = "" if trust_remote_code else " (if it needs its own code, pass --trust-remote-code)"
+        print(f"note: no tokenizer loaded from {path}: {type(exc).__name__}: {cause[:300]}{hint}; prompts and "
+              f"outputs are token ids")
         return None
 
 
@@ -90,6 +102,8 @@ class Session:
             if a.threads < 1:
                 raise TideError("--threads must be >= 1")
             torch.set_num_threads(a.threads)
+        if a.device == "auto":
+            a.device = "cuda" if torch.cuda.is_available() else "cpu"
         if a.device == "cuda" and not torch.cuda.is_available():
             raise TideError("--device cuda requested but CUDA is not available (torch "
                             f"{torch.__version__}{'' if torch.version.cuda else ', a CPU-only build'})")
@@ -99,12 +113,12 @@ class Session:
         real = path.is_dir() and any(path.glob("*.safetensors"))
         cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
         if real:
-            state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype)
+            state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype, strict=a.strict)
         else:
             state, experts = random_weights(cfg, a.seed, device=device, dtype=dtype)
         net = LLaDA2MoE.from_state(cfg, state, None, device=device, dtype=dtype)
         host = [{"gate": l.gate, "up": l.up, "down": l.down} for l in experts.layers]
-        return cls(cfg, net, host, device, dtype, real, _tokenizer(path) if real else None)
+        return cls(cfg, net, host, device, dtype, real, _tokenizer(path, a.trust_remote_code) if real else None)
 
     def run(self, policy: Policy, budget: np.ndarray | None, prompt: torch.Tensor, settings: GenerationSettings,
             *, cost: RooflineCostModel | None = None, progress: bool = False) -> tuple[GenerationResult, RunRecord]:
@@ -115,7 +129,8 @@ class Session:
                             cost=cost, block_length=settings.block_length, mode=settings.mode)
         self.model.set_executor(store)
         result = generate(self.model, store, self.cfg, prompt, settings, progress=progress,
-                          origin={"policy": policy.label(), "device": str(self.device)})
+                          origin={"policy": policy.label(), "device": str(self.device),
+                                  "experts_per_layer": int(np.max(store.budget if budget is None else budget))})
         x = result.extra
         return result, RunRecord(
             policy=policy.name, params=policy.params(), mode=settings.mode, model=self.cfg.spec.name,

@@ -2,11 +2,12 @@
 
 JSON object format: ``{"traceEvents": [...], "displayTimeUnit": "ms", "metadata": {...}}``. Each busy interval
 of a resource is one complete event (``"ph": "X"``) with ``ts`` and ``dur`` in microseconds of simulated time,
-``pid`` 0, ``tid`` the resource (0 gpu, 1 cpu, 2 h2d, 3 d2h; named by ``thread_name`` metadata events),
+``pid`` 0, ``tid`` the resource (0 gpu, 1 cpu, 2 h2d, 3 d2h, 4 host: the thread that syncs and decides; named
+by ``thread_name`` metadata events),
 ``name`` what it was (``offload.results.WHAT``) and ``args`` ``{"step", "layer"}`` (layer -1: not a MoE layer).
 
 The intervals in which the GPU stream stalls (waiting for a blocking copy, a prefetch, or the CPU's share of a
-layer; ``what == "wait"``) go on their own track, tid 4 "gpu stalled", so that each resource track holds only
+layer; ``what == "wait"``) go on their own track, tid 5 "gpu stalled", so that each resource track holds only
 its busy intervals: they never overlap and their durations sum to ``SimResult.busy_s``.
 
 Needs a result run with ``timeline=True``; no simpy or plotly here.

@@ -1,31 +1,67 @@
-"""The discrete-event engine (SimPy): replay a trace under a policy on a GPU + CPU + host-link model.
+"""The discrete-event engine (SimPy): replay a trace under a policy on a GPU + CPU + host-link model, priced as
+an executor carries the plan out (``offload.executor``; default ``tide-moe``, this project's runtime).
 
 Resources, each serialising its work FIFO: the GPU compute stream, the CPU expert workers (one pool that
 runs a layer's CPU batch with all its threads), the H2D and D2H copy engines (one shared engine when the
-profile's link is ``shared_duplex``). Work is modelled at the granularity the hardware serialises at: one
-event per layer's batch of copies or experts, never one per expert.
+profile's link is ``shared_duplex``), and the host thread (it syncs with the GPU and runs decide(); only the
+main process uses it, like the GPU stream). Work is modelled at the granularity the hardware serialises at:
+one event per layer's batch of copies or experts (per staging chunk for streamed experts, whose copies wait
+for the chunk before), never one per expert; per-expert blocking copies are priced in closed form.
 
-One forward pass s (times from the cost model, see ``offload.cost``):
+One forward pass s (times from the cost model, see ``offload.cost``; X the executor, us -> s):
 
-  GPU: step_fixed(s)                                   overhead, dense layers, lm_head
+  GPU: step_fixed(s, m)                                overhead, dense layers, lm_head over m rows
+       m = the step's lm_tokens (X.lm_head_rows "block") or its tokens forwarded ("prefix", where logits are
+       made); + logits_cast(m) = m V (b + 4) / BW_hbm + launch when X.lm_head_fp32
   for each MoE layer l:
     GPU: moe_pre(s)                                    attention, router, shared expert
+    host: X.host_sync_us + X.decide_us[policy]          the GPU waits (the decision needs the layer's counts)
     policy.decide(view)  -> demote, (budget), promote, stream, prefetch, overlap_cpu
+    D2H: demoted experts' weights, blocking            only with X.demote_d2h
     CPU path (if any active expert is not on the GPU): D2H activations -> CPU experts -> H2D results
       overlap_cpu: starts now, concurrent with the copies and the GPU experts below
-    H2D: (|promote| + |stream|) x expert_bytes         blocking: the GPU waits for it
-    GPU: gpu_experts(counts on resident or streamed experts), after the prefetches it uses have landed
+    H2D: promoted (+ streamed when X.staging_slots = 0) weights, blocking: the GPU waits for it
+    GPU: gpu_experts(counts on resident experts [+ streamed ones when unstaged]) + n_active x X.gpu_expert_overhead
+         after the prefetches it uses have landed
+    staged streams (X.staging_slots = S >= 1; chunk C = S // 2, or S with S = 1; H = 2 halves, 1 with S = 1):
+      chunk j: H2D copy of its C experts (queued behind the promotions; from j >= H after the GPU finished chunk
+      j - H, whose staging half it reuses), then GPU gpu_experts(chunk j) once it landed: the copy of chunk j + 1
+      overlaps the compute of chunk j, as runtime/expert_store.py does it
     CPU path, without overlap_cpu: only now, after the GPU experts. The layer ends when both are done.
     H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
 
 Copies share the H2D engine in request order (FIFO): with overlap_cpu the CPU path's results queue behind this
 layer's weight copies, and every prefetch queues behind the work requested before it. What a layer moves and
-computes, and every counter, come from its plan (``offload.plan.plan_layer``), the one the runtime carries out.
+computes, and every counter, come from its plan (``offload.plan.plan_layer``), the one the runtime carries out;
+demotions copied back (X.demote_d2h) occupy the D2H engine but are no counter (the runtime copies none).
+
+Prices (``offload.cost.ExecutorCost``; b = expert bytes; n_p experts of the batch pinned, n_q pageable; T(B) the
+profile's copy time of B bytes, T_q the pageable one: latency + B / (pageable_fraction x BW), or its table):
+  weights, batched        T(n_p b) + T_q(n_q b)
+  weights, per expert     n_p T(b) + n_q T_q(b)                    n blocking copies: n x (latency + b / BW)
+  weights, per projection 3 [n_p T(b/3) + n_q T_q(b/3)]
+  activations             T(A x tok) as one batch, or sum_e T(c_e x tok) per CPU expert (T_q if X is pageable)
+  CPU experts             cpu_experts(counts) + n_active x X.cpu_expert_overhead
+An expert is pinned unless X is pageable or it lies beyond the profile's host.pinned_gib (experts pinned in
+(layer, expert) order, as the store page-locks its stacks layer by layer).
+
+Host DRAM (X.shared_dram and the profile's host.dram_gbps = D, in bytes/s): every copy and every CPU batch is a
+job with a nominal duration t_i (its price above) and DRAM bytes V_i (copies: B pinned, 3 B pageable, which
+bounce through a driver buffer; CPU batches: each active expert's weights once + 2 x rows x tok). Its peak
+demand p_i is the rate its memory-bound part reads at: V_i / t_i for a copy (all memory-bound), the profile's
+cpu.dram_gbps for a CPU batch (whose per-expert overheads and compute read nothing), so its memory-bound share
+is f_i = V_i / (p_i t_i) <= 1. While jobs run at once the bandwidth is split max-min fairly (water-filling): in
+ascending order of peak, r_i = min(p_i, (D - sum of the rates already given) / jobs left), and job i does
+nominal work at speed 1 / ((1 - f_i) + f_i p_i / r_i) (1 when r_i = p_i): only its memory-bound share slows,
+by r_i / p_i. Speeds are recomputed whenever a job starts or ends. Two jobs with p_1 <= D/2 get r_1 = p_1 and
+r_2 = min(p_2, D - p_1): a 50 GB/s copy under CPU experts reading at 215 of D = 215 leaves them 165 GB/s. A job
+alone runs at r = min(p, D). Without the figure, or with shared_dram false, nothing is shared.
 
 Serial mode (``serial=True``; by default ``cost.serial``, a ``single_device`` profile: runtime --device cpu):
 one device does everything, so nothing overlaps: the CPU path runs after the GPU experts whatever overlap_cpu
 says, each prefetch is waited for where it is issued, and activation copies take 0 s (they never leave the
-device). Every work item then starts when the previous one ends:
+device). An executor with overlap false (the released code) runs the same way but pays its activation copies.
+Every work item then starts when the previous one ends:
   step time[s] = sum of the durations of step s's work items,   sim_time = sum over steps.
 
 The simulated time is the completion time of the last work item; per-step times are the differences of the
@@ -34,13 +70,15 @@ step end times. Everything is deterministic: no randomness, FIFO resources.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import simpy
 
-from offload.cost import CostModel
+from offload.cost import CostModel, ExecutorCost
 from offload.errors import TideError
+from offload.executor import ExecutorProfile
 from offload.plan import LayerPlan, PlanTotals, plan_layer
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import Residency
@@ -51,39 +89,120 @@ _R = {name: i for i, name in enumerate(RESOURCES)}
 _W = {name: i for i, name in enumerate(WHAT)}
 
 
-def mandatory_gpu_time(trace: Trace, cost: CostModel) -> float:
+def mandatory_gpu_time(trace: Trace, cost: CostModel, executor: ExecutorProfile | None = None) -> float:
     """GPU work every policy must do (dense path of every forward): a floor under any makespan."""
-    return float(_step_fixed(trace, cost).sum() + trace.num_moe_layers * _moe_pre(trace, cost).sum())
+    fixed = _step_fixed(trace, cost) if executor is None else _exec_step_fixed(trace, cost, executor)
+    return float(fixed.sum() + trace.num_moe_layers * _moe_pre(trace, cost).sum())
 
 
 def _step_fixed(trace: Trace, cost: CostModel) -> np.ndarray:
     return np.asarray(cost.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens), dtype=np.float64)
 
 
+def _exec_step_fixed(trace: Trace, cost: CostModel, executor: ExecutorProfile) -> np.ndarray:
+    xc = ExecutorCost(cost, executor, np.zeros((0, 0), dtype=bool))
+    return xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens)
+
+
 def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
     return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens), dtype=np.float64)
 
 
+def waterfill(total: float, demands: np.ndarray) -> np.ndarray:
+    """Max-min fair shares of ``total`` among ``demands`` (same unit): in ascending order of demand each gets
+    min(demand, what is left / users left), so no one gets more than it asks and the rest is split evenly."""
+    d = np.asarray(demands, dtype=np.float64)
+    rates = np.zeros_like(d)
+    left = float(total)
+    for k, i in enumerate(np.argsort(d, kind="stable")):
+        rates[i] = min(d[i], left / (d.size - k))
+        left -= rates[i]
+    return rates
+
+
+@dataclass(eq=False)
+class _Job:
+    left: float          # seconds of nominal work still to do
+    demand: float        # DRAM bytes/s while its memory-bound part runs at full speed (its peak)
+    frac: float          # share of its nominal time that is memory-bound (1 for copies)
+    speed: float         # nominal seconds per second now (<= 1)
+    changed: simpy.Event  # fires when the shares are recomputed
+
+
+class _Dram:
+    """Host DRAM bandwidth shared by the jobs running at once (module docstring: the DRAM law)."""
+
+    def __init__(self, env: simpy.Environment, bytes_per_s: float) -> None:
+        self.env, self.bw = env, float(bytes_per_s)
+        self.jobs: list[_Job] = []
+        self.t = 0.0
+
+    def _advance(self) -> None:
+        dt = self.env.now - self.t
+        if dt > 0:
+            for j in self.jobs:
+                j.left -= dt * j.speed
+        self.t = self.env.now
+
+    def _reshare(self) -> None:
+        if self.jobs:
+            rates = waterfill(self.bw, np.array([j.demand for j in self.jobs]))
+            for j, r in zip(self.jobs, rates):
+                # the memory-bound share slows by r / peak, the rest (compute, overheads) does not
+                j.speed = 1.0 if r >= j.demand else 1.0 / ((1.0 - j.frac) + j.frac * j.demand / float(r))
+        for j in self.jobs:  # wake every job so it reschedules its end at the new speed
+            old, j.changed = j.changed, self.env.event()
+            old.succeed()
+
+    def run(self, dt: float, nbytes: float, peak: float | None = None) -> Iterator[Any]:
+        """Do ``dt`` seconds of nominal work that moves ``nbytes`` through DRAM, at the speed the shares allow;
+        ``peak``: the rate its memory-bound part reads at (None: nbytes / dt, the job is all memory-bound)."""
+        env = self.env
+        self._advance()
+        avg = nbytes / dt
+        peak = avg if peak is None or peak <= avg else float(peak)
+        job = _Job(left=dt, demand=peak, frac=avg / peak, speed=1.0, changed=env.event())
+        self.jobs.append(job)
+        self._reshare()
+        tol = 1e-9 * dt
+        while True:
+            yield env.any_of([env.timeout(max(job.left, 0.0) / job.speed), job.changed])
+            self._advance()
+            # done, or so nearly that the clock could not move by the rest (float rounding would loop forever)
+            if job.left <= tol or env.now + job.left / job.speed <= env.now:
+                break
+        self.jobs.remove(job)
+        self._reshare()
+
+
 class _Run:
     def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: np.ndarray, shared_duplex: bool,
-                 timeline: bool, serial: bool) -> None:
-        self.trace, self.policy, self.cost, self.serial = trace, policy, cost, serial
+                 timeline: bool, serial: bool, executor: ExecutorProfile, act_free: bool) -> None:
+        self.trace, self.policy, self.cost = trace, policy, cost
+        self.serial = serial      # nothing overlaps (one device, or an executor that overlaps nothing)
+        self.act_free = act_free  # one device: activations never cross a link
+        self.x = executor
+        L, E = trace.num_moe_layers, trace.num_experts
+        self.xc = ExecutorCost.of(cost, executor, L, E)
         self.expert_bytes, self.token_bytes = int(cost.expert_bytes), int(cost.token_bytes)
         self.budget = np.asarray(budget, dtype=np.int64)
         self.env = simpy.Environment()
         self.cpu = simpy.Resource(self.env, capacity=1)
         self.h2d = simpy.Resource(self.env, capacity=1)
         self.d2h = self.h2d if shared_duplex else simpy.Resource(self.env, capacity=1)
+        bw = self.xc.dram_bytes_per_s
+        self.dram = _Dram(self.env, bw) if bw is not None and not serial else None  # serial: never two jobs at once
+        self.cpu_peak = getattr(cost, "cpu_dram_bytes_per_s", None)  # the CPU experts' own read rate
+        self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(policy.name)
         self.counts = trace.counts.view()
         self.counts.setflags(write=False)  # policies get views of it: they must not change the trace
-        self.step_fixed = _step_fixed(trace, cost)
+        self.step_fixed = self.xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens)
         self.pre = _moe_pre(trace, cost)
         self.busy = dict.fromkeys(RESOURCES, 0.0)
         self.totals = PlanTotals()
         self.log: list[tuple[int, float, float, int, int, int]] | None = [] if timeline else None
         self.step_end = np.zeros(trace.num_steps)
         self.last_completion = 0.0
-        L, E = trace.num_moe_layers, trace.num_experts
         ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=trace.top_k, budget=self.budget.copy(),
                             expert_bytes=self.expert_bytes,
                             block_length=int(trace.header["generation"].get("block_length", 1)), mode=trace.mode,
@@ -108,11 +227,15 @@ class _Run:
         self._record("gpu", now, now + dt, step, layer, what)
         return self.env.timeout(dt)
 
-    def use(self, res: simpy.Resource, name: str, dt: float, step: int, layer: int, what: str) -> Iterator[Any]:
+    def use(self, res: simpy.Resource, name: str, dt: float, step: int, layer: int, what: str,
+            dram_bytes: float = 0.0, dram_peak: float | None = None) -> Iterator[Any]:
         with res.request() as req:
             yield req
             start = self.env.now
-            yield self.env.timeout(dt)
+            if self.dram is not None and dram_bytes > 0 and dt > 0:
+                yield from self.dram.run(dt, dram_bytes, dram_peak)  # slower while other jobs read host DRAM
+            else:
+                yield self.env.timeout(dt)
             self._record(name, start, self.env.now, step, layer, what)
 
     # ---- policy decisions -------------------------------------------------------------------------------
@@ -120,15 +243,24 @@ class _Run:
         """Issue the prefetch copies (asynchronous); returns their processes."""
         procs = []
         for pf in prefetch:
-            _, promote, _ = self.residency.apply(int(pf.layer), LayerDecision(promote=pf.promote, demote=pf.demote))
-            if promote.size:
+            layer = int(pf.layer)
+            demote, promote, _ = self.residency.apply(layer, LayerDecision(promote=pf.promote, demote=pf.demote))
+            if promote.size or (self.x.demote_d2h and demote.size):
                 mask = np.zeros(self.trace.num_experts, dtype=bool)
                 mask[promote] = True
-                dt = float(self.cost.h2d(promote.size * self.expert_bytes))
-                proc = self.env.process(self.use(self.h2d, "h2d", dt, step, int(pf.layer), "prefetch_h2d"))
-                self.pending[int(pf.layer)].append((proc, mask))
+                proc = self.env.process(self._prefetch_copies(step, layer, demote, promote))
+                if promote.size:
+                    self.pending[layer].append((proc, mask))
                 procs.append(proc)
         return procs
+
+    def _prefetch_copies(self, step: int, layer: int, demote: np.ndarray, promote: np.ndarray) -> Iterator[Any]:
+        if self.x.demote_d2h and demote.size:  # the slot's expert goes back before the new one comes in
+            dt, vb = self.xc.demote_d2h(layer, demote)
+            yield from self.use(self.d2h, "d2h", dt, step, layer, "demote_d2h", vb)
+        if promote.size:
+            dt, vb = self.xc.weights_h2d(layer, promote)
+            yield from self.use(self.h2d, "h2d", dt, step, layer, "prefetch_h2d", vb)
 
     def _arrivals(self, layer: int, gpu_mask: np.ndarray) -> list[simpy.Event]:
         waits, keep = [], []
@@ -143,10 +275,14 @@ class _Run:
 
     # ---- the CPU path of one layer ------------------------------------------------------------------------
     def cpu_path(self, p: LayerPlan, step: int, layer: int) -> Iterator[Any]:
-        act = 0 if self.serial else p.act_bytes  # on one device the activations never cross a link: no copy time
-        yield from self.use(self.d2h, "d2h", float(self.cost.d2h(act)), step, layer, "act_d2h")
-        yield from self.use(self.cpu, "cpu", float(self.cost.cpu_experts(p.cpu_counts)), step, layer, "experts_cpu")
-        yield from self.use(self.h2d, "h2d", float(self.cost.h2d(act)), step, layer, "act_h2d")
+        if self.act_free:  # on one device the activations never cross a link: no copy time
+            (d2h, vd), (h2d, vh) = (0.0, 0.0), (0.0, 0.0)
+        else:
+            (d2h, vd), (h2d, vh) = self.xc.activations("d2h", p.cpu_counts), self.xc.activations("h2d", p.cpu_counts)
+        yield from self.use(self.d2h, "d2h", d2h, step, layer, "act_d2h", vd)
+        yield from self.use(self.cpu, "cpu", self.xc.cpu_experts(p.cpu_counts), step, layer, "experts_cpu",
+                            self.xc.cpu_dram_bytes(p.cpu_counts), self.cpu_peak)
+        yield from self.use(self.h2d, "h2d", h2d, step, layer, "act_h2d", vh)
 
     # ---- the forward passes -----------------------------------------------------------------------------
     def main(self) -> Iterator[Any]:
@@ -164,23 +300,46 @@ class _Run:
     def layer(self, info: StepInfo, layer: int) -> Iterator[Any]:
         s = info.index
         counts = self.counts[s, layer]
+        if self.host_s > 0:  # the host syncs for the counts and decides while the GPU waits
+            t0 = self.env.now
+            self._record("host", t0, t0 + self.host_s, s, layer, "decide")
+            yield self.env.timeout(self.host_s)
+            self._record_wait(t0, s, layer)
         dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=self.residency.view(layer)))
         moved = self.residency.apply(layer, dec)
         p = plan_layer(self.residency.resident[layer], *moved, counts, dec, self.expert_bytes, self.token_bytes)
         self.totals.add(p)
+        if self.x.demote_d2h and p.demote.size:  # expert.to("cpu"): blocking, before the promotions
+            t0 = self.env.now
+            dt, vb = self.xc.demote_d2h(layer, p.demote)
+            yield from self.use(self.d2h, "d2h", dt, s, layer, "demote_d2h", vb)
+            self._record_wait(t0, s, layer)
         cpu_proc = None
         if p.cpu_assignments and p.overlap_cpu and not self.serial:
             cpu_proc = self.env.process(self.cpu_path(p, s, layer))  # the CPU works while the weights are copied
-        if p.weight_h2d_bytes:
+        staged = self.x.staging_slots > 0 and p.stream.size > 0
+        blocking = p.promote if staged else np.concatenate([p.promote, p.stream])
+        chunks = stage = None
+        if blocking.size:
             t0 = self.env.now
-            yield from self.use(self.h2d, "h2d", float(self.cost.h2d(p.weight_h2d_bytes)), s, layer, "weights_h2d")
+            dt, vb = self.xc.weights_h2d(layer, blocking)
+            weights = self.use(self.h2d, "h2d", dt, s, layer, "weights_h2d", vb)
+            if staged and not self.serial:  # the chunks queue on the copy engine right behind the promotions
+                chunks, stage = self._stage(p, s, layer)
+            yield from weights
             self._record_wait(t0, s, layer)
+        elif staged and not self.serial:
+            chunks, stage = self._stage(p, s, layer)
         waits = self._arrivals(layer, p.gpu_mask)
         if waits:
             t0 = self.env.now
             yield self.env.all_of(waits)
             self._record_wait(t0, s, layer)
-        yield self.gpu(float(self.cost.gpu_experts(p.gpu_counts)), s, layer, "experts_gpu")
+        if staged:
+            yield self.gpu(self.xc.gpu_experts(np.where(p.resident_mask, p.gpu_counts, 0)), s, layer, "experts_gpu")
+            yield from self._staged_compute(p, s, layer, chunks, stage)
+        else:
+            yield self.gpu(self.xc.gpu_experts(p.gpu_counts), s, layer, "experts_gpu")
         t0 = self.env.now
         if cpu_proc is not None:
             if not cpu_proc.processed:
@@ -194,6 +353,54 @@ class _Run:
                 t0 = self.env.now
                 yield self.env.all_of(procs)
                 self._record_wait(t0, s, layer)
+
+    # ---- streamed experts through the staging slots ---------------------------------------------------------
+    def _chunks(self, p: LayerPlan) -> list[np.ndarray]:
+        c = self.x.stage_chunk
+        return [p.stream[i:i + c] for i in range(0, p.stream.size, c)]
+
+    def _stage(self, p: LayerPlan, step: int, layer: int) -> tuple[list[np.ndarray], list[simpy.Event]]:
+        """Start the staged copies (one process for the chain); returns the chunks and, per chunk, [copied,
+        computed] events: the copy of chunk j waits for the compute of chunk j - halves (its half's last user)."""
+        chunks = self._chunks(p)
+        ev = [[self.env.event(), self.env.event()] for _ in chunks]
+        halves = self.x.stage_buffers
+
+        def chain() -> Iterator[Any]:
+            for j, ids in enumerate(chunks):
+                if j >= halves and not ev[j - halves][1].processed:
+                    yield ev[j - halves][1]
+                dt, vb = self.xc.weights_h2d(layer, ids)
+                yield from self.use(self.h2d, "h2d", dt, step, layer, "weights_h2d", vb)
+                ev[j][0].succeed()
+
+        self.env.process(chain())
+        return chunks, ev
+
+    def _staged_compute(self, p: LayerPlan, step: int, layer: int, chunks: list[np.ndarray] | None,
+                        ev: list[Any] | None) -> Iterator[Any]:
+        if chunks is None:  # serial: each chunk copied, then computed, one after the other
+            for ids in self._chunks(p):
+                t0 = self.env.now
+                dt, vb = self.xc.weights_h2d(layer, ids)
+                yield from self.use(self.h2d, "h2d", dt, step, layer, "weights_h2d", vb)
+                self._record_wait(t0, step, layer)
+                yield self.gpu(self.xc.gpu_experts(self._chunk_counts(p, ids)), step, layer, "experts_gpu")
+            return
+        for j, ids in enumerate(chunks):
+            copied, computed = ev[j]
+            if not copied.processed:
+                t0 = self.env.now
+                yield copied
+                self._record_wait(t0, step, layer)
+            yield self.gpu(self.xc.gpu_experts(self._chunk_counts(p, ids)), step, layer, "experts_gpu")
+            computed.succeed()
+
+    @staticmethod
+    def _chunk_counts(p: LayerPlan, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros_like(p.gpu_counts)
+        out[ids] = p.gpu_counts[ids]
+        return out
 
     def _record_wait(self, t0: float, step: int, layer: int) -> None:
         # the GPU stream idles while waiting: logged for the timeline, not counted as busy
@@ -221,9 +428,11 @@ class _Run:
 
 
 def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool | None = None,
-             timeline: bool = False, trace_name: str = "trace", serial: bool | None = None) -> SimResult:
+             timeline: bool = False, trace_name: str = "trace", serial: bool | None = None,
+             executor: ExecutorProfile | str | None = None) -> SimResult:
     """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts);
-    ``serial``: one device, nothing overlaps (module docstring); ``shared_duplex``: one copy engine (None: cost's)."""
+    ``serial``: one device, nothing overlaps (module docstring); ``shared_duplex``: one copy engine (None: cost's);
+    ``executor``: how the plan is carried out (a profile, a preset name or file; None: ``tide-moe``)."""
     L, E = trace.num_moe_layers, trace.num_experts
     if budget is None or not policy.needs_budget:
         budget_arr = np.full(L, E, dtype=np.int64)
@@ -232,9 +441,10 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
         if budget_arr.min() < 1 or budget_arr.max() > E:
             raise TideError(f"budget must be between 1 and {E} experts per layer")
     wall0 = time.perf_counter()
-    serial = bool(cost.serial if serial is None else serial)
+    x = executor if isinstance(executor, ExecutorProfile) else ExecutorProfile.load(executor)
+    one_device = bool(cost.serial if serial is None else serial)
     shared_duplex = bool(cost.shared_duplex if shared_duplex is None else shared_duplex)
-    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline, serial)
+    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline, one_device or not x.overlap, x, one_device)
     events = run.run()
     wall = time.perf_counter() - wall0
     # work still in flight after the last forward (a prefetch) belongs to the last step
@@ -247,7 +457,7 @@ def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, 
         tau=int(tau) if isinstance(tau, (int, np.integer)) else None, budget=int(budget_arr.max()),
         causal=policy.causal, policy_report=report, generated_tokens=trace.generated_tokens,
         sim_time_s=float(run.last_completion), counters=Counters.of(run.residency.moves, run.totals, run.expert_bytes),
-        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost), step_time_mean_s=float(np.mean(step_times)),
+        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost, x), step_time_mean_s=float(np.mean(step_times)),
         step_time_p50_s=float(np.median(step_times)), steps=int(step_times.size), events=events, wall_s=wall,
         step_times_s=step_times, max_resident=run.residency.max_resident.copy(), layer_budget=budget_arr,
         timeline=run.timeline())

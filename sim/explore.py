@@ -28,7 +28,7 @@ from offload.budget import fits
 from offload.errors import TideError, run_cli
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
-from offload.policies import BASELINES, POLICIES, TAU_POLICIES, make_policy, parse_policy, policy_from_text
+from offload.policies import BASELINES, POLICIES, RUNNABLE, TAU_POLICIES, make_policy, parse_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from offload.results import SimRecord, to_json
 from sim import spread
@@ -36,13 +36,15 @@ from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
 from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, Parser, refuse
+from offload.cli import add_executor
+from offload.executor import ExecutorProfile
 
 
 
 # options a run would not use: refused rather than silently ignored
 SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed", "seeds")
 NOT_IN_STUDY = ("model", "hardware", "trace", "modes", "block_length", "prompt_length", "tokens_per_forward",
-                "gpu_experts_per_layer", "gpu_memory_gb", "timeline", "seeds")
+                "gpu_experts_per_layer", "gpu_memory_gb", "timeline", "executor")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -58,16 +60,21 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model(p, default="llada2.0-mini")
     add_hardware(p, default="h100-pcie5")
-    p.add_argument("--trace", nargs="+", metavar="FILE", help="replay these trace files instead of synthetic ones")
+    add_executor(p)
+    p.add_argument("--trace", nargs="+", metavar="FILE", help="replay these trace files instead of synthetic ones; "
+                   "the first one's header gives the model (a preset) and the budget (a runtime run's) unless "
+                   "--model or a budget option is given")
     g = p.add_argument_group("synthetic traces")
     add_generation(g, gen_length=1024, prompt_length=128, steps=False, modes="many", seed_help="synthetic traces: seed")
     g.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed "
                    "per denoising step (default: the model's published figure)")
-    g.add_argument("--seeds", type=int, default=3, help="synthetic traces per mode (seeds --seed, --seed + 1, ...): "
-                   "results as medians with their range over seeds, and the recommendation's share of wins (default 3)")
+    g.add_argument("--seeds", type=int, default=3, help="synthetic trace draws per mode: draw 0 the calibrated "
+                   "generator with --seed, draw i seed + i with the generator's uncertain parameters drawn within "
+                   "their tolerance; results as medians with their [min-max] over draws, and the recommendation's "
+                   "share of wins (default 3; a study's own default: its file's seeds)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), "
                    f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
-    add_budget(p, default="128, capped at the layer's experts")
+    add_budget(p, default="a recorded trace's own, else 128, or half the experts of a model with fewer than 256")
     p.add_argument("--tau", type=int, nargs="+", default=list(range(1, 17)), help="refresh intervals for tau policies")
     p.add_argument("--out", default=None, help="run directory (default runs/explore-<time>)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result rows to this JSON file")
@@ -78,8 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, metavar="NAME|FILE",
                    help="run a study instead: 'paper' (sim/studies/paper.json: mini and flash x A100/PCIe 4 and "
                         "H100/PCIe 5 x budgets 25/50/75%% x both modes x every policy) or a study JSON file; "
-                        "--policies, --tau, --gen-length and --seed override the study's")
+                        "--policies, --tau, --gen-length, --seed and --seeds override the study's")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="also set each uncertain figure of the hardware profile and executor (their 'ranges') to "
+                        "each end of its range and report which flip the recommendation or move recommended / best "
+                        "baseline or tide-opt / best baseline by more than 10%% (sensitivity.json, a tornado chart "
+                        "in the report); on the draw-0 trace of each mode, causal policies only: at most 2 x figures "
+                        "x those runs extra (the H100 preset: 12 figures, 24 x 18 = 432 runs on the default run with --seeds 1 "
+                        "--tau 1 2 4 8, 20-40 s on 2 cores); not with --study")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -89,23 +103,31 @@ def _check_args(a: argparse.Namespace) -> None:
         refuse(a.given, NOT_IN_STUDY, f"--study {a.study} sets its own grid")
     elif a.trace:
         refuse(a.given, SYNTHETIC_FLAGS, "--trace replays recorded traces")
+    if a.executor is not None:
+        ExecutorProfile.load(a.executor)  # an unknown name or a bad file ends here, in one line
     if any(t < 1 for t in a.tau):
         raise TideError(f"tau must be >= 1, got {min(a.tau)}")
-    for text in a.policies:  # name or name(k=v, ...): unknown names and bad values end here, in one line
-        policy_from_text(text)
+    built = [policy_from_text(text) for text in a.policies]  # unknown names and bad values end here, in one line
+    if not a.study and not any(p.causal for p in built):
+        raise TideError(f"--policies {' '.join(a.policies)}: nothing the runtime can execute to recommend (the "
+                        f"oracle reads future routing); add one of {', '.join(RUNNABLE)}")
     if a.gen_length < 1 or a.block_length < 1 or a.prompt_length < 0:
         raise TideError("gen length and block length must be >= 1, prompt length >= 0")
     if a.seeds < 1:
         raise TideError(f"--seeds must be >= 1, got {a.seeds}")
     if a.jobs is not None and a.jobs < 1:
         raise TideError("--jobs must be >= 1")
+    if a.study and a.sensitivity:
+        raise TideError("--sensitivity varies the figures of one run's hardware and executor; a --study grid has "
+                        "many: run it on one explore run (without --study)")
 
 
 def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Trace name -> file in the run directory (synthetic ones generated there), and trace name -> seed."""
+    """Trace name -> file in the run directory (synthetic ones generated there), and trace name -> its draw
+    (``sim.spread``: draw 0 the calibrated generator with --seed, draw i its seed + i and drawn parameters)."""
     tdir = out / "traces"
     paths: dict[str, str] = {}
-    seeds: dict[str, int] = {}
+    draws: dict[str, int] = {}
     if a.trace:
         for f in a.trace:
             trace = read_trace(f, model=model)
@@ -113,20 +135,21 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[st
             if name in paths:
                 raise TideError(f"two traces named {name!r}; rename one")
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
-        return paths, seeds
-    from traces.synthetic import default_config, generate
+        return paths, draws
+    from traces.synthetic import generate
+    from traces.synthetic_draws import synthetic_draw
 
     for mode in dict.fromkeys(a.modes):
-        for seed in range(a.seed, a.seed + a.seeds):
+        for draw in range(a.seeds):
             overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
-                                             prompt_length=a.prompt_length, seed=seed)
+                                             prompt_length=a.prompt_length)
             if a.tokens_per_forward is not None:
                 overrides["tokens_per_forward"] = a.tokens_per_forward
-            trace = generate(model, default_config(model, mode, **overrides))
-            name = mode if a.seeds == 1 else f"{mode}-seed{seed}"
+            trace = generate(model, synthetic_draw(model, mode, a.seed, draw, **overrides))
+            name = mode if a.seeds == 1 else f"{mode}-draw{draw}"
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
-            seeds[name] = seed
-    return paths, seeds
+            draws[name] = draw
+    return paths, draws
 
 
 def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
@@ -143,25 +166,29 @@ def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str,
     return [(n, dict(p)) for n, p in unique]
 
 
-def _tasks(a: argparse.Namespace, traces: dict[str, str], seeds: dict[str, int], model: ModelSpec,
+def _tasks(a: argparse.Namespace, traces: dict[str, str], draws: dict[str, int], model: ModelSpec,
            hw: HardwareProfile, budget: np.ndarray) -> list[Task]:
     m, h, b = model_payload(model), hw.to_dict(), int(budget.max())
-    return [Task(path, name, m, h, b, p, params, {"seed": seeds[name]} if name in seeds else {})
+    x = None if a.executor is None else ExecutorProfile.load(a.executor).to_dict()  # None: the default executor
+    return [Task(path, name, m, h, b, p, params, {"draw": draws[name]} if name in draws else {}, executor=x)
             for name, path in traces.items() for p, params in policy_grid(a.policies, a.tau)]
 
 
 def recommend(rows: list[SimRecord], all_gpu_allowed: bool) -> tuple[SimRecord, dict[str, float]]:
-    """The policy with the highest median tokens/s over the trace seeds (``sim.spread``) among those that keep to
+    """The policy with the highest median tokens/s over the trace draws (``sim.spread``) among those that keep to
     the budget (all-gpu, the ceiling, only when the budget is every expert and they fit the GPU), as its most
-    frequent per-seed best row, with the predicted figures: median tokens/s, its range and the share of wins."""
+    frequent per-draw best row, with the predicted figures: median tokens/s, its range and the share of wins."""
     # a non-causal policy (oracle) is a bound, not something the runtime can execute
     best, share = spread.recommend(rows, lambda r: r.causal and (r.policy != "all-gpu" or all_gpu_allowed))
+    if best is None:
+        raise TideError("nothing to recommend: every policy run was the oracle (clairvoyant) or all-gpu, which "
+                        "does not keep to the budget; add a policy the runtime can execute, e.g. --policies tide")
     labels = [r.label for r in best.rows]
     row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
     tps = best.tokens_per_s
     return row, {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
                  "tokens_per_s_max": float(tps.max()), "hit_ratio": row.counters.hit_ratio,
-                 "wins_share": share, "trace_seeds": len(tps)}
+                 "wins_share": share, "trace_draws": len(tps)}
 
 
 def summary_table(rows: list[SimRecord]) -> str:
@@ -179,6 +206,10 @@ def summary_table(rows: list[SimRecord]) -> str:
             lines.append(f"  {label:<24}{r.tokens_per_s:>10.1f}{r.tokens_per_s / base:>8.2f}x{c.hit_ratio:>7.3f}"
                          f"{c.h2d_bytes / 1e9:>9.2f}{c.d2h_bytes / 1e9:>9.2f}{r.sim_time_s:>9.2f}"
                          f"{100 * u['gpu']:>6.0f}{100 * u['cpu']:>6.0f}{100 * u['h2d']:>6.0f}")
+        bound = next((r.bound_tokens_per_s for r in rs if r.policy != "all-gpu" and r.bound_tokens_per_s), None)
+        if bound:
+            lines.append(f"  {'bound (sim.bound)':<24}{bound:>10.1f}{bound / base:>8.2f}x  no policy is faster on this "
+                         f"trace, budget and machine (the oracle is a clairvoyant heuristic)")
         for pol in TAU_POLICIES:
             sweep = sorted((r for r in rs if r.policy == pol), key=lambda r: r.tau)
             if len(sweep) > 1:
@@ -204,6 +235,40 @@ def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfil
     }
 
 
+def default_budget(model: ModelSpec) -> int:
+    """128 experts per layer (TIDE's setting for LLaDA2.0-mini, half its 256) for models of at least 256 routed
+    experts, else half of them: a budget that holds every expert would make every policy the same run."""
+    return 128 if model.num_experts >= 256 else max(1, model.num_experts // 2)
+
+
+def _model_and_budget(a: argparse.Namespace) -> tuple[ModelSpec, int | None]:
+    """The model (--model, else the first trace's header names a preset) and the budget a recorded trace ran
+    with (its header's origin.experts_per_layer; used when no budget option is given)."""
+    if not a.trace:
+        return ModelSpec.load(a.model), None
+    from offload.model_spec import MODEL_PRESETS
+
+    first = read_trace(a.trace[0])
+    name = str(first.header["model"].get("name", ""))
+    if "model" not in a.given:
+        if name not in MODEL_PRESETS:
+            raise TideError(f"trace {a.trace[0]} was recorded for model {name!r}, which is not a preset: pass its "
+                            f"config.json with --model")
+        a.model = name
+    model = ModelSpec.load(a.model)
+    want = first.header["model"].get("config_hash")
+    if want and want != model.config_hash:
+        raise TideError(f"trace {a.trace[0]} was recorded for {name} (config hash {want}), not for {model.name} "
+                        f"(config hash {model.config_hash})")
+    budget = first.header.get("origin", {}).get("experts_per_layer")
+    return model, (int(budget) if isinstance(budget, (int, np.integer)) and not isinstance(budget, bool) else None)
+
+
+def _source(text: str) -> str:
+    """How a later command loads the same model or profile: a file's absolute path, else the preset name."""
+    return str(Path(text).resolve()) if Path(text).exists() else text
+
+
 def run_study(a: argparse.Namespace) -> int:
     """``--study paper``: the grid of sim.study, one run directory, a headline table (markdown and HTML)."""
     from dataclasses import replace
@@ -213,20 +278,22 @@ def run_study(a: argparse.Namespace) -> int:
 
     study = load_study(a.study)
     overrides = {k: tuple(getattr(a, k)) if k in ("policies", "tau") else getattr(a, k)
-                 for k in ("policies", "tau", "gen_length", "seed") if k in a.given}
+                 for k in ("policies", "tau", "gen_length", "seed", "seeds") if k in a.given}
     study = replace(study, **overrides)
     out = Path(a.out or f"runs/study-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
     points = grid_points(study)
     traces = make_traces(study, out)
     tasks = study_tasks(study, points, traces, policy_grid(study.policies, study.tau))
-    print(f"study {study.name}: {len(points)} grid points x {len(tasks) // len(points)} policy runs = {len(tasks)} runs"
+    print(f"study {study.name}: {len(points)} grid points x {study.seeds} trace draws x "
+          f"{len(tasks) // len(points) // study.seeds} policy runs = {len(tasks)} runs"
           + (f" on Ray ({a.ray})" if a.ray else ""))
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     lines = headline(rows)
     table = markdown_table(lines)
     config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
-              "points": [p.label for p in points], "traces": {f"{m}/{mode}": p for (m, mode), p in traces.items()}}
+              "points": [p.label for p in points],
+              "traces": {f"{m}/{mode}/draw{d}": p for (m, mode, d), p in traces.items()}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     atomic_write_text(out / "headline.json", json.dumps(lines, indent=1) + "\n")
@@ -239,7 +306,9 @@ def run_study(a: argparse.Namespace) -> int:
 
         write_report(out / "report.html", rows, config, title=f"tide-moe study: {study.name}", intro_html=headline_html(lines))
     print(table)
-    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ (study.md, report.html, results.json)")
+    written = ["study.md", "headline.json", *(["report.html"] if not a.no_report else []), "results.json", "config.json"]
+    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
+          + (f"; rows also in {a.json}" if a.json else ""))
     return 0
 
 
@@ -248,21 +317,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(a)
     if a.study:
         return run_study(a)
-    model = ModelSpec.load(a.model)
+    model, header_budget = _model_and_budget(a)
     hw = HardwareProfile.load(a.hardware)
-    budget = budget_from(a, model, default=min(128, model.num_experts), hw=hw)
+    budget = budget_from(a, model, default=default_budget(model), hw=hw, experts_per_layer=header_budget)
     out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
-    traces, seeds = _traces(a, model, out)
-    tasks = _tasks(a, traces, seeds, model, hw, budget)
+    traces, draws = _traces(a, model, out)
+    tasks = _tasks(a, traces, draws, model, hw, budget)
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     config = _resolved_config(a, model, hw, budget, traces)
+    config["executor"] = ExecutorProfile.load(a.executor).to_dict()
     all_fit = config["all_experts_fit_gpu"]
     best, predicted = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
     choice = PolicyChoice(policy=best.policy, params=best.params,
                           experts_per_layer=None if best.policy == "all-gpu" else int(budget.max()),
                           mode=best.mode, model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
-                          predicted=predicted, created_by=config["command"])
+                          predicted=predicted, created_by=config["command"], model_source=_source(a.model),
+                          hardware_source=_source(a.hardware))
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     write_policy_file(out / "recommended-policy.json", choice)
@@ -276,21 +347,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                     and make_policy(t.policy, **t.params).params() == best.params)
         res = run_task(task, timeline=True)
         write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
+    sections = []
+    if a.sensitivity:  # each uncertain figure at both ends of its range (sim.sensitivity)
+        from sim.sensitivity_report import explore_sensitivity
+
+        sections = explore_sensitivity(tasks, rows, all_fit and int(budget.min()) == model.num_experts, out,
+                                       jobs=a.jobs, progress=not a.quiet, ray=a.ray, report=not a.no_report)
     if not a.no_report:
         from sim.report import write_report
 
-        write_report(out / "report.html", rows, config,
+        write_report(out / "report.html", rows, config, sections=sections,
                      title=f"{model.name} on {hw.name}, {int(budget.max())} of {model.num_experts} experts per layer")
     print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
           f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")
-    print(summary_table(rows) if len(set(seeds.values())) <= 1 else spread.spread_table(rows))
-    spread_text = (f" (median of {predicted['trace_seeds']} trace seeds, range {predicted['tokens_per_s_min']:.1f}-"
+    print(summary_table(rows) if len(set(draws.values())) <= 1 else spread.spread_table(rows))
+    spread_text = (f" (median of {predicted['trace_draws']} trace draws, range {predicted['tokens_per_s_min']:.1f}-"
                    f"{predicted['tokens_per_s_max']:.1f}; fastest in {100 * predicted['wins_share']:.0f}% of them)"
-                   if predicted["trace_seeds"] > 1 else "")
+                   if predicted["trace_draws"] > 1 else "")
     print(f"\nrecommended: {best.label} in {best.mode} mode, {predicted['tokens_per_s']:.1f} tokens/s predicted"
           + spread_text)
-    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ "
-          f"(report.html, results.json, config.json, recommended-policy.json)")
+    written = [*(["report.html"] if not a.no_report else []), "results.json", "config.json",
+               "recommended-policy.json", *(["timeline.json"] if a.timeline else [])]
+    print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
+          + (f"; rows also in {a.json}" if a.json else ""))
     return 0
 
 

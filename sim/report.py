@@ -17,7 +17,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import plotly
 import plotly.graph_objects as go
@@ -243,7 +243,7 @@ def utilisation_figure(lay: _Layout) -> go.Figure:
         rows = lay.in_trace(trace)
         labels = [r.label for r in rows]
         for res in RESOURCES:
-            fig.add_trace(go.Bar(x=labels, y=[100.0 * r.utilisation[res] for r in rows], name=res.upper(),
+            fig.add_trace(go.Bar(x=labels, y=[100.0 * r.utilisation.get(res, 0.0) for r in rows], name=res.upper(),
                                  legendgroup=res, showlegend=i == 0, marker_color=_RESOURCE_COLOURS.get(res),
                                  hovertemplate="%{x}<br>" + res.upper() + " busy %{y:.1f} % of simulated time<extra>"
                                  + html.escape(trace) + "</extra>"),
@@ -257,7 +257,7 @@ def utilisation_figure(lay: _Layout) -> go.Figure:
 # ---- HTML ---------------------------------------------------------------------------------------------------
 _TABLE_COLS = ("trace", "mode", "policy", "budget (experts/layer)", "throughput (tokens/s)", "sim time (s)",
                "speedup vs best baseline (×)", "GPU hit ratio (%)", "H2D weights (GB)", "H2D act. (GB)", "D2H (GB)",
-               "promotions", "GPU util (%)", "CPU util (%)", "H2D util (%)", "D2H util (%)", "steps",
+               "promotions", "GPU util (%)", "CPU util (%)", "H2D util (%)", "D2H util (%)", "host util (%)", "steps",
                "replay wall (s)")
 
 
@@ -287,7 +287,7 @@ def summary_table(lay: _Layout) -> str:
         cells = [html.escape(r.trace), html.escape(r.mode), html.escape(r.label), _fmt(r.budget, "d"),
                  _fmt(r.tokens_per_s, ".2f"), _fmt(r.sim_time_s, ".3f"), _fmt(up, ".3f"),
                  _fmt(100 * r.counters.hit_ratio, ".1f"), _fmt(w / _GB, ".3f"), _fmt(a / _GB, ".3f"), _fmt(d / _GB, ".3f"),
-                 _fmt(r.counters.promotions, "d"), *(_fmt(100 * r.utilisation[res], ".1f") for res in RESOURCES),
+                 _fmt(r.counters.promotions, "d"), *(_fmt(100 * r.utilisation.get(res, 0.0), ".1f") for res in RESOURCES),
                  _fmt(r.steps, "d"), _fmt(r.wall_s, ".3f")]
         cls = ' class="best"' if idx in best else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -310,9 +310,10 @@ p.note, p.meta { color: #555; font-size: 13px; }
 
 
 def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "tide-moe simulation report",
-                  intro_html: str = "") -> str:
+                  intro_html: str = "", sections: Sequence[tuple[str, str, str]] = ()) -> str:
     """The report as one HTML document (plotly.js embedded once); ``intro_html`` goes before the sections
-    (already-escaped HTML, e.g. a study's headline table)."""
+    (already-escaped HTML, e.g. a study's headline table); ``sections``: extra (key, title, body HTML) sections
+    after the figures (e.g. ``sim.sensitivity_report``'s tornado chart; body HTML already escaped)."""
     if not rows:
         raise TideError("no results to report")
     lay = _Layout(list(rows))
@@ -325,8 +326,10 @@ def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "t
         div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
                           default_width="100%", div_id=f"fig-{key}")
         parts.append(f'<section id="{key}"><h2>({letters[n]}) {html.escape(SECTION_TITLES[key])}</h2>\n{div}</section>')
+    parts += [f'<section id="{html.escape(k)}"><h2>{html.escape(t)}</h2>\n{body}</section>' for k, t, body in sections]
     cfg = html.escape(json.dumps(config, indent=2, default=str, sort_keys=False))
-    toc = " · ".join(f'<a href="#{k}">{html.escape(SECTION_TITLES[k])}</a>' for k, _ in figures)
+    toc = " · ".join([f'<a href="#{k}">{html.escape(SECTION_TITLES[k])}</a>' for k, _ in figures]
+                     + [f'<a href="#{html.escape(k)}">{html.escape(t)}</a>' for k, t, _ in sections])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style>
@@ -346,10 +349,11 @@ Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.
 
 
 def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any],
-                 title: str = "tide-moe simulation report", intro_html: str = "") -> Path:
+                 title: str = "tide-moe simulation report", intro_html: str = "",
+                 sections: Sequence[tuple[str, str, str]] = ()) -> Path:
     """Write the report to ``path`` atomically; returns the path written."""
     path = Path(path)
-    atomic_write_text(path, render_report(rows, config, title, intro_html))
+    atomic_write_text(path, render_report(rows, config, title, intro_html, sections))
     return path
 
 

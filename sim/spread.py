@@ -1,12 +1,14 @@
-"""How much an answer depends on the trace: results over several synthetic trace seeds, as medians and ranges.
+"""How much an answer depends on the trace: results over several synthetic trace draws, as medians and ranges.
 
-No real LLaDA2 trace can be recorded here, so ``sim.explore --seeds N`` replays N synthetic traces per mode
-(seeds seed .. seed + N - 1) and reports, per mode and policy (tau policies at their best tau *per seed*):
+No real LLaDA2 trace can be recorded here, so ``sim.explore --seeds N`` (and a study's ``seeds``) replays N
+synthetic traces per mode. Draw 0 is the calibrated generator with the run's seed; draw i >= 1 has seed + i and
+the generator's uncertain parameters drawn within their calibration tolerance (``traces.synthetic_draws``). A
+row carries its draw in ``tags["draw"]``. Per mode and policy (tau policies at their best tau *per draw*):
 
-  tokens/s            median over seeds, and [min, max]
-  vs base             per seed: tokens/s / the best baseline's (offload.policies.BASELINES) of that seed;
+  tokens/s            median over draws, and [min, max]
+  vs base             per draw: tokens/s / the best baseline's (offload.policies.BASELINES) of that draw;
                       median and [min, max] of those ratios
-  wins                the share of seeds in which this (policy, mode) is the fastest eligible run
+  wins                the share of draws in which this (policy, mode) is the fastest eligible run
 
 The recommendation is the (policy, mode) with the highest median tokens/s among the eligible runs, and the policy
 file records its median, its range and its share of wins.
@@ -24,12 +26,12 @@ from offload.results import SimRecord
 
 @dataclass(frozen=True)
 class Spread:
-    """One (mode, policy) over the seeds: the best row of each seed (best tau for tau policies)."""
+    """One (mode, policy) over the draws: the best row of each draw (best tau for tau policies)."""
 
     mode: str
     policy: str
-    rows: tuple[SimRecord, ...]      # one per seed, in seed order
-    vs_base: tuple[float, ...]       # per seed, tokens/s over the best baseline of that seed (nan: none)
+    rows: tuple[SimRecord, ...]      # one per draw, in draw order
+    vs_base: tuple[float, ...]       # per draw, tokens/s over the best baseline of that draw (nan: none)
 
     @property
     def tokens_per_s(self) -> np.ndarray:
@@ -41,56 +43,68 @@ class Spread:
         return labels.pop() if len(labels) == 1 else self.policy + " best"
 
 
-def seed_of(r: SimRecord) -> int:
-    return int(r.tags.get("seed", 0))
+def draw_of(r: SimRecord) -> int:
+    return int(r.tags.get("draw", 0))
 
 
 def spreads(rows: Sequence[SimRecord]) -> list[Spread]:
-    """Per mode and policy, each seed's best row and its ratio to that seed's best baseline."""
+    """Per mode and policy, each draw's best row and its ratio to that draw's best baseline."""
     out = []
     for mode in dict.fromkeys(r.mode for r in rows):
         in_mode = [r for r in rows if r.mode == mode]
-        seeds = sorted({seed_of(r) for r in in_mode})
-        base = {s: max((r.tokens_per_s for r in in_mode if seed_of(r) == s and r.policy in BASELINES),
-                       default=float("nan")) for s in seeds}
+        draws = sorted({draw_of(r) for r in in_mode})
+        base = {d: max((r.tokens_per_s for r in in_mode if draw_of(r) == d and r.policy in BASELINES),
+                       default=float("nan")) for d in draws}
         for policy in dict.fromkeys(r.policy for r in in_mode):
-            best = [max((r for r in in_mode if r.policy == policy and seed_of(r) == s), key=lambda r: r.tokens_per_s)
-                    for s in seeds if any(r.policy == policy and seed_of(r) == s for r in in_mode)]
-            out.append(Spread(mode, policy, tuple(best), tuple(r.tokens_per_s / base[seed_of(r)] for r in best)))
+            best = [max((r for r in in_mode if r.policy == policy and draw_of(r) == s), key=lambda r: r.tokens_per_s)
+                    for s in draws if any(r.policy == policy and draw_of(r) == s for r in in_mode)]
+            out.append(Spread(mode, policy, tuple(best), tuple(r.tokens_per_s / base[draw_of(r)] for r in best)))
     return out
 
 
-def _range(v: Sequence[float], fmt: str) -> str:
+def bound_per_draw(rows: Sequence[SimRecord]) -> np.ndarray:
+    """Each draw's bound in tokens/s (``sim.bound``, on the budget's rows: all-gpu's keeps every expert)."""
+    by_draw = {draw_of(r): r.bound_tokens_per_s for r in rows if r.policy != "all-gpu" and r.bound_tokens_per_s}
+    return np.array([by_draw[d] for d in sorted(by_draw)], dtype=float)
+
+
+def median_range(v: Sequence[float], fmt: str) -> str:
     v = np.asarray(v, dtype=float)
     if v.size < 2:
         return format(float(np.median(v)), fmt)
     return f"{format(float(np.median(v)), fmt)} [{format(float(v.min()), fmt)}-{format(float(v.max()), fmt)}]"
 
 
-def recommend(rows: Sequence[SimRecord], eligible: Callable[[SimRecord], bool]) -> tuple[Spread, float]:
-    """The eligible (policy, mode) with the highest median tokens/s, and its share of per-seed wins. A tau
-    policy counts as one candidate at its best tau per seed, as in the table."""
+def recommend(rows: Sequence[SimRecord], eligible: Callable[[SimRecord], bool]) -> tuple[Spread | None, float]:
+    """The eligible (policy, mode) with the highest median tokens/s, and its share of per-draw wins; (None, 0)
+    when no run is eligible. A tau policy counts as one candidate at its best tau per draw, as in the table."""
     every = spreads(rows)
-    cands = [s for s in every if all(eligible(r) for r in s.rows)] or every
+    cands = [s for s in every if all(eligible(r) for r in s.rows)]
+    if not cands:
+        return None, 0.0
     best = max(cands, key=lambda s: float(np.median(s.tokens_per_s)))
-    seeds = sorted({seed_of(r) for r in rows})
+    draws = sorted({draw_of(r) for r in rows})
     wins = 0
-    for seed in seeds:
-        top = max(cands, key=lambda s: max((r.tokens_per_s for r in s.rows if seed_of(r) == seed), default=-1.0))
+    for d in draws:
+        top = max(cands, key=lambda s: max((r.tokens_per_s for r in s.rows if draw_of(r) == d), default=-1.0))
         wins += top is best
-    return best, wins / len(seeds)
+    return best, wins / len(draws)
 
 
 def spread_table(rows: Sequence[SimRecord]) -> str:
-    """Per mode: every policy's median tokens/s and ratio to the best baseline with their ranges over seeds."""
+    """Per mode: every policy's median tokens/s and ratio to the best baseline with their ranges over draws."""
     lines = []
-    n = len({seed_of(r) for r in rows})
+    n = len({draw_of(r) for r in rows})
     for mode in dict.fromkeys(r.mode for r in rows):
-        lines.append(f"\n{mode}: median [min-max] over {n} trace seeds")
+        lines.append(f"\n{mode}: median [min-max] over {n} trace draws (seed and generator parameters)")
         lines.append(f"  {'policy':<24}{'tokens/s':>24}{'vs best baseline':>26}{'hit':>7}")
         for s in (s for s in spreads(rows) if s.mode == mode):
             taus = sorted({r.tau for r in s.rows}) if s.policy in TAU_POLICIES else []
             label = s.label + (f" (tau {'/'.join(map(str, taus))})" if len(taus) > 1 else "")
             hit = float(np.median([r.counters.hit_ratio for r in s.rows]))
-            lines.append(f"  {label:<24}{_range(s.tokens_per_s, '.1f'):>24}{_range(s.vs_base, '.2f'):>26}{hit:>7.3f}")
+            lines.append(f"  {label:<24}{median_range(s.tokens_per_s, '.1f'):>24}{median_range(s.vs_base, '.2f'):>26}{hit:>7.3f}")
+        bounds = bound_per_draw([r for r in rows if r.mode == mode])
+        if bounds.size:
+            lines.append(f"  {'bound (sim.bound)':<24}{median_range(bounds, '.1f'):>24}  no policy is faster (the "
+                         f"oracle is a clairvoyant heuristic)")
     return "\n".join(lines)

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +22,7 @@ from tqdm import tqdm
 from offload.cost import RooflineCostModel
 from sim.engine import simulate
 from offload.errors import TideError
+from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.policies import make_policy
@@ -40,6 +41,7 @@ class Task:
     policy: str
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, Any] = field(default_factory=dict)
+    executor: dict[str, Any] | None = None  # ExecutorProfile.to_dict(); None: the default (tide-moe)
 
 
 def model_payload(model: ModelSpec) -> dict[str, Any]:
@@ -62,13 +64,39 @@ def cost_of(task: Task) -> RooflineCostModel:
     return _cost(json.dumps(task.model, sort_keys=True), json.dumps(task.hardware, sort_keys=True))
 
 
+@lru_cache(maxsize=8)
+def _executor(executor_json: str) -> ExecutorProfile:
+    return ExecutorProfile.from_dict(json.loads(executor_json))
+
+
 def run_task(task: Task, timeline: bool = False) -> SimResult:
+    executor = None if task.executor is None else _executor(json.dumps(task.executor, sort_keys=True))
     return simulate(_trace(task.trace_path), make_policy(task.policy, **task.params), cost_of(task), task.budget,
-                    timeline=timeline, trace_name=task.trace_name)
+                    timeline=timeline, trace_name=task.trace_name, executor=executor)
+
+
+_BOUNDS: dict[tuple[str, ...], float] = {}  # per process: one bound per (trace, budget, machine, executor)
+
+
+def bound_of(task: Task) -> float:
+    """``sim.bound.lower_bound`` of the task's trace, budget and machine, in seconds (cached: every policy run on
+    the same trace and budget shares it). Host DRAM is a resource of the bound where the executor shares it."""
+    from sim.bound import lower_bound
+
+    policy = make_policy(task.policy, **task.params)
+    budget = task.budget if policy.needs_budget else None  # all-gpu keeps every expert resident
+    x = _executor(json.dumps(task.executor, sort_keys=True)) if task.executor is not None else ExecutorProfile.load()
+    hw_json = json.dumps(task.hardware, sort_keys=True)
+    key = (task.trace_path, str(budget), json.dumps(task.model, sort_keys=True), hw_json, repr(x))
+    if key not in _BOUNDS:
+        host = HardwareProfile.from_dict(task.hardware).host
+        dram = host.dram_gbps * 1e9 if (x.shared_dram and host is not None and host.dram_gbps) else None
+        _BOUNDS[key] = lower_bound(_trace(task.trace_path), cost_of(task), budget, dram_bytes_per_s=dram).seconds
+    return _BOUNDS[key]
 
 
 def task_row(task: Task) -> SimRecord:
-    return run_task(task).record(task.tags)
+    return replace(run_task(task).record(task.tags), bound_s=bound_of(task))
 
 
 def run_tasks(tasks: Sequence[Task], workers: int | None = None, progress: bool = True,

@@ -1,7 +1,7 @@
 """Command line: import a JSONL decode routing log as a trace.
 
     python -m traces.import_jsonl LOG.jsonl --model llada2.0-mini --out TRACE.npz [--layer-offset 1]
-        [--first-is-prefill] [--no-topk-ids]
+        [--first-is-prefill] [--no-topk-ids] [--drop-incomplete]
 
 See :func:`traces.importers.import_jsonl` for the log format. Bad input prints ``error: ...`` and exits 2.
 """
@@ -27,12 +27,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--first-is-prefill", action="store_true",
                     help="the first step is the prompt prefill (kind 2), not a decode step")
     ap.add_argument("--no-topk-ids", action="store_true", help="do not keep per-token expert ids")
+    ap.add_argument("--drop-incomplete", action="store_true",
+                    help="drop the steps where some MoE layer has fewer tokens than another instead of refusing "
+                         "(the number dropped is printed)")
     args = ap.parse_args(argv)
     model = ModelSpec.load(args.model)
     trace = import_jsonl(args.log, model, layer_offset=args.layer_offset, first_is_prefill=args.first_is_prefill,
-                         keep_topk=not args.no_topk_ids)
+                         keep_topk=not args.no_topk_ids, drop_incomplete=args.drop_incomplete)
     out = write_trace(trace, args.out)
-    print(f"wrote {out}: {trace_summary(trace)}")
+    print(f"wrote {out}: {trace_summary(trace)}; dropped {trace.header['origin']['dropped_steps']} incomplete "
+          "step(s)")
     return 0
 
 

@@ -17,10 +17,19 @@ context_tokens = tokens forwarded so far including this step. With ``first_is_pr
 prompt prefill instead: kind 2, block -1, nothing committed, and its tokens are the header's prompt_length.
 gen_length is the number of decode steps. Per-token expert ids are kept as ``topk_ids`` (token j of a step is
 the j-th token of that step's rows in every layer) unless ``keep_topk=False``.
+
+Incomplete steps. A real log may lack a layer's rows for a step's last tokens (a run cut short, a lost write):
+such a step holds fewer tokens in some MoE layer than in another. It is refused with a one-line error naming
+the step and the layer, unless ``drop_incomplete=True`` (``--drop-incomplete``): then it is left out, the kept
+steps are renumbered densely, their context still counts the dropped steps' tokens (they were forwarded), and
+``origin.dropped_steps`` says how many were dropped (the CLIs print it). A prefill (``first_is_prefill``) that is
+itself incomplete is dropped too, and the trace then starts with a decode step. A layer with no rows at all is
+always an error (a wrong ``layer_offset``, not a lost row).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Iterator
@@ -117,7 +126,7 @@ def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
 
 
 def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_is_prefill: bool = False,
-                 keep_topk: bool = True) -> Trace:
+                 keep_topk: bool = True, drop_incomplete: bool = False) -> Trace:
     """Read a JSONL decode routing log for ``model`` (a :class:`offload.model_spec.ModelSpec`) into a Trace."""
     path = Path(path)
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
@@ -161,6 +170,31 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
     if not steps:
         raise TideError(f"{path}: no routing rows (objects with step, layer and experts)")
 
+    return assemble_trace(path, model, RoutingRows(steps, layers, ntok, linenos, ids), fmt="jsonl",
+                          layer_offset=layer_offset, first_is_prefill=first_is_prefill, keep_topk=keep_topk,
+                          drop_incomplete=drop_incomplete)
+
+
+@dataclass(frozen=True)
+class RoutingRows:
+    """Parsed routing rows of a log, per row: its step, MoE layer (after the offset), token count and line;
+    per token: its k expert ids (row order, then token order within a row)."""
+
+    steps: list[int]
+    layers: list[int]
+    ntok: list[int]
+    linenos: list[int]
+    ids: list[list[int]]
+
+
+def assemble_trace(path: Path, model: Any, rows: RoutingRows, *, fmt: str, layer_offset: int = 0,
+                   first_is_prefill: bool = False, keep_topk: bool = True, drop_incomplete: bool = False,
+                   origin: dict[str, Any] | None = None) -> Trace:
+    """The trace of parsed rows (module docstring: the trace); shared by the JSONL and per-token importers.
+    A step whose MoE layers hold different token counts is incomplete: a one-line TideError naming the step and
+    layer, or with ``drop_incomplete`` left out of the trace (``origin.dropped_steps`` counts them)."""
+    L, E, k = model.num_moe_layers, model.num_experts, model.top_k
+    steps, layers, ntok, linenos, ids = rows.steps, rows.layers, rows.ntok, rows.linenos, rows.ids
     # ---- vectorised checks of the ids ---------------------------------------------------------------
     ntok_a = np.asarray(ntok, dtype=np.int64)
     tok_line = np.repeat(np.asarray(linenos, dtype=np.int64), ntok_a)
@@ -179,11 +213,30 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
                         f"(model {model.name} has {L} MoE layers; check --layer-offset)")
     tokens = per_group.max(axis=1)
     uneven = (per_group != tokens[:, None]).any(axis=1)
-    if uneven.any():
+    dropped = int(uneven.sum())
+    # keys each token may attend to: every token forwarded so far, dropped steps' included (they ran)
+    context = np.cumsum(tokens)
+    prefill = bool(first_is_prefill) and not uneven[0]  # a dropped first step leaves no prefill
+    if dropped and not drop_incomplete:
         s = int(np.argmax(uneven))
         lo = int(np.argmin(per_group[s]))
         raise TideError(f"{path}: step {int(log_steps[s])} has {int(per_group[s, lo])} token(s) in MoE layer {lo} "
-                        f"but {int(tokens[s])} in MoE layer {int(np.argmax(per_group[s]))}")
+                        f"but {int(tokens[s])} in MoE layer {int(np.argmax(per_group[s]))}; pass --drop-incomplete "
+                        f"(drop_incomplete=True) to drop incomplete steps")
+    if dropped:
+        if dropped == S:
+            raise TideError(f"{path}: every step is incomplete (some MoE layer has fewer tokens than another): "
+                            "nothing to import")
+        # keep the complete steps' rows and tokens, renumber the steps densely
+        keep_row = ~uneven[step_row]
+        keep_tok = np.repeat(keep_row, ntok_a)
+        id_arr, tok_line = id_arr[keep_tok], tok_line[keep_tok]
+        ntok_a, layer_row = ntok_a[keep_row], layer_row[keep_row]
+        new_of_old = np.cumsum(~uneven) - 1
+        step_row = new_of_old[step_row[keep_row]]
+        log_steps, tokens, context = log_steps[~uneven], tokens[~uneven], context[~uneven]
+        S = int(log_steps.size)
+        group_row = step_row * L + layer_row
 
     # ---- counts[s, l, e] in one bincount ------------------------------------------------------------
     group_tok = np.repeat(group_row, ntok_a)
@@ -207,7 +260,7 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
     committed = np.ones(S, dtype=np.int64)
     decode_index = np.arange(S)
     prompt_length = 0
-    if first_is_prefill:
+    if prefill:
         kind[0] = KIND_PREFILL
         committed[0] = 0
         decode_index = decode_index - 1  # the prefill is block -1, decode steps are blocks 0, 1, ...
@@ -218,9 +271,10 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
         "model": model_header(model),
         "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
                        "gen_length": gen_length, "prompt_length": prompt_length},
-        "origin": {"kind": "imported", "source": str(path), "seed": None, "format": "jsonl",
-                   "layer_offset": layer_offset, "first_is_prefill": bool(first_is_prefill),
-                   "log_steps": [int(log_steps[0]), int(log_steps[-1])]},
+        "origin": {"kind": "imported", "source": str(path), "seed": None, "format": fmt,
+                   "layer_offset": layer_offset, "first_is_prefill": prefill,
+                   "log_steps": [int(log_steps[0]), int(log_steps[-1])], "dropped_steps": dropped,
+                   **(origin or {})},
     }
     return make_trace(header, counts, block=decode_index, step_in_block=np.zeros(S), tokens_forwarded=tokens,
-                      context_tokens=np.cumsum(tokens), tokens_committed=committed, kind=kind, topk_ids=topk)
+                      context_tokens=context, tokens_committed=committed, kind=kind, topk_ids=topk)

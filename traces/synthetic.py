@@ -13,7 +13,9 @@ Calibrated to: tokens per forward at default decoding, LLaDA2.0-mini 2.55, LLaDA
 
 Length: with eos_stop (default) the block holding EOS is uniform on [eos_blocks_min, eos_blocks_max] = [2, 7]
 (1-based, capped at gen_length / T) and generation stops after it, as in TIDE's evaluation; the header keeps
-gen_length (the budget) and the trace commits fewer tokens. Calibrated to: 22 to 92 denoising steps per prompt
+gen_length (the budget) and the trace commits fewer tokens. The EOS is uniform within its block, and the
+header's output_tokens (up to and including it; gen_length without EOS) is what tokens/s counts, as TIDE's
+evaluation counts its output. Calibrated to: 22 to 92 denoising steps per prompt
 (TIDE development runs, mini; routing-stats.md): 2..7 blocks of about 12.5 steps (32 / 2.55).
 
 Routing, per MoE layer l = 0..L-1 (E experts, top-k), x_l = l / (L - 1), all in log space:
@@ -23,10 +25,15 @@ Routing, per MoE layer l = 0..L-1 (E experts, top-k), x_l = l / (L - 1), all in 
   drift        u_{i,l}(e) = phi u_{i-1,l}(e) + sigma sqrt(1 - phi^2) N(0, 1), stationary sd sigma, over the chunks
                i of the generation (the prompt's ceil(P / T) chunks of T tokens, then the blocks);
                log p_{i,l} = log p_l + u_{i,l}, renormalised
-  block        masked tokens:    q_M ~ Dirichlet(alpha_l E p_{b,l})   (mean p_b; small alpha = few experts)
-               committed tokens: q_F = (1 - eta) q_M + eta r_b,  r_b ~ Dirichlet(beta E pi_b), pi_b prop. to 1 / p_b
-               (eta of a committed token's routing goes to a handful of block-specific "content" experts, mostly
-               from the layer's unpopular tail): the block's routing drifts in one direction as it unmasks
+  block        masked tokens:    q_M = (1 - mu) m_b + mu k,   m_b ~ Dirichlet(alpha_l E p_{b,l})
+                                 (mean p_b; small alpha = few experts)
+               committed tokens: q_F = (1 - eta) m_b + eta r_b,  r_b ~ Dirichlet(beta E pi_b), pi_b prop. to 1 / p_b
+               (eta of a committed token's routing goes to block-specific "content" experts, mostly from the
+               layer's unpopular tail): the block's routing drifts in one direction as it unmasks
+  mask experts k_l uniform on n_mask experts per layer drawn once per generation from the lower half of the
+               layer's base popularity p_l: every masked position carries the same [MASK] embedding, so a share
+               mu of every masked token's routing goes to the same few experts, which the prompt and committed
+               tokens rarely use; as the block unmasks their counts fall and the content experts' rise
   token t      S_{t,e} = (X_{t,e}^2 + Y_{t,e}^2) / 2 ~ Exp(1), X, Y standard normal
                experts(t) = the k smallest S_{t,e} / q_t(e), q_t = q_M while t is masked at this step, else q_F
 The k smallest of Exp(1) / q are exactly a Gumbel-top-k draw from q (-log S is standard Gumbel): each token's
@@ -39,41 +46,53 @@ The state after the block's last step (one more AR step, every token committed) 
 routing: the one its tokens keep for the rest of generation, because block-causal attention never changes
 finished tokens' hidden states. The prompt's chunks are routed like finished blocks (by their q_F).
 
-Parameters (defaults; mini's s and alpha, flash's from SKEW_AND_CONCENTRATION), what each is calibrated to
-(targets: routing-stats.md, TIDE.md; tests/traces/test_synthetic.py and `python -m traces.stats --check`):
-  s = popularity_skew 1.3 (flash 2.2), alpha = block_concentration 1.8 (flash 3.0): jointly, 69.5 distinct
-      experts per layer in one 32-token block forward of LLaDA2.0-mini (dMoE; 256 experts, top-8) and TIDE's GPU
-      hit ratio 0.93-0.95 for mini with B = 128 resident and per-step refresh under prefix recompute; flash to
-      a hit ratio of about 0.98 at B = 96 (the mini values give 0.89 there).
-  d_s = skew_depth 0.5, d_a = concentration_depth 1.0: OLMoE's per-layer shares (own top-16 of 64 covers 0.43 /
-      0.56 / 0.61 of a domain's assignments at layers 0 / 7 / 15): the first layer flatter than the deep ones
-      (first-layer skew 0.75 s and concentration 1.65 alpha; last 1.25 s and 0.61 alpha).
-  sigma = drift_sd 0.5, phi = drift_correlation 0.7: expert popularity moves from block to block, so a
-      placement fixed on the first step (static) loses several points of hit ratio to TIDE; two blocks
-      of one generation share part of their top halves, two seeds (topics) share about chance: a top-half
-      placement from one seed's counts covers about 0.5 of another's (OLMoE across domains, top-32 of 64:
-      0.47-0.51; own domain 0.68-0.85).
-  eta = content_share 0.15, beta = content_concentration 0.02: the directional drift within a block; with rho it
-      sets the hit-ratio loss of refreshing every tau steps (TIDE: 0.0009 / 0.0014 / 0.0028 / 0.0040 at tau 2..5),
-      as high as the lag-5 cosine target below allows (the two pull against each other; see below).
-  rho = temporal_correlation 0.998, rho_c = commit_correlation 0.9: cosine similarity of a layer's count vectors
-      of the block's own tokens (block-cache denoising forwards) between adjacent denoising steps about 0.985,
-      and above 0.95 five steps apart (TIDE; which vector TIDE measured is not stated).
+Parameters (defaults: SyntheticConfig's are mini's; flash's differ in the five of MODEL_DEFAULTS), what each is
+calibrated to (targets: routing-stats.md, TIDE.md; tests/traces/test_synthetic.py and `python -m sim.synthetic_check`):
+  s = popularity_skew 2.0 (flash 2.4), alpha = block_concentration 4.0 (flash 5.0): jointly with eta and beta,
+      69.5 distinct experts per layer in one 32-token block forward of LLaDA2.0-mini (dMoE; 256 experts, top-8)
+      and TIDE's GPU hit ratio 0.93-0.95 for mini with B = 128 resident and per-step refresh under prefix
+      recompute; flash to a hit ratio of about 0.98 at B = 96. A skewed popularity keeps a block's count vector
+      dominated by its busiest experts, so the per-token noise below moves the experts near the placement's
+      margin (the hit-ratio loss) more than it moves the cosines.
+  d_s = skew_depth 1.0 (flash 0.5), d_a = concentration_depth 1.0: OLMoE's per-layer shares (own top-16 of 64
+      covers 0.43 / 0.56 / 0.61 of a domain's assignments at layers 0 / 7 / 15): the first layer flatter than the
+      deep ones (mini's first-layer skew 0.5 s, last 1.5 s; concentration 1.65 alpha and 0.61 alpha).
+  sigma = drift_sd 0.4, phi = drift_correlation 0.7: expert popularity moves from block to block, so a
+      placement fixed on the first step (static) loses points of hit ratio to TIDE; two blocks of one generation
+      share most of their top halves, two seeds (topics) share about chance: a top-half placement from one seed's
+      counts covers about 0.5 of another's (OLMoE across domains, top-32 of 64: 0.47-0.51; own domain 0.68-0.85).
+  eta = content_share 0.09 (flash 0.03), beta = content_concentration 0.4 (flash 0.03): the directional drift
+      within a block and, with the tail it draws on, the hit ratio (eta 0 gives mini 0.966 at tau = 1).
+      Mini's content spreads over many tail experts (beta 0.4): it lowers the hit ratio at little cost in
+      cosine; flash's few concentrated ones (beta 0.03) keep its hit ratio near 0.98.
+  mu = mask_share 0.05, n_mask = mask_experts 16: the mask experts above. Calibrated with the two below to
+      TIDE's hit-ratio loss; alone (mu 0 -> 0.05, 10 seeds) it adds 0.0003 to mini's loss at tau = 5 and 6
+      distinct experts per block forward, and costs 0.004 of lag-5 cosine. Concentrating it (mu 0.5 on 2
+      experts) adds no loss and drops the lag-5 cosine to 0.91: the mask experts stay busy while any token of
+      the block is masked, so a stale placement that holds them loses little.
+  rho = temporal_correlation 0.985, rho_c = commit_correlation 0.8: with the above, cosine similarity of a
+      layer's count vectors of the block's own tokens (block-cache denoising forwards) between adjacent denoising
+      steps about 0.985 (tolerance 0.01), above 0.95 five steps apart (TIDE; which vector TIDE measured is not
+      stated), and TIDE's hit-ratio loss of refreshing every tau steps instead of every step (first prompt,
+      whole-prompt: 0.0016 / 0.0019 / 0.0021 / 0.0025 at tau 2..5; averaged over steps over 10 prompts: 0.0009 /
+      0.0014 / 0.0028 / 0.0040). Per-step noise gives a refresh after the router ran an edge that a stale
+      placement lacks; that is most of the loss at tau = 2.
   eos_stop True, eos_blocks_min 2, eos_blocks_max 7: see Length above.
-Measured (seeds 0-2, gen_length 1024, prompt 128, EOS stop on; `python -m traces.stats --check`), mini:
-tokens/forward 2.46-2.59 (2.55 in expectation; the short EOS-stopped traces scatter), 70.3-71.6 distinct
-experts, cosine 0.984-0.985 (adjacent) / 0.954-0.959 (lag 5), tide hit ratio at tau = 1 0.937-0.956 (mean
-0.944), hit(1) - hit(tau) 0.0006 / 0.0010 / 0.0014 / 0.0017 at tau 2..5 (monotone; TIDE's 0.0040 at tau 5 is not
-reached), static 0.022-0.049 below tide(tau = 1), 26-77 denoising steps, top-half coverage across seeds
-0.47-0.54 (mean 0.51); without EOS stop a block's top half covers 0.77 of the next block's final counts and 0.76
-ten blocks on, and the first layer's top-10% share is 0.49-0.52 against 0.73-0.74 at the last layer. Flash
-(B = 96): 3.10-3.20 tokens/forward, hit ratio at tau = 1 0.970-0.986 (mean 0.976), adjacent cosine 0.992, lag-5
-cosine 0.934-0.943 (below the 0.95 target: flash commits more tokens per step and its skew is higher), loss at
-tau = 5 0.0017-0.0021. Why the loss at tau = 5 stays near 0.0017: only the block's own tokens change within a
-block (under 15% of a prefix-recompute forward's assignments), and the lag-5 cosine of those tokens bounds how
-far their count vector may move in 5 steps; stronger content drift (content_share 0.5) reaches about 0.002, and
-giving committed tokens a whole new block distribution about 0.0035-0.004, but both put the lag-5 cosine near 0.9
-or below. Generation: about 1 s per mini trace (EOS stop) on one core.
+Measured (seeds 0-2, gen_length 1024, prompt 128, EOS stop on; `python -m sim.synthetic_check`; 10 seeds in
+brackets where checked), mini: tokens/forward 2.46-2.59 (2.55 in expectation; the short EOS-stopped traces
+scatter), 70.1-71.0 distinct experts [69.5-71.2], cosine 0.977 (adjacent, 0.9768-0.9777) / 0.957 (lag 5,
+0.9553-0.9578) [0.9527-0.9578], tide hit ratio at tau = 1 0.936-0.947 (mean 0.940) [0.933-0.948], whole-run loss
+hit(1) - hit(tau) 0.0012 / 0.0017 / 0.0021 / 0.0024 at tau 2..5 (tau 5: 0.0024-0.0025) [0.0021-0.0027],
+step-averaged 0.0012 / 0.0017 / 0.0021 / 0.0023, 26-77 denoising steps, top-half coverage across seeds
+0.48-0.53 (mean 0.50); static 0.012-0.024 below tide(tau = 1) (0.025-0.027 on gen_length 256 without EOS stop);
+without EOS stop a block's top half covers 0.81 of the next block's final counts and 0.80 ten blocks on, and the
+first layer's top-10% share is 0.60 against 0.74-0.76 at the last layer. Flash (B = 96): 3.10-3.20
+tokens/forward, hit ratio at tau = 1 0.972-0.985 (mean 0.977), cosine 0.988 (adjacent) / 0.959-0.962 (lag 5)
+[mean 0.958, one seed 0.948], loss at tau = 5 0.0016-0.0021. The previous calibration (no mask experts, rho 0.998,
+rho_c 0.9, s 1.3, alpha 1.8, d_s 0.5, eta 0.15, beta 0.02, sigma 0.5) reached a loss of only 0.0017 at tau = 5
+and a flash lag-5 cosine of 0.939: its drift was a handful of content experts per block with large counts, which
+moves the cosine much more than the placement's margin. Generation: well under 1 s per mini trace (EOS stop) on
+one core.
 
 How steps become trace rows (offload/trace.py), for generated block b with n_b denoising steps:
   prefix-recompute: n_b rows, kind 0, tokens_forwarded = context_tokens = P + (b + 1) T; counts = the final
@@ -105,9 +124,18 @@ from offload.trace_check import make_trace
 
 # Published tokens per denoising forward at default decoding (routing-stats.md).
 TOKENS_PER_FORWARD = {"mini": 2.55, "flash": 3.19}
-# (popularity_skew, block_concentration) by model: mini to 69.5 distinct experts per block forward and TIDE's hit
-# ratio 0.93-0.95 at B = 128; flash to a hit ratio of about 0.98 at B = 96 (see the module docstring)
-SKEW_AND_CONCENTRATION = {"mini": (1.3, 1.8), "flash": (2.2, 3.0)}
+# The calibrated parameters that differ by model (see the module docstring): mini to 69.5 distinct experts per
+# block forward, TIDE's hit ratio 0.93-0.95 at B = 128 and its loss with tau; flash to a hit ratio of about 0.98 at
+# B = 96 with the lag-5 cosine above 0.95. SyntheticConfig's own defaults are mini's.
+MODEL_DEFAULTS: dict[str, dict[str, float]] = {
+    "mini": {"popularity_skew": 2.0, "block_concentration": 4.0, "skew_depth": 1.0, "content_share": 0.09,
+             "content_concentration": 0.4},
+    "flash": {"popularity_skew": 2.4, "block_concentration": 5.0, "skew_depth": 0.5, "content_share": 0.03,
+              "content_concentration": 0.03},
+}
+# (popularity_skew, block_concentration) by model, as in MODEL_DEFAULTS
+SKEW_AND_CONCENTRATION = {m: (d["popularity_skew"], d["block_concentration"]) for m, d in MODEL_DEFAULTS.items()}
+MAX_GEN_LENGTH = 1 << 15  # LLaDA2.0's context (max_position_embeddings); bounds the work asked for up front
 _LOG_Q_FLOOR = -60.0  # log q below the layer's best expert by more than this counts as e^-60: keeps S/q finite
 
 
@@ -133,6 +161,8 @@ class SyntheticConfig:
     drift_correlation    phi in [0, 1]: its AR(1) coefficient from one chunk or block to the next
     content_share        eta in [0, 1]: share of a committed token's routing moved to the block's content experts
     content_concentration beta in [1e-3, 1e3]: Dirichlet concentration per expert of the content distribution
+    mask_share           mu in [0, 1]: share of a masked token's routing that goes to the layer's mask experts
+    mask_experts         n_mask, an integer in [1, 4096]: mask experts per layer (at most the lower half's E - E//2)
     eos_stop             stop after the block holding EOS (True) or generate all gen_length tokens (False)
     eos_blocks_min/max   integers in [1, 1e6], min <= max: the block holding EOS is uniform on [min, max]
     seed                 seed of numpy's SeedSequence; every random draw derives from it (one prompt / topic)
@@ -145,16 +175,18 @@ class SyntheticConfig:
     steps: int = 32
     tokens_per_forward: float | None = None
     threshold: float = 0.95
-    popularity_skew: float = 1.3
-    block_concentration: float = 1.8
-    temporal_correlation: float = 0.998
-    commit_correlation: float = 0.9
-    skew_depth: float = 0.5
+    popularity_skew: float = 2.0
+    block_concentration: float = 4.0
+    temporal_correlation: float = 0.985
+    commit_correlation: float = 0.8
+    skew_depth: float = 1.0
     concentration_depth: float = 1.0
-    drift_sd: float = 0.5
+    drift_sd: float = 0.4
     drift_correlation: float = 0.7
-    content_share: float = 0.15
-    content_concentration: float = 0.02
+    content_share: float = 0.09
+    content_concentration: float = 0.4
+    mask_share: float = 0.05
+    mask_experts: int = 16
     eos_stop: bool = True
     eos_blocks_min: int = 2
     eos_blocks_max: int = 7
@@ -168,6 +200,10 @@ class SyntheticConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
                 raise TideError(f"synthetic {name} must be an integer >= {minimum}, got {v!r}")
+        if self.gen_length > MAX_GEN_LENGTH or self.prompt_length > MAX_GEN_LENGTH:
+            raise TideError(f"synthetic gen_length and prompt_length are limited to {MAX_GEN_LENGTH} tokens, "
+                            f"LLaDA2.0's context (a trace that long takes about a minute), got "
+                            f"{max(self.gen_length, self.prompt_length)}")
         if self.gen_length % self.block_length:
             raise TideError(f"synthetic gen_length {self.gen_length} is not a multiple of block_length "
                             f"{self.block_length}")
@@ -189,6 +225,10 @@ class SyntheticConfig:
         _check_range("drift_correlation", self.drift_correlation, 0.0, 1.0)
         _check_range("content_share", self.content_share, 0.0, 1.0)
         _check_range("content_concentration", self.content_concentration, 1e-3, 1e3)
+        _check_range("mask_share", self.mask_share, 0.0, 1.0)
+        v = self.mask_experts
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 4096:
+            raise TideError(f"synthetic mask_experts must be an integer in [1, 4096], got {v!r}")
         if not isinstance(self.eos_stop, (bool, np.bool_)):
             raise TideError(f"synthetic eos_stop must be True or False, got {self.eos_stop!r}")
         for name in ("eos_blocks_min", "eos_blocks_max"):
@@ -222,12 +262,16 @@ def default_tokens_per_forward(model: Any) -> float:
     return TOKENS_PER_FORWARD["flash" if getattr(model, "hidden_size", 0) >= 4096 else "mini"]
 
 
+def model_family(model: Any) -> str:
+    """"mini" or "flash": the calibration a model takes (as :func:`default_tokens_per_forward` decides)."""
+    return "flash" if default_tokens_per_forward(model) == TOKENS_PER_FORWARD["flash"] else "mini"
+
+
 def default_config(model: Any, mode: str = "prefix-recompute", **overrides: Any) -> SyntheticConfig:
-    """The calibrated defaults for ``model`` in ``mode``: tokens_per_forward, popularity_skew and
-    block_concentration set from the model (:data:`SKEW_AND_CONCENTRATION`)."""
+    """The calibrated defaults for ``model`` in ``mode``: tokens_per_forward and the per-model parameters of
+    :data:`MODEL_DEFAULTS` (popularity_skew, block_concentration, content_share, content_concentration)."""
     tpf = default_tokens_per_forward(model)
-    skew, conc = SKEW_AND_CONCENTRATION["flash" if tpf == TOKENS_PER_FORWARD["flash"] else "mini"]
-    base = SyntheticConfig(mode=mode, tokens_per_forward=tpf, popularity_skew=skew, block_concentration=conc)
+    base = SyntheticConfig(mode=mode, tokens_per_forward=tpf, **MODEL_DEFAULTS[model_family(model)])
     try:
         return replace(base, **overrides)
     except TypeError as exc:  # an unknown keyword: name it as bad input
@@ -324,18 +368,35 @@ def block_distribution(rng: np.random.Generator, log_p: np.ndarray, concentratio
 
 
 def masked_and_final(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig,
-                     concentration: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(log q_M, log q_F) [L, E] of one block: masked tokens route by q_M ~ Dirichlet(alpha_l E p_b); committed
-    tokens by q_F = (1 - eta) q_M + eta r_b, r_b ~ Dirichlet(beta E pi_b), pi_b proportional to 1 / p_b:
-    eta = content_share of a committed token's routing goes to a few block-specific "content" experts, drawn
-    mostly from the layer's unpopular tail (beta = content_concentration per expert)."""
+                     concentration: np.ndarray, log_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(log q_M, log q_F) [L, E] of one block, m_b ~ Dirichlet(alpha_l E p_b): masked tokens route by
+    q_M = (1 - mu) m_b + mu k (k: the mask experts' distribution ``log_mask``; None: q_M = m_b), committed tokens
+    by q_F = (1 - eta) m_b + eta r_b, r_b ~ Dirichlet(beta E pi_b), pi_b proportional to 1 / p_b: eta =
+    content_share of a committed token's routing goes to block-specific "content" experts, drawn mostly from the
+    layer's unpopular tail (beta = content_concentration per expert)."""
     log_m = block_distribution(rng, log_p, concentration)
     log_pi = -log_p - logsumexp(-log_p, axis=-1, keepdims=True)
     log_r = block_distribution(rng, log_pi, cfg.content_concentration)
     eta = cfg.content_share
     with np.errstate(divide="ignore"):  # eta 0 or 1: log 0 = -inf drops that part
         log_f = np.logaddexp(np.log1p(-eta) + log_m, np.log(eta) + log_r)
+        if log_mask is not None:  # masked tokens: mu of their routing to the layer's mask experts
+            mu = cfg.mask_share
+            log_m = np.logaddexp(np.log1p(-mu) + log_m, np.log(mu) + log_mask)
     return log_m, log_f
+
+
+def mask_distribution(rng: np.random.Generator, log_p: np.ndarray, n_mask: int) -> np.ndarray:
+    """log m [L, E]: uniform over n_mask "mask experts" per layer, drawn from the lower half of the layer's base
+    popularity log_p [L, E] (experts the prompt's tokens rarely use); -inf elsewhere."""
+    L, E = log_p.shape
+    n_mask = min(n_mask, E - E // 2)
+    order = np.argsort(-log_p, axis=1)[:, E // 2:]  # the E - E//2 least popular experts of each layer
+    pick = np.argsort(rng.random(order.shape), axis=1)[:, :n_mask]
+    chosen = np.take_along_axis(order, pick, axis=1)
+    log_m = np.full((L, E), -np.inf)
+    np.put_along_axis(log_m, chosen, -np.log(n_mask), axis=1)
+    return log_m
 
 
 def selection_weights(log_q: np.ndarray) -> np.ndarray:
@@ -375,7 +436,7 @@ class BlockRouting:
 
 
 def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticConfig, top_k: int, lam: float,
-                   concentration: np.ndarray) -> BlockRouting:
+                   concentration: np.ndarray, log_mask: np.ndarray | None = None) -> BlockRouting:
     """Denoise one block (log_p [L, E]: its drifted popularity): commit schedule, then per step an AR(1) move of
     the noise and a top-k routing, masked tokens by q_M and committed ones by q_F."""
     T = cfg.block_length
@@ -385,7 +446,7 @@ def simulate_block(rng: np.random.Generator, log_p: np.ndarray, cfg: SyntheticCo
     # step at which each token is committed, tokens taken in a random order
     commit_step = np.empty(T, dtype=np.int64)
     commit_step[rng.permutation(T)] = np.repeat(np.arange(n), committed)
-    log_m, log_f = masked_and_final(rng, log_p, cfg, concentration)
+    log_m, log_f = masked_and_final(rng, log_p, cfg, concentration, log_mask)
     w_m, w_f = selection_weights(log_m), selection_weights(log_f)  # [L, E] each
     xy = rng.standard_normal((2, T, L, E), dtype=np.float32)
     innovation = np.empty_like(xy)
@@ -429,13 +490,19 @@ def popularity_drift(seqs: list[np.random.SeedSequence], shape: tuple[int, int],
     return u
 
 
-def eos_blocks(rng: np.random.Generator, cfg: SyntheticConfig) -> int:
-    """Generated blocks: all gen_length / T without EOS stop; with it, the block holding EOS is uniform on
-    [eos_blocks_min, eos_blocks_max] (1-based) and generation stops after it (capped at gen_length / T)."""
+def eos_blocks(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[int, int]:
+    """(generated blocks, output tokens). Without EOS stop: every block, gen_length tokens. With it the block
+    holding EOS is uniform on [eos_blocks_min, eos_blocks_max] (1-based), generation stops after it, and the
+    EOS is uniform within it: the output (what TIDE's evaluation counts) ends with it. An EOS block beyond
+    gen_length / T means no EOS: every block, gen_length tokens."""
     n_blocks = cfg.gen_length // cfg.block_length
     if not cfg.eos_stop:
-        return n_blocks
-    return min(n_blocks, int(rng.integers(cfg.eos_blocks_min, cfg.eos_blocks_max + 1)))
+        return n_blocks, cfg.gen_length
+    at = int(rng.integers(cfg.eos_blocks_min, cfg.eos_blocks_max + 1))
+    pos = int(rng.integers(0, cfg.block_length))  # drawn after the block: the block count is unchanged by it
+    if at > n_blocks:
+        return n_blocks, cfg.gen_length
+    return at, (at - 1) * cfg.block_length + pos + 1
 
 
 def _rng(seq: np.random.SeedSequence) -> np.random.Generator:
@@ -449,6 +516,7 @@ class Timeline:
 
     prompt_ids: np.ndarray
     blocks: list[BlockRouting]
+    output_tokens: int  # the generation's output: up to and including its EOS (module docstring, Length)
 
 
 def simulate(model: Any, cfg: SyntheticConfig) -> Timeline:
@@ -457,11 +525,12 @@ def simulate(model: Any, cfg: SyntheticConfig) -> Timeline:
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
     lam = extra_commit_rate(cfg.block_length, cfg.steps, resolve(model, cfg).tokens_per_forward)
     root = np.random.SeedSequence(cfg.seed)
-    pop_seq, prompt_seq, blocks_seq, drift_seq, eos_seq = root.spawn(5)
+    # spawn(6) keeps the first five children of spawn(5): traces without mask experts are unchanged
+    pop_seq, prompt_seq, blocks_seq, drift_seq, eos_seq, mask_seq = root.spawn(6)
     skew, conc = depth_profile(L, cfg)
     log_p = expert_popularity(_rng(pop_seq), L, E, skew)
     chunks = -(-cfg.prompt_length // cfg.block_length)
-    n_blocks = eos_blocks(_rng(eos_seq), cfg)
+    n_blocks, output_tokens = eos_blocks(_rng(eos_seq), cfg)
     prompt_drift, block_drift = drift_seq.spawn(2)
     u_prompt = popularity_drift(prompt_drift.spawn(chunks), (L, E), cfg.drift_sd, cfg.drift_correlation)
     # the blocks' drift continues from the prompt's last chunk (stationary start without a prompt)
@@ -470,9 +539,10 @@ def simulate(model: Any, cfg: SyntheticConfig) -> Timeline:
     def norm(x: np.ndarray) -> np.ndarray:
         return x - logsumexp(x, axis=-1, keepdims=True)
     prompt_ids = route_prompt(_rng(prompt_seq), norm(log_p + u_prompt), cfg, k, conc)
-    blocks = [simulate_block(_rng(s), norm(log_p + u), cfg, k, lam, conc)
+    log_mask = mask_distribution(_rng(mask_seq), log_p, cfg.mask_experts) if cfg.mask_share > 0 else None
+    blocks = [simulate_block(_rng(s), norm(log_p + u), cfg, k, lam, conc, log_mask)
               for s, u in zip(blocks_seq.spawn(n_blocks), u_blocks)]
-    return Timeline(prompt_ids=prompt_ids, blocks=blocks)
+    return Timeline(prompt_ids=prompt_ids, blocks=blocks, output_tokens=output_tokens)
 
 
 # ---- assembly into trace rows ---------------------------------------------------------------------------------
@@ -534,14 +604,14 @@ def _rows_block_cache(tl: Timeline, cfg: SyntheticConfig, E: int, rows: _Rows) -
                  tokens_committed=committed, kind=kind)
 
 
-def generation_header(model: Any, cfg: SyntheticConfig) -> dict[str, Any]:
+def generation_header(model: Any, cfg: SyntheticConfig, output_tokens: int) -> dict[str, Any]:
     """Schema header; origin.params holds every config field (tokens_per_forward resolved)."""
     return {
         "version": SCHEMA_VERSION,
         "model": model_header(model),
         "generation": {"mode": cfg.mode, "block_length": int(cfg.block_length), "steps": int(cfg.steps),
                        "threshold": float(cfg.threshold), "gen_length": int(cfg.gen_length),
-                       "prompt_length": int(cfg.prompt_length)},
+                       "prompt_length": int(cfg.prompt_length), "output_tokens": int(output_tokens)},
         "origin": {"kind": "synthetic", "seed": int(cfg.seed), "generator": "traces.synthetic", "params": cfg.params()},
     }
 
@@ -557,4 +627,5 @@ def generate(model: Any, cfg: SyntheticConfig, *, with_topk: bool = False) -> Tr
         _rows_block_cache(tl, cfg, model.num_experts, rows)
     fields = {f: np.concatenate(v) for f, v in rows.fields.items()}
     topk = np.concatenate(rows.ids, axis=0) if rows.ids is not None else None
-    return make_trace(generation_header(model, cfg), np.concatenate(rows.counts), topk_ids=topk, **fields)
+    return make_trace(generation_header(model, cfg, tl.output_tokens), np.concatenate(rows.counts), topk_ids=topk,
+                      **fields)

@@ -31,6 +31,7 @@ from validate.tables import Measured, holdout_record, isotonic_2d, measure_1d
 from validate.timing import Clock
 
 _THRESHOLD = 0.95  # the runtime's default confidence threshold
+_SETTINGS = GenerationSettings(threshold=_THRESHOLD)  # greedy, as generate's default
 
 
 class _NullExecutor:
@@ -104,7 +105,7 @@ def mlp_table(name: str, clock: Clock, rig: Rig, grid: Sequence[int], held: Sequ
 
 def _sampler(logits: torch.Tensor, masked: torch.Tensor, block: torch.Tensor) -> int:
     """One denoising step's choice as generate makes it: choose, commit write, committed count (a host sync)."""
-    x0, commit = choose(logits, masked, 1, _THRESHOLD, 0.0, None)
+    x0, commit = choose(logits, masked, 1, _SETTINGS, None)
     block[commit] = x0[commit]
     return int(commit.sum())
 
@@ -156,7 +157,7 @@ def step_overhead(clock: Clock, rig: Rig, block_length: int, repeats: int) -> di
     logits = torch.randn(bl, s.vocab_size, device=rig.device, dtype=torch.float32)
     logits[:, rig.cfg.mask_token_id] = float("-inf")  # a committed token is never the mask: blocks finish
     settings = GenerationSettings(gen_length=4 * bl, block_length=bl, steps=bl, threshold=_THRESHOLD,
-                                  mode="prefix-recompute", eos_early_stop=False)
+                                  mode="prefix-recompute", stop_at_eos=False)
     prompt = torch.zeros(bl, dtype=torch.long, device=rig.device)
     stub, store = _StubModel(logits, clock.flush), _StubStore(s.num_moe_layers, s.num_experts, s.top_k)
     per = []

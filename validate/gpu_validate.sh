@@ -18,6 +18,9 @@
 # tables), runtime_results.json, runtime_traces.tar. Time: one deadline (TIDE_DEADLINE, default 450 s, at most
 # 450) for the whole script; each phase runs under `timeout` with its own limit, shortened to what is left of
 # the deadline, and the phases write as they go, so a phase cut short keeps what it finished.
+# A calibrate phase that fails (a non-zero exit, or a timeout before profile.json was loadable) stops the script
+# there with exit status 1 and an "error: calibrate failed ..." line in log.txt and env.txt: the runtime phase
+# would spend the rest of the deadline on runs that compare cannot replay with this machine's costs.
 #
 # --dry-run: the same script on a CPU machine with the CPU equivalents (device cpu, the llada2-tiny preset, one
 # thread, quick calibration, shorter limits), for CI. Every setting can also be overridden from the environment
@@ -110,10 +113,24 @@ phase calibrate "$CAL_TIMEOUT" "$PY" -m validate.calibrate --device "$DEVICE" --
   ${extra[@]+"${extra[@]}"} ${quick[@]+"${quick[@]}"}
 cal=$?
 
+# a failed calibration ends the run here: the runtime phase would spend the rest of the GPU time on runs that
+# compare cannot replay with this machine's costs. A timeout (124) that left a loadable profile.json is not a
+# failure: calibrate writes the profile once its required tables are measured, so the runs still compare.
+have_profile=""
+if [ "$cal" -eq 0 ] || [ "$cal" -eq 124 ]; then
+  [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from offload.hardware import HardwareProfile; HardwareProfile.load(sys.argv[1])" "$OUT/profile.json" >> "$LOG" 2>&1 && have_profile=1
+fi
+if [ "$cal" -ne 0 ] && [ -z "$have_profile" ]; then
+  echo "error: calibrate failed (exit $cal$([ "$cal" -eq 124 ] && echo ', timed out before a loadable profile.json')): stopping before the runtime phase; see $LOG" | tee -a "$OUT/env.txt" "$LOG"
+  echo "total: $(($(date +%s) - start)) s of a $DEADLINE s deadline" | tee -a "$OUT/env.txt"
+  tail -n 15 "$LOG" >&2
+  exit 1
+fi
+
 # cost-aware policies decide from the calibrated costs, as the simulator's replay will; without a loadable
 # profile they decide from the H100 preset, and compare cannot replay them exactly (it says so)
 profile=(--hardware h100-pcie5)
-if [ -f "$OUT/profile.json" ] && "$PY" -c "import sys; from offload.hardware import HardwareProfile; HardwareProfile.load(sys.argv[1])" "$OUT/profile.json" >> "$LOG" 2>&1; then
+if [ -n "$have_profile" ]; then
   profile=(--hardware "$OUT/profile.json")
 else
   echo "no loadable calibrated profile: tide-opt and riptide decide from the h100-pcie5 preset" | tee -a "$OUT/env.txt" "$LOG"

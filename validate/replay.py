@@ -50,7 +50,8 @@ def spec_for(run: Run, profile: HardwareProfile, model: ModelSpec | None = None)
     want = run.trace.header["model"].get("config_hash")
     if want != spec.config_hash:
         raise TideError(f"{run.source}: run {run.name} was recorded on a model of another shape (config hash {want}) "
-                        f"than {profile.model.get('name', 'the given model')} with {run.trace.num_moe_layers} MoE "
+                        f"than {'--model ' + model.name if model is not None else profile.model.get('name', 'the profile model')} "
+                        f"with {run.trace.num_moe_layers} MoE "
                         f"layers ({spec.config_hash})")
     return spec
 

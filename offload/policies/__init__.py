@@ -22,6 +22,7 @@ POLICIES[Riptide.name] = Riptide
 # the busiest experts a user would try first
 BASELINES = ("cpu-route", "static", "fetch-lru")
 TAU_POLICIES = tuple(n for n, cls in POLICIES.items() if "tau" in cls.Params.sweepable())  # studies sweep their tau
+RUNNABLE = tuple(n for n, cls in POLICIES.items() if cls.causal)  # what hardware can execute (not the oracle)
 
 
 def policy_from_text(text: str) -> Policy:
@@ -37,4 +38,4 @@ def make_policy(name: str, **params: Any) -> Policy:
 
 
 __all__ = ["KEEP", "LayerDecision", "LayerView", "Policy", "PolicyContext", "Prefetch", "StepInfo", "POLICIES",
-           "TAU_POLICIES", "BASELINES", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Static", "Tide", "TideOpt", "Oracle"]
+           "TAU_POLICIES", "BASELINES", "RUNNABLE", "make_policy", "policy_from_text", "parse_policy", "format_policy", "AllGpu", "CpuRoute", "FetchLru", "Static", "Tide", "TideOpt", "Oracle"]

@@ -1,7 +1,11 @@
 """``oracle``: a clairvoyant policy (``causal = False``: simulator only; the runtime refuses it).
 
 It reads the whole trace (``ctx.trace``) and the cost model (``ctx.cost``), and mirrors the engine's clock, so
-at every (step s, MoE layer l) it knows exactly when the GPU, the CPU and each copy engine come free.
+at every (step s, MoE layer l) it knows exactly when the GPU, the CPU and each copy engine come free. The mirror
+is exact for an executor that copies streamed experts as one batch with the promotions (``staging_slots`` 0), no
+shared host DRAM and no host-thread charges; under other executors (the default ``tide-moe`` streams through
+staging slots) its plans are timed by the engine as usual but chosen on that simpler clock. It is a clairvoyant
+heuristic, not an upper bound on throughput: ``sim.bound`` gives the true lower bound on time.
 
 Value of residency. An active expert with n token-assignments costs, if it is not on the GPU, (seconds)
 

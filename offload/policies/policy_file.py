@@ -4,8 +4,14 @@ JSON object::
 
     {"format": "tide-moe-policy/1", "policy": "tide", "params": {"tau": 4},
      "budget": {"experts_per_layer": 128}, "mode": "block-cache",
-     "model": "llada2.0-mini", "model_config_hash": "...", "hardware": "H100-80GB-PCIe5",
+     "model": "llada2.0-mini", "model_config_hash": "...", "model_source": "llada2.0-mini",
+     "hardware": "H100-80GB-PCIe5", "hardware_source": "h100-pcie5",
      "predicted": {"tokens_per_s": ..., "hit_ratio": ...}, "created_by": "sim.explore ..."}
+
+The file is the contract between the simulator and the runtime: ``runtime.generate --policy FILE`` takes the
+policy with its parameters, the budget, the mode, the model (``model_source``: the preset or the absolute path
+of the config the simulator priced) and the hardware profile (``hardware_source``) from it unless told
+otherwise, and refuses a model whose config hash differs from ``model_config_hash``.
 """
 from __future__ import annotations
 
@@ -31,6 +37,15 @@ class PolicyChoice:
     hardware: str = ""
     predicted: dict[str, float] = field(default_factory=dict)
     created_by: str = ""
+    model_source: str = ""      # what --model loads it again: a preset name or an absolute path
+    hardware_source: str = ""   # likewise for --hardware
+
+    def check_model(self, spec: Any) -> None:
+        """Refuse a model other than the one the file was made for (its config hash differs)."""
+        if self.model_config_hash and spec.config_hash != self.model_config_hash:
+            raise TideError(f"the policy file was made for {self.model or 'another model'} (config hash "
+                            f"{self.model_config_hash}), not for {spec.name} (config hash {spec.config_hash}); "
+                            f"rerun sim.explore for this model")
 
     def build(self) -> Policy:
         return make_policy(self.policy, **self.params)
@@ -49,6 +64,8 @@ def write_policy_file(path: str | Path, choice: PolicyChoice) -> Path:
 
 
 def read_policy_file(path: str | Path) -> PolicyChoice:
+    if Path(path).is_dir():
+        raise TideError(f"policy file {path} is a directory (pass its recommended-policy.json)")
     try:
         d = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -64,6 +81,9 @@ def read_policy_file(path: str | Path) -> PolicyChoice:
     choice = PolicyChoice(policy=d["policy"], params=params, experts_per_layer=budget.get("experts_per_layer"),
                           mode=d.get("mode"), model=str(d.get("model", "")),
                           model_config_hash=str(d.get("model_config_hash", "")), hardware=str(d.get("hardware", "")),
-                          predicted=dict(d.get("predicted") or {}), created_by=str(d.get("created_by", "")))
-    choice.build()  # unknown policy or bad parameters: fail now, with the file's name in view
+                          predicted=dict(d.get("predicted") or {}), created_by=str(d.get("created_by", "")),
+                          model_source=str(d.get("model_source", "")), hardware_source=str(d.get("hardware_source", "")))
+    if not choice.build().causal:  # unknown policy or bad parameters fail here too, with the file's name in view
+        raise TideError(f"policy file {path}: {choice.policy} is clairvoyant (it reads future routing) and "
+                        "cannot run on hardware")
     return choice

@@ -35,7 +35,7 @@ def test_every_run_has_its_trace_and_the_requested_budget(out, tmp_path):
     for r in runs:
         trace = read_trace(tmp_path / f"{r['mode']}__{r['label']}.npz")
         assert trace.mode == r["mode"] and trace.num_steps == r["forwards"] == len(r["step_wall_s"])
-        # what the simulator replays: every committed position, EOS or not (eos_early_stop is off)
+        # what the simulator replays: every committed position, EOS or not (stop_at_eos is off)
         assert r["generated_tokens"] == trace.generated_tokens == 16
         assert np.sum(r["step_wall_s"]) == pytest.approx(r["wall_s"])
 

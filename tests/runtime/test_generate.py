@@ -113,9 +113,9 @@ def test_block_cache_equals_prefix_recompute():
 
 
 def test_sampling_is_seeded():
-    a, _, _ = run("all-gpu", {}, temperature=1.0, seed=3)
-    b, _, _ = run("tide", {"tau": 2}, temperature=1.0, seed=3)
-    c, _, _ = run("all-gpu", {}, temperature=1.0, seed=4)
+    a, _, _ = run("all-gpu", {}, temperature=1.0, do_sample=True, seed=3)
+    b, _, _ = run("tide", {"tau": 2}, temperature=1.0, do_sample=True, seed=3)
+    c, _, _ = run("all-gpu", {}, temperature=1.0, do_sample=True, seed=4)
     assert a.tokens == b.tokens and a.tokens != c.tokens
 
 

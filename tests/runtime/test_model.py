@@ -177,7 +177,8 @@ def test_missing_executor_and_bad_inputs(cfg, weights):
 
 def test_bfloat16_runs(cfg):
     non_expert, experts = random_weights(cfg, SEED, dtype=torch.bfloat16)
-    assert non_expert["model.layers.1.mlp.gate.expert_bias"].dtype == torch.float32
+    assert non_expert["model.layers.1.mlp.gate.expert_bias"].dtype == torch.bfloat16  # as the reference holds it
     m = LLaDA2MoE.from_state(cfg, non_expert, LocalExperts(experts), dtype=torch.bfloat16)
+    assert m.model.layers[1].mlp.gate.expert_bias.dtype == torch.bfloat16
     out = m(_tokens(8), torch.arange(8), block_causal_mask(8, 4))
     assert out.dtype == torch.float32 and torch.isfinite(out).all()

@@ -89,15 +89,17 @@ def test_bias_changes_selection_not_weights():
     assert sorted(ids2[0].tolist()) == sorted(ids0[0].tolist())
     order = ids0[0].argsort(), ids2[0].argsort()
     assert torch.equal(w0[0][order[0]], w2[0][order[1]])
-    # bias disabled in the config: ignored
+    # the reference has no switch for the bias: a config key that disables it changes nothing
     ids3, _ = _route_logits(logits, _cfg(n_group=1, topk_group=1, moe_router_enable_expert_bias=False), bias)
-    assert torch.equal(ids3, ids0)
+    assert torch.equal(ids3, ids1)
 
 
-def test_without_norm_weights_are_scaled_scores():
-    cfg = _cfg(norm_topk_prob=False)
+def test_weights_normalised_exactly_when_top_k_above_one():
+    """As the reference: norm_topk_prob in config.json is ignored; top-1 weights are the scaled score."""
     logits = torch.randn(5, 32, generator=torch.Generator().manual_seed(1))
-    ids, w = _route_logits(logits, cfg)
+    ids, w = _route_logits(logits, _cfg(norm_topk_prob=False))
+    torch.testing.assert_close(w.sum(-1), torch.full((5,), 2.5))
+    ids, w = _route_logits(logits, _cfg(num_experts_per_tok=1))
     torch.testing.assert_close(w, 2.5 * torch.sigmoid(logits).gather(1, ids))
 
 

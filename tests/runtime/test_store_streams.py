@@ -158,7 +158,7 @@ def _generate(streams: Any) -> torch.Tensor:
                         block_length=16, mode="block-cache")
     model = LLaDA2MoE.from_state(gen.CFG, gen.STATE, store, device="cpu", dtype=torch.float32)
     prompt = torch.arange(3, 19) % gen.SPEC.vocab_size
-    settings = GenerationSettings(gen_length=32, block_length=16, steps=8, mode="block-cache", eos_early_stop=False)
+    settings = GenerationSettings(gen_length=32, block_length=16, steps=8, mode="block-cache", stop_at_eos=False)
     out = generate(model, store, gen.CFG, prompt, settings).sequence
     if isinstance(streams, ThreadStreams):
         streams.close()

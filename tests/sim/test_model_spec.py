@@ -229,7 +229,7 @@ def test_unknown_preset(tmp_path):
 
 def test_unsupported_model_type_from_file(tmp_path):
     p = tmp_path / "config.json"
-    p.write_text(json.dumps({"model_type": "qwen2_moe", "hidden_size": 2048}))
+    p.write_text(json.dumps({"model_type": "llama", "hidden_size": 2048}))
     with pytest.raises(TideError) as ei:
         ModelSpec.load(p)
-    _err(ei, "unsupported model_type 'qwen2_moe'")
+    _err(ei, "unsupported model_type 'llama'", "supported: llada2_moe, ", "mixtral")

@@ -13,6 +13,7 @@ import numpy as np
 
 from simcases import tiny_trace
 from offload.cost import ConstantCostModel
+from offload.executor import ExecutorProfile
 from sim.engine import simulate
 from offload.errors import TideError
 from offload.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
@@ -81,6 +82,12 @@ def test_fetch_lru_streams_overflow():
     # resident {0}; 3 misses, no free or idle slot: all three streamed (fetched, used, dropped)
     assert (r.counters.promotions, r.counters.demotions, r.counters.h2d_bytes, r.counters.cpu_assignments) == (3, 3, 300, 0)
     assert r.max_resident.max() <= 1
+    # tide-moe streams them through its staging slots (one chunk of up to 4): the resident expert's 0.1 s runs
+    # under the 3 s copy, then the chunk's 0.3 s
+    assert r.sim_time_s == pytest.approx(1 + 1 + 3.0 + 0.3)
+    # copied with the promotions as one blocking batch (no staging), everything waits for the copy
+    one_batch = ExecutorProfile(name="one-batch", staging_slots=0)
+    r = simulate(tiny_trace(counts), make_policy("fetch-lru"), COST, 1, executor=one_batch)
     assert r.sim_time_s == pytest.approx(1 + 1 + 3.0 + 0.4)
 
 

@@ -1,5 +1,5 @@
-"""sim.spread on hand-built rows: each seed's best tau, ratios to that seed's best baseline, medians, ranges and
-the share of seeds a recommendation wins."""
+"""sim.spread on hand-built rows: each draw's best tau, ratios to that draw's best baseline, medians, ranges and
+the share of draws a recommendation wins."""
 from __future__ import annotations
 
 import pytest
@@ -13,8 +13,8 @@ from sim import spread
 from simcases import sim_row
 
 
-def row(policy: str, seed: int, tps: float, tau: int | None = None) -> SimRecord:
-    return sim_row(f"m-seed{seed}", policy, tps, tau=tau, mode="m", seed=seed)
+def row(policy: str, draw: int, tps: float, tau: int | None = None) -> SimRecord:
+    return sim_row(f"m-draw{draw}", policy, tps, tau=tau, mode="m", draw=draw)
 
 
 ROWS = [row("cpu-route", 0, 10), row("cpu-route", 1, 20), row("cpu-route", 2, 16),
@@ -22,7 +22,7 @@ ROWS = [row("cpu-route", 0, 10), row("cpu-route", 1, 20), row("cpu-route", 2, 16
         row("tide", 2, 45, tau=4)]
 
 
-def test_best_tau_per_seed_and_ratios_to_that_seeds_baseline():
+def test_best_tau_per_draw_and_ratios_to_that_draws_baseline():
     (base, tide) = spread.spreads(ROWS)
     assert base.policy == "cpu-route" and np.allclose(base.vs_base, [1, 1, 1])
     assert np.allclose(tide.tokens_per_s, [15, 18, 45]) and [r.tau for r in tide.rows] == [4, 1, 4]
@@ -31,7 +31,7 @@ def test_best_tau_per_seed_and_ratios_to_that_seeds_baseline():
 
 def test_recommendation_by_median_with_its_share_of_wins():
     best, share = spread.recommend(ROWS, lambda r: True)
-    # medians 18 (tide) against 16 (cpu-route); in seed 1 cpu-route (20) beats tide (18)
+    # medians 18 (tide) against 16 (cpu-route); in draw 1 cpu-route (20) beats tide (18)
     assert best.policy == "tide" and share == pytest.approx(2 / 3)
     best, share = spread.recommend(ROWS, lambda r: r.policy != "tide")
     assert best.policy == "cpu-route" and share == 1.0
@@ -39,5 +39,5 @@ def test_recommendation_by_median_with_its_share_of_wins():
 
 def test_table_shows_median_and_range():
     text = spread.spread_table(ROWS)
-    assert "median [min-max] over 3 trace seeds" in text
+    assert "median [min-max] over 3 trace draws" in text
     assert "18.0 [15.0-45.0]" in text and "1.50 [0.90-2.81]" in text and "(tau 1/4)" in text

@@ -13,7 +13,7 @@ from sim.explore import main, policy_grid
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.errors import TideError
-from sim.study import grid_points, headline, max_fitting_budget, paper_setting
+from sim.study import grid_points, headline, markdown_table, max_fitting_budget, paper_setting
 from sim.study_spec import load_study
 from simcases import sim_row
 
@@ -42,13 +42,36 @@ def test_grid_collapses_capped_budgets_and_marks_the_paper_setting():
 
 
 def test_headline_ratios():
-    rows = [sim_row("t", pol, t, tau=tau, budget=8, mode="block-cache", point="p", model="m", hardware="h")
+    # all-gpu's row records every expert (32) as its budget, as the engine's do
+    rows = [sim_row("t", pol, t, tau=tau, budget=32 if pol == "all-gpu" else 8, mode="block-cache", point="p",
+                    model="m", hardware="h")
             for pol, t, tau in (("cpu-route", 10.0, None), ("fetch-lru", 20.0, None), ("tide", 25.0, 2),
                                 ("tide", 30.0, 4), ("all-gpu", 100.0, None))]
     (h,) = headline(rows)
     assert h["baseline"] == pytest.approx(20.0) and h["baseline_policy"] == "fetch-lru" and h["budget"] == 8
-    assert h["tide"] == pytest.approx(30.0) and h["tide_best_tau"] == 4 and h["tide_vs_base"] == pytest.approx(1.5)
-    assert h["riptide"] is None and h["riptide_vs_oracle"] is None
+    assert h["tide"] == pytest.approx(30.0) and h["tide_best_tau"] == [4] and h["tide_vs_base"] == pytest.approx(1.5)
+    assert h["riptide"] is None and h["riptide_vs_oracle"] is None and h["draws"] == 1
+    assert h["recommended"] == "tide(tau=4)" and h["recommended_wins"] == 1.0  # all-gpu keeps no budget of 8
+
+
+def test_headline_medians_and_ranges_over_draws():
+    """Per draw the best baseline and tide's best tau; each ratio taken within a draw, then median and range."""
+    spec = {0: (10.0, 20.0, (25.0, 30.0)), 1: (30.0, 15.0, (27.0, 24.0)), 2: (12.0, 11.0, (9.0, 33.0))}
+    rows = []
+    for draw, (cpu, lru, (t1, t4)) in spec.items():
+        rows += [sim_row(f"t{draw}", pol, t, tau=tau, budget=8, mode="block-cache", point="p", model="m", hardware="h",
+                         draw=draw)
+                 for pol, t, tau in (("cpu-route", cpu, None), ("fetch-lru", lru, None), ("tide", t1, 1),
+                                     ("tide", t4, 4))]
+    (h,) = headline(rows)
+    # best baselines 20, 30, 12; tide best 30 (tau 4), 27 (tau 1), 33 (tau 4); ratios 1.5, 0.9, 2.75
+    assert h["draws"] == 3 and h["baseline"] == pytest.approx(20.0) and h["baseline_range"] == pytest.approx([12, 30])
+    assert h["tide"] == pytest.approx(30.0) and h["tide_range"] == pytest.approx([27, 33])
+    assert h["tide_vs_base"] == pytest.approx(1.5) and h["tide_vs_base_range"] == pytest.approx([0.9, 2.75])
+    assert h["tide_best_tau"] == [4, 1, 4] and h["baseline_policy"] in ("fetch-lru", "cpu-route")
+    assert h["recommended"] == "tide best" and h["recommended_wins"] == pytest.approx(2 / 3)
+    table = markdown_table([h])
+    assert "30.0 [27.0-33.0] (4/1)" in table and "tide best (67%)" in table
 
 
 def test_policy_grid():
@@ -77,6 +100,7 @@ def test_a_study_is_a_file(tmp_path):
     ({"fractions": [0]}, r"fractions must be in \(0, 1\]"), ({"modes": ["autoregressive"]}, "modes must be among"),
     ({"tau": []}, "tau must be a non-empty list"), ({"policies": ["tide(tua=1)"]}, "no parameter tua"),
     ({"gen_length": 0}, "gen_length must be an integer >= 1"), ({"extra": 1}, "unknown field extra"),
+    ({"seeds": 0}, r"seeds must be an integer in \[1, 1000\], got 0"), ({"seeds": 2.5}, "seeds must be an integer"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, edit, match):
     spec = {**json.loads(json.dumps(load_study("paper").to_dict())), **edit}
@@ -101,13 +125,18 @@ def test_flags_a_run_would_ignore_are_refused(args, match):
 
 def test_small_paper_study_end_to_end(tmp_path):
     out = tmp_path / "study"
-    assert main(["--study", "paper", *SMALL, "--out", str(out), "--jobs", "2"]) == 0
+    assert main(["--study", "paper", *SMALL, "--seeds", "2", "--out", str(out), "--jobs", "2"]) == 0
     rows = json.loads((out / "results.json").read_text())
     lines = json.loads((out / "headline.json").read_text())
-    assert len(lines) == 20 and len(rows) == 20 * 5
+    assert len(lines) == 20 and len(rows) == 20 * 2 * 5  # points x draws x policy runs
     assert sum(h["paper_setting"] for h in lines) == 4
+    assert all(h["draws"] == 2 and h["static"] is None for h in lines)  # static was not asked for
+    for h in lines:  # every ranged column: min <= median <= max
+        assert h["baseline_range"][0] <= h["baseline"] <= h["baseline_range"][1]
+        assert h["tide_vs_base_range"][0] <= h["tide_vs_base"] <= h["tide_vs_base_range"][1]
     table = (out / "study.md").read_text()
-    assert table.count("**paper**") == 4 and table.startswith("| setting |")
+    assert table.count("**paper**") == 4 and table.startswith("| setting |") and table.count(" [") >= 20
+    assert json.loads((out / "config.json").read_text())["study"]["seeds"] == 2
 
 
 def test_sweep_on_a_local_ray_instance(tmp_path):

@@ -466,3 +466,20 @@ def test_written_file_permissions_follow_umask(tmp_path, tiny_trace_factory):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("value", [-1, 10**6, 2.5, True])
+def test_output_tokens_must_be_a_count_within_the_committed(value):
+    from traces.synthetic import default_config, generate
+
+    tiny = ModelSpec.load("llada2-tiny")
+    trace = generate(tiny, default_config(tiny, gen_length=64, seed=0, eos_stop=False))
+    assert trace.generated_tokens == 64
+    bad = dataclasses.replace(trace, header={**trace.header, "generation": {**trace.header["generation"],
+                                                                              "output_tokens": value}})
+    with pytest.raises(TideError, match=r"output_tokens must be an integer in \[0, 64\]") as exc:
+        validate_trace(bad)
+    assert "\n" not in str(exc.value)
+    fewer = dataclasses.replace(trace, header={**trace.header, "generation": {**trace.header["generation"],
+                                                                                "output_tokens": 40}})
+    assert fewer.generated_tokens == 40 and int(fewer.tokens_committed.sum()) == 64  # tokens/s counts the output

@@ -77,7 +77,9 @@ def test_gpu_script_keeps_its_deadline_when_phases_run_long(tmp_path, import_blo
     assert len(list(out.iterdir())) <= 8
     assert took < 12 + 8, took  # each phase gets at least 1 s, plus python's start-up after a timeout
     if proc.returncode != 0:  # on a fast machine all three phases may fit in 12 s
-        assert "timed out" in (out / "env.txt").read_text()
+        env_txt = (out / "env.txt").read_text()
+        # a phase timed out, or calibrate ran out of time before its required tables and the script stopped
+        assert "timed out" in env_txt or "calibrate failed" in env_txt
 
 
 def test_profile_is_calibrated_from_micro_benchmarks(gpu_script_cpu):

@@ -1,0 +1,49 @@
+"""Up-front checks of the benchmarks' options: every bad value is a one-line TideError before any work starts
+(a benchmark may run for minutes, or in worker processes, before it would otherwise meet the value)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from offload.errors import TideError
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+
+
+def at_least(option: str, value: int | None, minimum: int = 1) -> None:
+    """``value`` (None: not given) must be >= ``minimum``."""
+    if value is not None and value < minimum:
+        raise TideError(f"{option} must be an integer >= {minimum}, got {value}")
+
+
+def load_model(option: str, name: str) -> ModelSpec:
+    """The model preset or file; a folder without config.json is named as such (the loader says "no such
+    file", which is wrong for a folder that exists)."""
+    path = Path(name)
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise TideError(f"{option} {name}: is a directory without a config.json")
+    return ModelSpec.load(name)
+
+
+def load_hardware(option: str, name: str) -> HardwareProfile:
+    """The hardware preset or profile JSON; a folder is named as such."""
+    if Path(name).is_dir():
+        raise TideError(f"{option} {name}: is a directory, not a hardware profile JSON")
+    return HardwareProfile.load(name)
+
+
+def output_file(option: str, name: str | None) -> None:
+    """An output file must not be an existing folder: found out now, not after the run when it is written."""
+    if name is not None and Path(name).is_dir():
+        raise TideError(f"{option} {name}: is a directory, not a file")
+
+
+def fraction(option: str, text: str) -> float:
+    """A number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise TideError(f"{option}: {text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= 1):
+        raise TideError(f"{option}: a fraction must be in (0, 1], got {text}")
+    return value
