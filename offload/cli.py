@@ -23,11 +23,15 @@ from offload.errors import TideError
 from offload.executor import DEFAULT_EXECUTOR, EXECUTOR_PRESETS
 from offload.hardware import HARDWARE_PRESETS
 from offload.model_spec import MODEL_PRESETS, ModelSpec
-from offload.trace import DIFFUSION_MODES
+from offload.trace import DIFFUSION_MODES, MODES
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``error: MESSAGE (see --help)`` and exit status 2, no usage block."""
+    """argparse with one-line errors: ``error: MESSAGE (see --help)`` and exit status 2, no usage block; the
+    description and help are plain text (docstring markup such as double backquotes is dropped)."""
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
 
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
@@ -72,21 +76,22 @@ def budget_from(a: argparse.Namespace, model: ModelSpec, default: int | None, hw
 
 
 def add_generation(p: argparse.ArgumentParser, *, gen_length: int | None, prompt_length: int, steps: bool = True,
-                   modes: str = "one", seed_help: str = "seed") -> None:
+                   modes: str = "one", seed_help: str = "seed", gen_length_default: str | None = None) -> None:
     """Generation options; ``modes``: "one" (--mode), "many" (--modes ...) or "none"."""
     if modes == "one":
         p.add_argument("--mode", default=None, choices=DIFFUSION_MODES, help="generation mode (default prefix-recompute)")
-    elif modes == "many":
-        p.add_argument("--modes", nargs="+", default=list(DIFFUSION_MODES), choices=DIFFUSION_MODES,
-                       help="generation modes")
+    elif modes == "many":  # the simulator's: autoregressive decode too (synthetic traces.synthetic_ar)
+        p.add_argument("--modes", nargs="+", default=list(DIFFUSION_MODES), choices=MODES,
+                       help=f"generation modes (default: {' '.join(DIFFUSION_MODES)}; autoregressive: token-by-token "
+                            f"decode of any MoE model, synthetic traces calibrated to published AR locality)")
     p.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate"
-                   + (f" (default {gen_length})" if gen_length is not None else ""))
+                   + (f" (default {gen_length_default or gen_length})" if (gen_length_default or gen_length) else ""))
     p.add_argument("--block-length", type=int, default=32, help="tokens per block (default 32)")
     p.add_argument("--prompt-length", type=int, default=prompt_length,
                    help=f"prompt tokens (default {prompt_length})")
     if steps:
         p.add_argument("--steps", type=int, default=32, help="denoising steps per block (default 32)")
-    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default 0)")
 
 
 def given_options(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:

@@ -189,8 +189,9 @@ class RunRecord(Record):
     budget: int                    # GPU experts per MoE layer requested (recorded for all-gpu too: runs rank by it)
     settings: dict[str, Any]       # runtime.diffusion.GenerationSettings
     prompt_tokens: int
-    tokens: tuple[int, ...]        # ids generated before the first EOS: the text (what TIDE's tokens/s counts)
-    generated_tokens: int          # positions committed (EOS or not): what tokens_per_s counts and traces record
+    tokens: tuple[int, ...]        # the output: ids up to and including the first EOS, at most gen_length
+    generated_tokens: int          # len(tokens), what tokens_per_s counts as TIDE's evaluation does (trace header's
+                                   # output_tokens; positions committed after the EOS are work, not output)
     forwards: int
     wall_s: float                  # first forward to last
     step_times_s: tuple[float, ...]  # each forward (model call and synchronisation)
@@ -202,6 +203,7 @@ class RunRecord(Record):
     layer_budgets: tuple[int, ...]   # per MoE layer at the end (a policy may move budget between layers)
     host_pinned: bool                # the host expert stacks are page-locked
     environment: dict[str, Any] = field(default_factory=dict)  # runtime.environment (runtime.bench: once per file)
+    priced_with: str = ""            # the hardware profile cost-aware decisions were priced with ("": none)
     DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s")
 
     @property
@@ -210,7 +212,7 @@ class RunRecord(Record):
 
     @property
     def tokens_per_s(self) -> float:
-        """Committed positions per second of wall time (the simulator's definition)."""
+        """Output tokens per second of wall time (the simulator's definition: the trace's generated_tokens)."""
         return self.generated_tokens / self.wall_s if self.wall_s > 0 else 0.0
 
 

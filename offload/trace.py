@@ -89,11 +89,13 @@ class Trace:
 
     @property
     def lm_tokens(self) -> np.ndarray:
-        """Tokens whose logits a step computes: the current block on denoise steps, one on decode steps,
-        none on commit and prefill forwards (their logits are never read)."""
+        """Tokens whose logits a step computes: the current block on denoise steps, every forwarded token on
+        decode steps (one per sequence of a batch), none on commit and prefill forwards (their logits are never
+        read)."""
         block_len = int(self.header["generation"].get("block_length", 1))
         denoise = np.minimum(self.tokens_forwarded, block_len)
-        return np.select([self.kind == KIND_DENOISE, self.kind == KIND_DECODE], [denoise, 1], 0).astype(np.int64)
+        return np.select([self.kind == KIND_DENOISE, self.kind == KIND_DECODE],
+                         [denoise, self.tokens_forwarded], 0).astype(np.int64)
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {"counts": self.counts, **{f: getattr(self, f) for f in STEP_FIELDS}}

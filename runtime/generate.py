@@ -120,7 +120,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
     prompt = _prompt_ids(a, session.cfg, session.tokenizer, device)
     result, record = session.run(policy, budget, prompt, settings, cost=cost, progress=not a.quiet)
-    metrics = to_json(dataclasses.replace(record, environment=environment(device, dtype)))
+    metrics = to_json(dataclasses.replace(record, environment=environment(device, dtype), priced_with=a.hardware or ""))
     written = []
     if a.trace_out:
         written.append(f"trace {write_trace(result.trace, a.trace_out)}")
@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if m["random_weights"]:
         print(f"{m['model']} with random weights: the generated text is meaningless; ids shown")
     print(m.get("text", f"tokens: {m['tokens'][:64]}{' ...' if len(m['tokens']) > 64 else ''}"))
-    print(f"\n{m['policy']}{m['params'] or ''} budget={m['budget']} mode={m['mode']}: {m['tokens_per_s']:.2f} tokens/s "
+    print(f"\n{m['label']} budget={m['budget']} mode={m['mode']}: {m['tokens_per_s']:.2f} tokens/s "
           f"({m['generated_tokens']} tokens, {m['forwards']} forwards, {m['wall_s']:.2f} s)")
     print(f"hit_ratio={m['hit_ratio']:.3f} promotions={m['promotions']} demotions={m['demotions']} "
           f"h2d_bytes={m['h2d_bytes']} d2h_bytes={m['d2h_bytes']} cpu_assignments={m['cpu_assignments']} "

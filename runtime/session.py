@@ -43,7 +43,8 @@ def add_session_arguments(p: argparse.ArgumentParser, gen_length: int | None, mo
                    "(default: list them in a warning and skip them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU's experts run on them)")
     add_generation(p, gen_length=gen_length, prompt_length=32, modes=modes,
-                   seed_help="of the random weights, the random prompt and sampling")
+                   seed_help="of the random weights, the random prompt and sampling",
+                   gen_length_default=None if gen_length else "1024 with a checkpoint, 128 with random weights")
 
 
 def cost_model(cfg: RuntimeConfig, profile: str, dtype: torch.dtype) -> RooflineCostModel:

@@ -44,7 +44,7 @@ from offload.executor import ExecutorProfile
 # options a run would not use: refused rather than silently ignored
 SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed", "seeds")
 NOT_IN_STUDY = ("model", "hardware", "trace", "modes", "block_length", "prompt_length", "tokens_per_forward",
-                "gpu_experts_per_layer", "gpu_memory_gb", "timeline", "executor")
+                "gpu_experts_per_layer", "gpu_memory_gb", "timeline")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -73,9 +73,11 @@ def _parser() -> argparse.ArgumentParser:
                    "their tolerance; results as medians with their [min-max] over draws, and the recommendation's "
                    "share of wins (default 3; a study's own default: its file's seeds)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), "
-                   f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}); tide without tau is swept over --tau")
+                   f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}; default: all of them); a tide "
+                   f"without tau is swept over --tau; the oracle is simulated, never recommended")
     add_budget(p, default="a recorded trace's own, else 128, or half the experts of a model with fewer than 256")
-    p.add_argument("--tau", type=int, nargs="+", default=list(range(1, 17)), help="refresh intervals for tau policies")
+    p.add_argument("--tau", type=int, nargs="+", default=list(range(1, 17)),
+                   help="refresh intervals a tau policy without its own tau is swept over (default 1 2 ... 16)")
     p.add_argument("--out", default=None, help="run directory (default runs/explore-<time>)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the result rows to this JSON file")
     p.add_argument("--timeline", action="store_true", help="write a Chrome-trace timeline of the recommended run")
@@ -84,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="run the sweep on this Ray cluster ('auto', 'ray://host:port', or 'local' to start one)")
     p.add_argument("--study", default=None, metavar="NAME|FILE",
                    help="run a study instead: 'paper' (sim/studies/paper.json: mini and flash x A100/PCIe 4 and "
-                        "H100/PCIe 5 x budgets 25/50/75%% x both modes x every policy) or a study JSON file; "
+                        "H100/PCIe 5 x budgets 25/50/75%% x both modes x every policy), 'paper-repro' (TIDE's own "
+                        "setting, sim/studies/paper-repro.json) or a study JSON file; "
                         "--policies, --tau, --gen-length, --seed and --seeds override the study's")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--sensitivity", action="store_true",
@@ -141,11 +144,17 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[st
 
     for mode in dict.fromkeys(a.modes):
         for draw in range(a.seeds):
-            overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
-                                             prompt_length=a.prompt_length)
-            if a.tokens_per_forward is not None:
-                overrides["tokens_per_forward"] = a.tokens_per_forward
-            trace = generate(model, synthetic_draw(model, mode, a.seed, draw, **overrides))
+            if mode == "autoregressive":  # token by token: no blocks; draws differ by seed (traces.synthetic_ar)
+                from traces.synthetic_ar import default_ar_config, synthetic_ar_trace
+
+                trace = synthetic_ar_trace(model, default_ar_config(model, gen_length=a.gen_length,
+                                                                    prompt_length=a.prompt_length, seed=a.seed + draw))
+            else:
+                overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
+                                                 prompt_length=a.prompt_length)
+                if a.tokens_per_forward is not None:
+                    overrides["tokens_per_forward"] = a.tokens_per_forward
+                trace = generate(model, synthetic_draw(model, mode, a.seed, draw, **overrides))
             name = mode if a.seeds == 1 else f"{mode}-draw{draw}"
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
             draws[name] = draw
@@ -284,15 +293,16 @@ def run_study(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     points = grid_points(study)
     traces = make_traces(study, out)
-    tasks = study_tasks(study, points, traces, policy_grid(study.policies, study.tau))
-    print(f"study {study.name}: {len(points)} grid points x {study.seeds} trace draws x "
+    executor = ExecutorProfile.load(a.executor)  # the default (tide-moe) when not given
+    tasks = study_tasks(study, points, traces, policy_grid(study.policies, study.tau), executor.to_dict())
+    print(f"study {study.name} (executor {executor.name}): {len(points)} grid points x {study.seeds} trace draws x "
           f"{len(tasks) // len(points) // study.seeds} policy runs = {len(tasks)} runs"
           + (f" on Ray ({a.ray})" if a.ray else ""))
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     lines = headline(rows)
     table = markdown_table(lines)
     config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
-              "points": [p.label for p in points],
+              "executor": executor.to_dict(), "points": [p.label for p in points],
               "traces": {f"{m}/{mode}/draw{d}": p for (m, mode, d), p in traces.items()}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
@@ -347,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     and make_policy(t.policy, **t.params).params() == best.params)
         res = run_task(task, timeline=True)
         write_chrome_trace(out / "timeline.json", res, {"model": model.name, "hardware": hw.name})
-    sections = []
+    sections: list[tuple[str, str, str]] = []  # extra report sections (--sensitivity)
     if a.sensitivity:  # each uncertain figure at both ends of its range (sim.sensitivity)
         from sim.sensitivity_report import explore_sensitivity
 
@@ -356,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.no_report:
         from sim.report import write_report
 
-        write_report(out / "report.html", rows, config, sections=sections,
+        write_report(out / "report.html", rows, config, sections=sections, recommended=(best, predicted),
                      title=f"{model.name} on {hw.name}, {int(budget.max())} of {model.num_experts} experts per layer")
     print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
           f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")

@@ -1,34 +1,53 @@
 """One self-contained HTML report of a set of simulated runs (plotly; the only module that imports it).
 
-``write_report(path, rows, config)`` writes a single HTML file with plotly.js embedded (it opens offline in any
-browser), atomically. Each row is an :class:`offload.results.SimRecord` (``sim.sweep``'s rows). Sections, one figure each, one subplot per trace where that helps:
+``write_report(path, rows, config, recommended=(row, predicted))`` writes a single HTML file with plotly.js
+embedded (it opens offline in any browser), atomically. Each row is an :class:`offload.results.SimRecord`
+(``sim.sweep``'s rows). The report leads with the answer; in order:
 
-  (a) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference lines
-  (b) speedup of each policy at its best tau over the best baseline (cpu-route, static, fetch-lru)
-  (c) GPU hit ratio (share of token-assignments computed on the GPU) against tau
-  (d) bytes moved over the host link: H2D weights, H2D activations, D2H activations
-  (e) resource utilisation: busy time / simulated time of the GPU, CPU, H2D and D2H engines
+  answer      the recommended policy (``sim.explore.recommend``: the fastest policy the runtime can execute, by
+              median tokens/s over the trace draws) with its predicted tokens/s, [min-max] over draws and share
+              of draws won, its speedup over the best baseline (offload.policies.BASELINES) and its share of
+              the bound (``sim.bound``: no policy is faster); a one-line caveat when the hardware profile is an
+              uncalibrated preset; and (b) the speedup chart: each policy at its best tau over the best baseline,
+              the recommended one highlighted, the oracle (clairvoyant, not executable) and the bound marked
+  charts      (a) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference
+              lines, as is tide-opt where the tau it chose lies outside the swept range
+              (c) GPU hit ratio (share of token-assignments computed on the GPU) against tau
+              (d) bytes moved over the host link: H2D weights, H2D activations, D2H activations
+              (e) resource utilisation: busy time / simulated time of the GPU, CPU, H2D and D2H engines
+              then any extra ``sections`` (e.g. the sensitivity tornado chart)
+  table       every row's headline metrics, the recommended policy's rows in bold, the oracle and the bound labelled
+  config      the resolved configuration, collapsed (<details>)
 
-plus a header with the resolved configuration and a summary table of every row's headline metrics.
+Without ``recommended`` the report derives it from the rows (causal policies other than the all-gpu ceiling);
+rows of several settings (a study's grid points, ``tags["point"]``) have no single answer: the lead points to the
+per-setting table passed as ``intro_html``.
 """
 from __future__ import annotations
 
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from offload.policies import BASELINES
 from offload.errors import TideError
+from offload.hardware import HARDWARE_PRESETS
 from offload.results import RESOURCES, SimRecord
 from offload.atomic_io import atomic_write_text
+from sim import spread
 
 CEILING = "all-gpu"
+ORACLE = "oracle"
+ORACLE_LABEL = "oracle (clairvoyant heuristic, not executable)"
+BOUND_LABEL = "bound: no policy is faster"
 SECTION_TITLES = {
     "throughput": "Throughput vs refresh interval tau",
     "speedup": "Speedup over the best baseline (cpu-route, static or fetch-lru)",
@@ -36,14 +55,20 @@ SECTION_TITLES = {
     "bytes": "Bytes moved over the host link",
     "utilisation": "Resource utilisation",
 }
+_LETTERS = {"throughput": "a", "speedup": "b", "hit_ratio": "c", "bytes": "d", "utilisation": "e"}
 _POLICY_ORDER = {CEILING: 0, "cpu-route": 1, "static": 2, "fetch-lru": 3}
 _FIXED_COLOURS = {CEILING: "#222222", "cpu-route": "#d62728", "static": "#8c564b", "fetch-lru": "#ff7f0e"}
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 _BYTE_PARTS = (("H2D weights", "#1f77b4"), ("H2D activations", "#aec7e8"), ("D2H activations", "#ff9896"))
 _RESOURCE_COLOURS = {"gpu": "#2ca02c", "cpu": "#d62728", "h2d": "#1f77b4", "d2h": "#ff7f0e"}
+_BAR_COLOURS = {"recommended": "#1a9850", "oracle": "#bdbdbd", "baseline": "#fdae61", "ceiling": "#555555",
+                "other": "#74add1"}
 _GB = 1e9
 _PANEL_H = 380
 _MAX_COLS = 3
+_LEAD_COLS = 2
+_BAR_H = 30
+_MAX_TAU_TICKS = 16
 
 
 # ---- row helpers ----------------------------------------------------------------------------------------
@@ -51,6 +76,21 @@ def _bytes(r: SimRecord) -> tuple[float, float, float]:
     """H2D weights, H2D activations, D2H activations."""
     c = r.counters
     return c.h2d_weight_bytes, c.h2d_bytes - c.h2d_weight_bytes, c.d2h_bytes
+
+
+def swept(r: SimRecord) -> bool:
+    """Whether the row's tau is a swept parameter (tide(tau=4)), not one the policy chose itself (tide-opt)."""
+    return r.tau is not None and "tau" in r.params
+
+
+def chose_tau(r: SimRecord) -> bool:
+    """Whether the row's tau is the one the policy chose for itself (tide-opt)."""
+    return r.tau is not None and "tau" not in r.params
+
+
+def display_label(r: SimRecord) -> str:
+    """The row's label, the oracle's spelled out as a bound that cannot be executed."""
+    return ORACLE_LABEL if r.policy == ORACLE else r.label
 
 
 class _Layout:
@@ -63,7 +103,7 @@ class _Layout:
                                                 -1 if r.tau is None else r.tau, r.label))
         budgets = {r.budget for r in rows if r.policy != CEILING}
         self.multi_budget = len(budgets) > 1
-        self.taus = sorted({r.tau for r in rows if r.tau is not None})
+        self.taus = sorted({int(r.tau) for r in rows if swept(r)})  # the swept range only (not tide-opt's choice)
         self.colours: dict[str, str] = {}
         free = 0
         for name in dict.fromkeys(self.series(r) for r in self.rows):
@@ -95,6 +135,9 @@ class _Layout:
         lo, hi = self.taus[0], self.taus[-1]
         return [lo, hi] if hi > lo else [lo / 2, lo * 2]
 
+    def in_swept_range(self, tau: float) -> bool:
+        return bool(self.taus) and self.taus[0] <= tau <= self.taus[-1]
+
 
 def _log_toggle(fig: go.Figure, log: bool = False) -> None:
     """Buttons that switch every y axis between linear and log scale (the all-gpu ceiling can dwarf the rest)."""
@@ -113,6 +156,31 @@ def _finish(fig: go.Figure, lay: _Layout, title: str, extra_height: int = 0, **l
                       height=_PANEL_H * lay.nrows + 120 + extra_height, margin={"t": 110, "l": 70, "r": 30, "b": 60},
                       legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0.0}, **layout)
     return fig
+
+
+def tau_axis(taus: Sequence[int], max_ticks: int = _MAX_TAU_TICKS) -> dict[str, Any]:
+    """Axis settings for swept taus: integer ticks only (tickmode array) and never crowded. A geometric sweep
+    (1 2 4 8 16 ...) gets a log axis with ticks at least 1/8 of it apart, any other a linear one with every
+    tau that is a multiple of a 1-2-5 step above the first, the step the smallest giving <= ``max_ticks``."""
+    taus = sorted({int(t) for t in taus})
+    if not taus:
+        return {}
+    lo, hi = taus[0], taus[-1]
+    log = hi / lo >= 8 and len(taus) <= 2 + math.log2(hi / lo)
+    if log:
+        gap = math.log10(hi / lo) / 8
+        ticks = [lo]
+        for t in taus[1:]:
+            if math.log10(t / ticks[-1]) >= gap:
+                ticks.append(t)
+    else:
+        step = next(m * 10 ** e for e in range(12) for m in (1, 2, 5) if (hi - lo) / (m * 10 ** e) + 1 <= max_ticks)
+        ticks = [t for t in taus if (t - lo) % step == 0]
+    axis: dict[str, Any] = {"type": "log" if log else "linear", "tickmode": "array", "tickvals": ticks,
+                            "ticktext": [str(t) for t in ticks]}
+    if not log:
+        axis["range"] = [lo - 0.5, hi + 0.5] if hi > lo else [lo - 1, lo + 1]
+    return axis
 
 
 # ---- speedups -------------------------------------------------------------------------------------------
@@ -134,44 +202,146 @@ def speedups(rows: list[SimRecord]) -> list[float | None]:
     return out
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One (grid point, mode, budget) over its trace draws: each policy's ``sim.spread.Spread`` (best tau per
+    draw) and each draw's bound, in tokens/s."""
+
+    name: str
+    rows: tuple[SimRecord, ...]
+    spreads: tuple[spread.Spread, ...]
+    bounds: np.ndarray
+
+    def base_policy(self) -> str | None:
+        """The baseline with the highest median tokens/s (None: no baseline among the rows)."""
+        base = [s for s in self.spreads if s.policy in BASELINES]
+        return max(base, key=lambda s: float(np.median(s.tokens_per_s))).policy if base else None
+
+    def base_tokens_per_s(self) -> np.ndarray:
+        """Each draw's best baseline tokens/s (nan where a draw has none)."""
+        draws = sorted({spread.draw_of(r) for r in self.rows})
+        return np.array([max((r.tokens_per_s for r in self.rows if spread.draw_of(r) == d and r.policy in BASELINES),
+                             default=float("nan")) for d in draws])
+
+    def bound_vs_base(self) -> np.ndarray:
+        base = self.base_tokens_per_s()
+        return self.bounds / base if self.bounds.size == base.size else np.array([])
+
+
+def settings(rows: Sequence[SimRecord]) -> list[Setting]:
+    """The rows split by grid point (``tags["point"]``), mode and budget; the all-gpu ceiling (which keeps every
+    expert) joins each budget of its point and mode."""
+    out = []
+    for point in dict.fromkeys(r.tags.get("point") for r in rows):
+        for mode in dict.fromkeys(r.mode for r in rows if r.tags.get("point") == point):
+            rs = [r for r in rows if r.tags.get("point") == point and r.mode == mode]
+            budgets = list(dict.fromkeys(r.budget for r in rs if r.policy != CEILING)) or [None]
+            for b in budgets:
+                grp = [r for r in rs if r.policy == CEILING or b is None or r.budget == b]
+                name = " · ".join(str(x) for x in (point, mode) if x is not None)
+                name += f" · B={b}" if len(budgets) > 1 else ""
+                out.append(Setting(name, tuple(grp), tuple(spread.spreads(grp)), spread.bound_per_draw(grp)))
+    return out
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The recommendation the report leads with: its row, its setting and (policy) spread, the predicted figures
+    (``sim.explore.recommend``'s: tokens_per_s, its min and max, wins_share, trace_draws)."""
+
+    row: SimRecord
+    setting: Setting
+    spread: spread.Spread
+    predicted: Mapping[str, float]
+
+    def vs_base(self) -> np.ndarray:
+        return np.array([v for v in self.spread.vs_base if np.isfinite(v)])
+
+    def vs_bound(self) -> np.ndarray:
+        b = self.setting.bounds
+        return self.spread.tokens_per_s / b if b.size == len(self.spread.rows) else np.array([])
+
+
+def _predicted(s: spread.Spread, wins: float) -> dict[str, float]:
+    tps = s.tokens_per_s
+    return {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
+            "tokens_per_s_max": float(tps.max()), "wins_share": wins, "trace_draws": len(tps)}
+
+
+def answer(all_settings: Sequence[Setting],
+           recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> Answer | None:
+    """The report's answer: ``recommended`` (a row and its predicted figures) placed in its setting, else, for
+    rows of one grid point (every explore run), the fastest causal policy other than the all-gpu ceiling by median
+    tokens/s over the draws (``sim.spread.recommend``); None for rows of several grid points (a study: one answer
+    per point) or with nothing eligible."""
+    if recommended is not None:
+        row, predicted = recommended
+    else:
+        rows = list({id(r): r for st in all_settings for r in st.rows}.values())
+        if len({r.tags.get("point") for r in rows}) != 1:
+            return None
+        best, wins = spread.recommend(rows, lambda r: r.causal and r.policy != CEILING)
+        if best is None:
+            return None
+        labels = [r.label for r in best.rows]
+        row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
+        predicted = _predicted(best, wins)
+    st = next((st for st in all_settings if any(r is row for r in st.rows)), None)
+    st = st or next((st for st in all_settings if row in st.rows), None)
+    if st is None:
+        raise TideError(f"the recommended run {row.label} ({row.trace}) is not among the report's rows")
+    return Answer(row, st, next(s for s in st.spreads if s.policy == row.policy), dict(predicted))
+
+
 # ---- figures ------------------------------------------------------------------------------------------------
+def _hline(fig: go.Figure, lay: _Layout, i: int, r: SimRecord, y: float, name: str, shown: set[str],
+           hover_fmt: str, trace: str) -> None:
+    """A row without a swept tau as a horizontal reference line over the swept range; tide-opt's carries the
+    tau it chose in its name and as a label at its right end."""
+    label = f"{r.policy} (chose tau={r.tau})" if chose_tau(r) else name
+    fig.add_trace(go.Scatter(
+        x=lay.tau_span(), y=[y, y], mode="lines+text" if chose_tau(r) else "lines", name=label, legendgroup=name,
+        showlegend=label not in shown, text=["", label] if chose_tau(r) else [r.label] * 2,
+        textposition="top left", line={"color": lay.colours[name], "width": 2,
+                                       "dash": "dot" if r.policy == CEILING else "dash"},
+        hovertemplate=html.escape(label) + "<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
+        **lay.cell(i))
+    shown.add(label)
+
+
 def _vs_tau(lay: _Layout, value: Callable[[SimRecord], float], title: str, ytitle: str, hover_fmt: str) -> go.Figure:
     fig = lay.subplots()
     shown: set[str] = set()
-    span = lay.tau_span()
     for i, trace in enumerate(lay.traces):
         rows = lay.in_trace(trace)
-        groups = list(dict.fromkeys(lay.series(r) for r in rows))
-        for name in groups:
+        for name in dict.fromkeys(lay.series(r) for r in rows):
             grp = [r for r in rows if lay.series(r) == name]
-            tau_rows = sorted((r for r in grp if r.tau is not None), key=lambda r: r.tau)
-            colour = lay.colours[name]
-            if tau_rows:
+            tau_rows = sorted((r for r in grp if swept(r)), key=lambda r: r.tau)
+            points = sorted(tau_rows + [r for r in grp if chose_tau(r) and lay.in_swept_range(r.tau)],
+                            key=lambda r: r.tau)
+            if points:
+                chosen = not tau_rows  # tide-opt alone: a marker at the tau it chose
                 fig.add_trace(go.Scatter(
-                    x=[r.tau for r in tau_rows], y=[value(r) for r in tau_rows], mode="lines+markers",
-                    name=name, legendgroup=name, showlegend=name not in shown, line={"color": colour, "width": 2},
-                    marker={"size": 8}, text=[r.label for r in tau_rows],
+                    x=[r.tau for r in points], y=[value(r) for r in points],
+                    mode="markers" if chosen else "lines+markers", name=name, legendgroup=name,
+                    showlegend=name not in shown, line={"color": lay.colours[name], "width": 2},
+                    marker={"size": 12 if chosen else 8, "symbol": "diamond" if chosen else "circle"},
+                    text=[r.label + (f" (chose tau={r.tau})" if chose_tau(r) else "") for r in points],
                     hovertemplate="%{text}<br>tau=%{x}<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
                     **lay.cell(i))
                 shown.add(name)
-            for r in (r for r in grp if r.tau is None):
-                y = value(r)
-                fig.add_trace(go.Scatter(
-                    x=span, y=[y, y], mode="lines", name=name, legendgroup=name, showlegend=name not in shown,
-                    line={"color": colour, "width": 2, "dash": "dot" if r.policy == CEILING else "dash"},
-                    text=[r.label] * 2,
-                    hovertemplate="%{text} (no tau)<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
-                    **lay.cell(i))
-                shown.add(name)
-    tick = {"tickvals": lay.taus, "ticktext": [str(t) for t in lay.taus]} if lay.taus else {}
-    fig.update_xaxes(type="log", title_text="refresh interval tau (denoising steps)", **tick)
+            for r in grp:
+                if r.tau is None or (chose_tau(r) and not lay.in_swept_range(r.tau)):
+                    _hline(fig, lay, i, r, value(r), name, shown, hover_fmt, trace)
+    fig.update_xaxes(title_text="refresh interval tau (denoising steps)", **tau_axis(lay.taus))
     fig.update_yaxes(title_text=ytitle, rangemode="tozero")
     return _finish(fig, lay, title)
 
 
 def throughput_figure(lay: _Layout) -> go.Figure:
     fig = _vs_tau(lay, lambda r: r.tokens_per_s,
-                  f"(a) {SECTION_TITLES['throughput']}: generated tokens/s; dashed: policies without tau, dotted: all-gpu ceiling",
+                  f"(a) {SECTION_TITLES['throughput']}: generated tokens/s; dashed: policies without tau (tide-opt: "
+                  f"the tau it chose, where outside the sweep), dotted: all-gpu ceiling",
                   "throughput (tokens/s)", "%{y:.2f} tokens/s")
     _log_toggle(fig)
     return fig
@@ -185,37 +355,78 @@ def hit_ratio_figure(lay: _Layout) -> go.Figure:
     return fig
 
 
-def speedup_figure(lay: _Layout) -> go.Figure:
-    fig = go.Figure()
-    ups = dict(zip(map(id, lay.rows), speedups(lay.rows)))
-    series = list(dict.fromkeys(lay.series(r) for r in lay.rows))
-    for name in series:
-        xs, ys, text, hover = [], [], [], []
-        for trace in lay.traces:
-            grp = [r for r in lay.in_trace(trace) if lay.series(r) == name and ups[id(r)] is not None]
-            if not grp:
-                continue
-            best = max(grp, key=lambda r: r.tokens_per_s)
-            xs.append(trace)
-            ys.append(ups[id(best)])
-            text.append(f"{ups[id(best)]:.2f}×")
-            detail = "<br>".join(f"{html.escape(r.label)}: {ups[id(r)]:.3f}×" for r in grp)
-            hover.append(f"best: {html.escape(best.label)}<br>{detail}")
-        if xs:
-            fig.add_trace(go.Bar(x=xs, y=ys, name=name, marker_color=lay.colours[name], text=text,
-                                 textposition="outside", hovertext=hover, hoverinfo="text+name"))
-    fig.add_hline(y=1.0, line_dash="dot", line_color="#555555", annotation_text="best baseline = 1×",
-                  annotation_position="top right")
-    fig.update_layout(barmode="group", xaxis_title="trace", yaxis_title="speedup (× tokens/s of the best baseline)",
-                      title={"text": f"(b) {SECTION_TITLES['speedup']}: each policy at its best tau, per trace",
-                             "x": 0.0, "xanchor": "left"},
-                      template="plotly_white", height=_PANEL_H + 140, margin={"t": 110, "l": 70, "r": 30, "b": 60},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.04, "x": 0.0})
-    fig.update_yaxes(rangemode="tozero")
-    _log_toggle(fig)
-    if not fig.data:
+def _bar_kind(s: spread.Spread, ans: Answer | None, st: Setting) -> str:
+    if ans is not None and st is ans.setting and s.policy == ans.spread.policy:
+        return "recommended"
+    if s.policy == ORACLE:
+        return "oracle"
+    return "baseline" if s.policy in BASELINES else "ceiling" if s.policy == CEILING else "other"
+
+
+def _bar_name(s: spread.Spread, kind: str) -> str:
+    return {"oracle": ORACLE_LABEL, "recommended": f"★ {s.label} (recommended)"}.get(kind, s.label)
+
+
+def _speedup_panel(fig: go.Figure, st: Setting, ans: Answer | None, cell: dict[str, int]) -> None:
+    """One setting's horizontal bars (median over draws, [min-max] as error bars, fastest on top), the 1x
+    best-baseline line and the bound's line."""
+    bars = [s for s in st.spreads if np.isfinite(s.vs_base).all()]
+    bars.sort(key=lambda s: float(np.median(s.vs_base)))
+    med = [float(np.median(s.vs_base)) for s in bars]
+    kinds = [_bar_kind(s, ans, st) for s in bars]
+    err = {"type": "data", "symmetric": False, "color": "#444",
+           "array": [float(max(s.vs_base)) - m for s, m in zip(bars, med)],
+           "arrayminus": [m - float(min(s.vs_base)) for s, m in zip(bars, med)]}
+    fig.add_trace(go.Bar(
+        y=[html.escape(_bar_name(s, k)) for s, k in zip(bars, kinds)], x=med, orientation="h", showlegend=False,
+        marker={"color": [_BAR_COLOURS[k] for k in kinds],
+                "pattern": {"shape": ["/" if k == "oracle" else "" for k in kinds]},
+                "line": {"color": "#000", "width": [2 if k == "recommended" else 0 for k in kinds]}},
+        error_x=err if max(len(s.rows) for s in bars) > 1 else None,
+        text=[f"{m:.2f}×" for m in med], textposition="inside", insidetextanchor="end",
+        hovertext=[f"{html.escape(s.label)}: {spread.median_range(s.vs_base, '.3f')}× the best baseline; "
+                   f"{spread.median_range(s.tokens_per_s, '.1f')} tokens/s" for s in bars], hoverinfo="text"), **cell)
+    fig.add_vline(x=1.0, line_dash="dot", line_color="#555", annotation_text="best baseline = 1×",
+                  annotation_position="bottom right", **cell)
+    bound = st.bound_vs_base()
+    right = max(max(s.vs_base) for s in bars)
+    if bound.size and np.isfinite(bound).all():
+        b = float(np.median(bound))
+        right = max(right, b)
+        fig.add_vline(x=b, line_dash="dash", line_color="#000", line_width=2, **cell,
+                      annotation_text=f"{BOUND_LABEL} ({b:.2f}×)", annotation_position="top left")
+    # a free category's height above and below the bars for the two lines' labels
+    fig.update_yaxes(range=[-1.4, len(bars) - 0.5 + 0.9], **cell)
+    fig.update_xaxes(range=[0, 1.08 * max(right, 1.0)], **cell)
+
+
+def speedup_figure(all_settings: Sequence[Setting], ans: Answer | None = None) -> go.Figure:
+    """(b) each policy at its best tau over the best baseline, one panel per setting (mode, budget, grid point):
+    the recommended bar highlighted, the oracle hatched and labelled, the bound a dashed line."""
+    shown = [st for st in all_settings if any(np.isfinite(s.vs_base).all() for s in st.spreads)]
+    if not shown:
+        fig = go.Figure()
         fig.add_annotation(text="no baseline (cpu-route, static, fetch-lru) among the results", showarrow=False,
                            x=0.5, y=0.5, xref="paper", yref="paper")
+        fig.update_layout(title={"text": f"(b) {SECTION_TITLES['speedup']}", "x": 0.0}, height=200,
+                          template="plotly_white")
+        return fig
+    cols = min(len(shown), _LEAD_COLS)
+    nrows = math.ceil(len(shown) / cols)
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(st.name) for st in shown],
+                        horizontal_spacing=0.28 if cols > 1 else 0.0,
+                        vertical_spacing=0.12 / nrows if nrows > 1 else 0.0)
+    for i, st in enumerate(shown):
+        _speedup_panel(fig, st, ans, {"row": i // cols + 1, "col": i % cols + 1})
+    npol = max(len(st.spreads) for st in shown)
+    draws = max(len(s.rows) for st in shown for s in st.spreads)
+    fig.update_xaxes(title_text="× tokens/s of the best baseline")
+    fig.update_yaxes(automargin=True)
+    fig.update_layout(
+        title={"text": f"(b) {SECTION_TITLES['speedup']}: each policy at its best tau"
+                       + (f", median and [min-max] over {draws} trace draws" if draws > 1 else ""), "x": 0.0},
+        template="plotly_white", height=nrows * (_BAR_H * (npol + 2) + 70) + 80, bargap=0.25,
+        margin={"t": 80, "l": 10, "r": 30, "b": 50})
     return fig
 
 
@@ -254,6 +465,109 @@ def utilisation_figure(lay: _Layout) -> go.Figure:
                    extra_height=60, barmode="group")
 
 
+def figures(rows: Sequence[SimRecord],
+            recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> dict[str, go.Figure]:
+    """Every figure of the report by section key (SECTION_TITLES), the speedup chart first."""
+    lay = _Layout(list(rows))
+    sts = settings(lay.rows)
+    return _figures(lay, sts, answer(sts, recommended))
+
+
+def _figures(lay: _Layout, sts: Sequence[Setting], ans: Answer | None) -> dict[str, go.Figure]:
+    return {"speedup": speedup_figure(sts, ans), "throughput": throughput_figure(lay),
+            "hit_ratio": hit_ratio_figure(lay), "bytes": bytes_figure(lay), "utilisation": utilisation_figure(lay)}
+
+
+# ---- the answer -----------------------------------------------------------------------------------------
+def is_calibrated(hardware: Any) -> bool:
+    """Whether a hardware profile (its ``to_dict()``, or a name) holds measured figures: ``validate.calibrate``
+    writes measured ``tables`` and a ``calibration`` record; the presets have neither, only ``sources`` and
+    ``ranges``. A preset's name is uncalibrated; any other name (a file not inlined) is taken as calibrated."""
+    if isinstance(hardware, Mapping):
+        return bool(hardware.get("tables")) or bool(hardware.get("calibration"))
+    if isinstance(hardware, str):
+        return hardware.lower() not in HARDWARE_PRESETS
+    return True
+
+
+def _hardware_profiles(config: Mapping[str, Any]) -> list[Any]:
+    """The hardware profiles a configuration names: explore's ``hardware``, a study's ``study.hardware``."""
+    if "hardware" in config:
+        return [config["hardware"]]
+    study = config.get("study")
+    return list(study.get("hardware") or []) if isinstance(study, Mapping) else []
+
+
+def _profile_name(hardware: Any) -> str:
+    return str(hardware.get("name", "?")) if isinstance(hardware, Mapping) else str(hardware)
+
+
+def caveat_html(config: Mapping[str, Any]) -> str:
+    """One line when a hardware profile is an uncalibrated preset ("" when every one was measured)."""
+    presets = [_profile_name(h) for h in _hardware_profiles(config) if not is_calibrated(h)]
+    if not presets:
+        return ""
+    which = (f"the hardware profile ({html.escape(presets[0])}) is an uncalibrated preset, its" if len(presets) == 1
+             else f"the hardware profiles ({html.escape(', '.join(presets))}) are uncalibrated presets, their")
+    return (f'<p class="caveat" id="caveat">⚠ Estimates: {which} figures taken from datasheets and published '
+            f"measurements with ranges; "
+            f"measure this machine with <code>python -m validate.calibrate</code> and see which figures move the "
+            f"answer with <code>python -m sim.explore --sensitivity</code>.</p>")
+
+
+def _ratio_text(v: np.ndarray, what: str, pct: bool = False) -> str:
+    """``v``'s median (as x or %) and, over several draws, its [min–max], before ``what``."""
+    if v.size == 0:
+        return ""
+    scale, spec, unit = (100.0, ".0f", "%") if pct else (1.0, ".2f", "×")
+    text = f"{format(scale * float(np.median(v)), spec)}{unit}"
+    if v.size > 1:
+        text += f" [{format(scale * float(v.min()), spec)}–{format(scale * float(v.max()), spec)}{unit}]"
+    return f"{text} {'of ' if pct else ''}{what}"
+
+
+def answer_html(ans: Answer) -> str:
+    """The recommended policy, its predicted tokens/s (median [min-max] over draws, share of draws won), its
+    speedup over the best baseline and its share of the bound."""
+    p, st = ans.predicted, ans.setting
+    draws = int(p.get("trace_draws", 1))
+    spread_text = ""
+    if draws > 1:
+        spread_text = (f" (median of {draws} trace draws, range {p['tokens_per_s_min']:.1f}–"
+                       f"{p['tokens_per_s_max']:.1f}; fastest in {100 * p.get('wins_share', 0.0):.0f}% of them)")
+    base = st.base_policy()
+    base_tps = st.base_tokens_per_s()
+    facts = []
+    if base is not None and np.isfinite(base_tps).all():
+        facts.append(_ratio_text(ans.vs_base(), f"the best baseline ({html.escape(base)}, "
+                                                 f"{float(np.median(base_tps)):.1f} tokens/s)"))
+    if st.bounds.size:
+        facts.append(_ratio_text(ans.vs_bound(), f"the bound ({float(np.median(st.bounds)):.1f} tokens/s: no policy "
+                                                  f"is faster)", pct=True))
+    oracle = next((s for s in st.spreads if s.policy == ORACLE), None)
+    if oracle is not None:
+        facts.append(f"the oracle's {float(np.median(oracle.tokens_per_s)):.1f} tokens/s reads future routing: a "
+                     f"clairvoyant heuristic the runtime cannot execute")
+    return (f'<p class="answer">Recommended: <b class="recommended">{html.escape(ans.row.label)}</b> in '
+            f"{html.escape(ans.row.mode)} mode — <b>{p['tokens_per_s']:.1f} tokens/s</b> predicted"
+            f"{spread_text}.</p>\n"
+            + (f'<p class="facts">{"; ".join(facts)}.</p>' if facts else "")
+            + f'\n<p class="meta">Run it: <code>python -m runtime.generate --policy recommended-policy.json</code> '
+              f"(the run directory's file); the fastest policy the runtime can execute, by median tokens/s over "
+              f"the trace draws.</p>")
+
+
+def lead_html(ans: Answer | None, all_settings: Sequence[Setting], config: Mapping[str, Any]) -> str:
+    """The report's first screen, before any chart: the answer (or where to find it) and the caveat."""
+    if ans is not None:
+        body = answer_html(ans)
+    elif len(all_settings) > 1:
+        body = (f'<p class="answer">No single recommended policy: these runs cover {len(all_settings)} settings; the '
+                f"recommended policy of each (the fastest the runtime can execute) is in the table below.</p>")
+    else:
+        body = ('<p class="answer">Nothing is recommended: no run of a policy the runtime can execute within the '
+                "budget (the oracle is clairvoyant; all-gpu keeps every expert).</p>")
+    return f'<section id="answer" class="answer">\n{body}\n{caveat_html(config)}\n</section>'
 # ---- HTML ---------------------------------------------------------------------------------------------------
 _TABLE_COLS = ("trace", "mode", "policy", "budget (experts/layer)", "throughput (tokens/s)", "sim time (s)",
                "speedup vs best baseline (×)", "GPU hit ratio (%)", "H2D weights (GB)", "H2D act. (GB)", "D2H (GB)",
@@ -270,91 +584,142 @@ def _fmt(v: Any, spec: str) -> str:
         return html.escape(str(v))
 
 
-def summary_table(lay: _Layout) -> str:
-    ups = speedups(lay.rows)
-    best_per_trace: dict[str, int] = {}
-    for idx, r in enumerate(lay.rows):
-        if r.policy == CEILING:
-            continue
-        cur = best_per_trace.get(r.trace)
-        if cur is None or r.tokens_per_s > lay.rows[cur].tokens_per_s:
-            best_per_trace[r.trace] = idx
-    best = set(best_per_trace.values())
+def _bold_rows(lay: _Layout, ans: Answer | None) -> set[int]:
+    """ids of the rows in bold: the recommended policy's (one per trace draw); without an answer (several
+    settings), each trace's fastest causal run other than the all-gpu ceiling."""
+    if ans is not None:
+        return {id(r) for r in ans.spread.rows}
+    best: dict[str, SimRecord] = {}
+    for r in lay.rows:
+        if r.causal and r.policy != CEILING and (r.trace not in best or r.tokens_per_s > best[r.trace].tokens_per_s):
+            best[r.trace] = r
+    return {id(r) for r in best.values()}
+
+
+def _row_cells(r: SimRecord, up: float | None) -> list[str]:
+    w, a, d = _bytes(r)
+    return [html.escape(r.trace), html.escape(r.mode), html.escape(display_label(r)), _fmt(r.budget, "d"),
+            _fmt(r.tokens_per_s, ".2f"), _fmt(r.sim_time_s, ".3f"), _fmt(up, ".3f"),
+            _fmt(100 * r.counters.hit_ratio, ".1f"), _fmt(w / _GB, ".3f"), _fmt(a / _GB, ".3f"), _fmt(d / _GB, ".3f"),
+            _fmt(r.counters.promotions, "d"), *(_fmt(100 * r.utilisation.get(res, 0.0), ".1f") for res in RESOURCES),
+            _fmt(r.steps, "d"), _fmt(r.wall_s, ".3f")]
+
+
+def _bound_row(rows: list[SimRecord], trace: str) -> str:
+    """The trace's bound (``sim.bound``, on the budget's rows) as a labelled table row ("" when not computed)."""
+    r = next((r for r in rows if r.policy != CEILING and r.bound_tokens_per_s), None)
+    if r is None:
+        return ""
+    base = baseline_throughput(rows, trace, r.budget)
+    bound = r.bound_tokens_per_s or 0.0
+    cells = [html.escape(trace), html.escape(r.mode), html.escape(BOUND_LABEL), _fmt(r.budget, "d"),
+             _fmt(bound, ".2f"), _fmt(r.bound_s, ".3f"), _fmt(bound / base if base else None, ".3f")]
+    cells += ["–"] * (len(_TABLE_COLS) - len(cells))
+    return '<tr class="bound">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+
+def summary_table(lay: _Layout, ans: Answer | None = None) -> str:
+    """Every row's headline metrics per trace, the recommended policy's rows in bold, the oracle labelled as not
+    executable, and each trace's bound as a last row."""
+    ups = dict(zip(map(id, lay.rows), speedups(lay.rows)))
+    bold = _bold_rows(lay, ans)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in _TABLE_COLS)
     body = []
-    for idx, (r, up) in enumerate(zip(lay.rows, ups)):
-        w, a, d = _bytes(r)
-        cells = [html.escape(r.trace), html.escape(r.mode), html.escape(r.label), _fmt(r.budget, "d"),
-                 _fmt(r.tokens_per_s, ".2f"), _fmt(r.sim_time_s, ".3f"), _fmt(up, ".3f"),
-                 _fmt(100 * r.counters.hit_ratio, ".1f"), _fmt(w / _GB, ".3f"), _fmt(a / _GB, ".3f"), _fmt(d / _GB, ".3f"),
-                 _fmt(r.counters.promotions, "d"), *(_fmt(100 * r.utilisation.get(res, 0.0), ".1f") for res in RESOURCES),
-                 _fmt(r.steps, "d"), _fmt(r.wall_s, ".3f")]
-        cls = ' class="best"' if idx in best else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return (f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body)
-            + "\n</tbody></table>\n<p class=\"note\">Bold: the fastest policy per trace other than the all-gpu "
-            "ceiling. Speedup: tokens/s over the best baseline (cpu-route, static, fetch-lru) at the same trace and budget.</p>")
+    for trace in lay.traces:
+        rows = lay.in_trace(trace)
+        for r in rows:
+            cls = "best" if id(r) in bold else "oracle" if r.policy == ORACLE else ""
+            body.append(f'<tr class="{cls}">' if cls else "<tr>")
+            body[-1] += "".join(f"<td>{c}</td>" for c in _row_cells(r, ups[id(r)])) + "</tr>"
+        body.append(_bound_row(rows, trace))
+    what = ("the recommended policy (the fastest the runtime can execute, by median tokens/s over the trace draws)"
+            if ans is not None
+            else "the fastest policy the runtime can execute per trace, other than the all-gpu ceiling")
+    return (f'<table class="summary"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(b for b in body if b)
+            + f'\n</tbody></table>\n<p class="note">Bold: {what}. The oracle reads future routing: a clairvoyant '
+              f"heuristic, not executable. The bound (sim.bound): no policy is faster on that trace, budget and "
+              f"machine. Speedup: tokens/s over the best baseline (cpu-route, static, fetch-lru) at the same trace "
+              f"and budget.</p>")
 
 
 _CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 24px; color: #222; }
-h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif; margin: 16px 24px; color: #222; }
+h1 { margin: 0 0 4px 0; font-size: 24px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+section.answer { border: 1px solid #b7dfc0; background: #f3fbf4; border-radius: 8px; padding: 4px 16px; margin: 8px 0; }
+p.answer { font-size: 19px; margin: 8px 0 4px 0; } b.recommended { color: #1a6b37; }
+p.facts { font-size: 15px; margin: 4px 0; }
+p.caveat { background: #fff6e0; border-left: 4px solid #f0ad4e; padding: 6px 10px; font-size: 14px; margin: 6px 0; }
 pre { background: #f6f8fa; padding: 12px; border-radius: 6px; overflow: auto; max-height: 420px; font-size: 12px; }
+details > summary { cursor: pointer; font-size: 18px; font-weight: bold; margin-top: 36px; }
 table.summary { border-collapse: collapse; font-size: 12px; }
 table.summary th, table.summary td { border: 1px solid #ddd; padding: 3px 6px; text-align: right; }
 table.summary th { background: #f0f0f0; position: sticky; top: 0; }
 table.summary td:nth-child(-n+3) { text-align: left; }
 table.summary tr.best td { font-weight: bold; background: #eef7ee; }
-p.note, p.meta { color: #555; font-size: 13px; }
+table.summary tr.oracle td { color: #777; font-style: italic; }
+table.summary tr.bound td { color: #000; background: #f4f4f4; border-top: 2px solid #999; }
+p.note, p.meta { color: #555; font-size: 13px; margin: 4px 0; }
 """
 
 
+def _figure_section(key: str, fig: go.Figure) -> str:
+    div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
+                      default_width="100%", div_id=f"fig-{key}")
+    return f'<section id="{key}"><h2>({_LETTERS[key]}) {html.escape(SECTION_TITLES[key])}</h2>\n{div}</section>'
+
+
 def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "tide-moe simulation report",
-                  intro_html: str = "", sections: Sequence[tuple[str, str, str]] = ()) -> str:
-    """The report as one HTML document (plotly.js embedded once); ``intro_html`` goes before the sections
-    (already-escaped HTML, e.g. a study's headline table); ``sections``: extra (key, title, body HTML) sections
-    after the figures (e.g. ``sim.sensitivity_report``'s tornado chart; body HTML already escaped)."""
+                  intro_html: str = "", sections: Sequence[tuple[str, str, str]] = (),
+                  recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> str:
+    """The report as one HTML document (plotly.js embedded once), leading with the answer: the recommended
+    policy (``recommended``: ``sim.explore.recommend``'s row and predicted figures; derived from the rows when
+    None), the caveat and the speedup chart; then ``intro_html`` (already-escaped HTML, e.g. a study's headline
+    table), the charts, ``sections`` (extra (key, title, body HTML) sections, e.g. ``sim.sensitivity_report``'s
+    tornado chart; body HTML already escaped), the table, and the configuration collapsed."""
     if not rows:
         raise TideError("no results to report")
     lay = _Layout(list(rows))
-    figures = [("throughput", throughput_figure(lay)), ("speedup", speedup_figure(lay)),
-               ("hit_ratio", hit_ratio_figure(lay)), ("bytes", bytes_figure(lay)),
-               ("utilisation", utilisation_figure(lay))]
-    letters = "abcde"
-    parts = []
-    for n, (key, fig) in enumerate(figures):
-        div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
-                          default_width="100%", div_id=f"fig-{key}")
-        parts.append(f'<section id="{key}"><h2>({letters[n]}) {html.escape(SECTION_TITLES[key])}</h2>\n{div}</section>')
-    parts += [f'<section id="{html.escape(k)}"><h2>{html.escape(t)}</h2>\n{body}</section>' for k, t, body in sections]
+    sts = settings(lay.rows)
+    ans = answer(sts, recommended)
+    figs = _figures(lay, sts, ans)
+    lead_chart = _figure_section("speedup", figs.pop("speedup"))
+    charts = [_figure_section(k, f) for k, f in figs.items()]
+    charts += [f'<section id="{html.escape(k)}"><h2>{html.escape(t)}</h2>\n{body}</section>' for k, t, body in sections]
+    first = [lead_chart] if ans is not None else []  # a study's answer is its intro table: the chart follows it
+    rest = [] if ans is not None else [lead_chart]
     cfg = html.escape(json.dumps(config, indent=2, default=str, sort_keys=False))
-    toc = " · ".join([f'<a href="#{k}">{html.escape(SECTION_TITLES[k])}</a>' for k, _ in figures]
-                     + [f'<a href="#{html.escape(k)}">{html.escape(t)}</a>' for k, t, _ in sections])
+    toc = " · ".join([f'<a href="#{k}">{html.escape(SECTION_TITLES[k])}</a>' for k in ("speedup", *figs)]
+                     + [f'<a href="#{html.escape(k)}">{html.escape(t)}</a>' for k, t, _ in sections]
+                     + ['<a href="#summary">Summary</a>', '<a href="#config">Configuration</a>'])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>{_CSS}</style>
 <script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="meta">{len(rows)} runs over {len(lay.traces)} trace(s): {html.escape(", ".join(lay.traces))}.
-Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.js embedded).</p>
-<p class="meta">{toc} · <a href="#summary">Summary</a> · <a href="#config">Configuration</a></p>
+{lead_html(ans, sts, config)}
+{chr(10).join(first)}
 {intro_html}
-<section id="config"><h2>Configuration</h2><pre>{cfg}</pre></section>
+<p class="meta">{len(rows)} runs over {len(lay.traces)} trace(s): {html.escape(", ".join(lay.traces))}.
+Generated with plotly {html.escape(plotly.__version__)}; self-contained (plotly.js embedded). {toc}</p>
+{chr(10).join(rest + charts)}
 <section id="summary"><h2>Summary</h2>
-{summary_table(lay)}</section>
-{chr(10).join(parts)}
+{summary_table(lay, ans)}</section>
+<details id="config"><summary>Configuration</summary><pre>{cfg}</pre></details>
 </body></html>
 """
 
 
 def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any],
                  title: str = "tide-moe simulation report", intro_html: str = "",
-                 sections: Sequence[tuple[str, str, str]] = ()) -> Path:
-    """Write the report to ``path`` atomically; returns the path written."""
+                 sections: Sequence[tuple[str, str, str]] = (),
+                 recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> Path:
+    """Write the report to ``path`` atomically; returns the path written. ``recommended``: the row and predicted
+    figures ``sim.explore.recommend`` returns (see :func:`render_report`)."""
     path = Path(path)
-    atomic_write_text(path, render_report(rows, config, title, intro_html, sections))
+    atomic_write_text(path, render_report(rows, config, title, intro_html, sections, recommended=recommended))
     return path
 
 
-__all__ = ["write_report", "render_report", "speedups", "baseline_throughput", "SECTION_TITLES"]
+__all__ = ["write_report", "render_report", "figures", "speedups", "baseline_throughput", "settings", "answer",
+           "tau_axis", "is_calibrated", "caveat_html", "SECTION_TITLES", "ORACLE_LABEL", "BOUND_LABEL"]

@@ -140,8 +140,8 @@ class Sensitivity:
     def table(self) -> str:
         """A console table, one line per figure, largest swing first."""
         b = self.base
-        head = (f"sensitivity: recommended {b.label} in {b.mode} mode at {b.ratio:.2f}x the best baseline "
-                f"({PAPER_POLICY} {b.paper:.2f}x); {len(self.rows)} uncertain figures at both ends of their ranges, "
+        head = (f"sensitivity: recommended {b.label} in {b.mode} mode at {_x(b.ratio)} the best baseline "
+                f"({PAPER_POLICY} {_x(b.paper)}) on the draw-0 trace of each mode; {len(self.rows)} uncertain figures at both ends of their ranges, "
                 f"{self.runs} runs in {self.seconds:.1f} s; flagged: a flip of the recommendation or a ratio moved "
                 f"by more than {100 * self.threshold:.0f}%")
         lines = [head, f"  {'figure':<34}{'value':>9}{'low':>9}{'high':>9}{'ratio low':>16}{'ratio high':>16}"
@@ -155,6 +155,10 @@ class Sensitivity:
                          f"{_ratio(r.low.ratio, dl):>16}{_ratio(r.high.ratio, dh):>16}{_pct(r.swing):>7}"
                          f"{_pct(pl, signed=True) + '/' + _pct(ph, signed=True):>20}  {'; '.join(flag)}")
         return "\n".join(lines)
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}x" if np.isfinite(v) else "n/a (no run)"
 
 
 def _pct(x: float, signed: bool = False) -> str:
@@ -252,10 +256,10 @@ def sensitivity(tasks: Sequence[Task], all_gpu_allowed: bool, base_rows: Sequenc
     ``base_rows``: the rows the tasks already gave, in task order (``run_tasks``'s), reused as the base; None:
     the base is run here. All tasks must share one hardware profile and one executor (``sim.explore``'s do)."""
     t0 = time.perf_counter()
-    pairs = [(t, None if base_rows is None else base_rows[i]) for i, t in enumerate(tasks)
-             if _kept(t, all_gpu_allowed, draws)]
     if base_rows is not None and len(base_rows) != len(tasks):
         raise TideError(f"sensitivity: {len(base_rows)} base rows for {len(tasks)} tasks")
+    pairs = [(t, None if base_rows is None else base_rows[i]) for i, t in enumerate(tasks)
+             if _kept(t, all_gpu_allowed, draws)]
     if not pairs:
         raise TideError(f"sensitivity: no runnable policy run on trace draw(s) {', '.join(map(str, draws))}")
     kept = [t for t, _ in pairs]

@@ -106,7 +106,8 @@ def make_traces(study: StudySpec, out: Path) -> dict[tuple[str, str, int], str]:
 
 
 def study_tasks(study: StudySpec, points: Sequence[Point], traces: dict[tuple[str, str, int], str],
-                policies: Sequence[tuple[str, dict[str, Any]]]) -> list[Task]:
+                policies: Sequence[tuple[str, dict[str, Any]]], executor: dict[str, Any] | None = None) -> list[Task]:
+    """Every (point, draw, policy) run; ``executor``: an ExecutorProfile dict (None: the default, tide-moe)."""
     tasks = []
     payloads = {m: model_payload(ModelSpec.load(m)) for m in {p.model for p in points}}
     profiles = {h: HardwareProfile.load(h).to_dict() for h in {p.hardware for p in points}}
@@ -115,7 +116,7 @@ def study_tasks(study: StudySpec, points: Sequence[Point], traces: dict[tuple[st
         for draw in range(study.seeds):
             for name, params in policies:
                 tasks.append(Task(traces[(p.model, p.mode, draw)], p.label, payloads[p.model], profiles[p.hardware],
-                                  p.budget, name, params, {**tags, "draw": draw}))
+                                  p.budget, name, params, {**tags, "draw": draw}, executor=executor))
     return tasks
 
 

@@ -25,7 +25,7 @@ from offload.errors import TideError
 from offload.policies import policy_from_text
 from offload.trace import DIFFUSION_MODES
 
-PACKAGED = ("paper",)
+PACKAGED = ("paper", "paper-repro")
 MAX_SEEDS = 1000  # draws per model and mode: each is a full replay of the grid
 _REQUIRED = ("name", "models", "hardware", "fractions", "modes", "policies", "tau", "gen_length", "seed")
 

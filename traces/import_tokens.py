@@ -7,15 +7,16 @@ Format: JSON Lines, one object per line, in either of two shapes (they may be mi
 
     {"step": 3, "layer": 5, "token_id": 1234, "experts": [12, 40], "weights": [0.61, 0.22]}   # one token, one layer
     {"step": 3, "token_id": 1234, "experts": [[12, 40], [7, 1], ...], "weights": [[0.61, 0.22], ...]}
-                                                                      # one token, every layer (list i: layer i)
+                                                                # one token, every layer (list i: MoE layer i)
 
 ``step`` (integer >= 0) is the forward pass; ``token_id`` (integer >= 0) the token's vocabulary id; ``experts``
 its k expert ids per layer; ``weights`` (optional) the matching gate weights, k finite numbers >= 0 per layer
 (checked, not stored: the schema keeps which experts ran, not how much each counted). In the all-layers shape,
-``"layers": [l0, l1, ...]`` names the log layer of each list (default 0, 1, ...). Log layer x is MoE layer
-x - layer_offset. Tokens of one step keep file order: token j of a step is its j-th row in every layer, and
-must carry the same token_id in every layer (else the rows do not line up: a one-line error). Blank lines and
-objects whose ``"type"`` is present and not ``"token"`` (a meta header) are skipped.
+``"layers": [l0, l1, ...]`` names the log layer of each list (default: list i is MoE layer i, i.e. log layer
+i + layer_offset). Log layer x is MoE layer x - layer_offset. Tokens of one step keep file order: token j of a
+step is its j-th row in every layer, and must carry the same token_id in every layer (else the rows do not line
+up: a one-line error). Blank lines and objects whose ``"type"`` is present and not ``"token"`` (a meta header)
+are skipped.
 
 Trace: as :func:`traces.importers.import_jsonl` makes it (mode "autoregressive", block_length 1, one step per
 distinct log step, kind 3 decode, or kind 2 prefill for the first with ``first_is_prefill``), origin format
@@ -80,7 +81,7 @@ def import_tokens(path: str | Path, model: Any, *, layer_offset: int = 0, first_
                 raise TideError(f"{where}: field experts must be a list of per-layer expert-id lists (or give "
                                 "field layer for one layer's ids)")
             per_layer = experts
-            log_layers = row.get("layers", list(range(len(experts))))
+            log_layers = row.get("layers", list(range(layer_offset, layer_offset + len(experts))))
             if type(log_layers) is not list or len(log_layers) != len(experts):
                 raise TideError(f"{where}: field layers must list one layer per experts list ({len(experts)})")
             if weights is not None and (type(weights) is not list or len(weights) != len(experts)):

@@ -47,7 +47,6 @@ from offload.trace_check import make_trace
 
 RECORDABLE = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?(gate|router)$")
-_DIFFUSION_HINT = {"llada2_moe": "python -m runtime.generate --trace-out", "llada_moe": None}
 
 
 def check_recordable(model_type: Any) -> None:
@@ -294,12 +293,18 @@ def load_model(path: str | Path, dtype: str = "float32") -> tuple[Any, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise TideError(f"malformed config.json in {path}: {exc}".replace("\n", " ")) from None
     check_recordable(mtype)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the CLI's output stays one line
     dt = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, local_files_only=True).eval()
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError):
-        tok = None
+    tok = None
+    # only a directory that ships tokenizer files has a tokenizer (transformers may otherwise hand back an empty one)
+    if any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        except (OSError, ValueError):
+            tok = None
     return model, tok
 
 

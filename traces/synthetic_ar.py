@@ -277,7 +277,8 @@ class ARCalibration:
                f"{' (' + pub['model'] + ')' if pub else ''}; chance {self.chance:.4f}"]
         for c, v in self.lru.items():
             p = self.published_lru.get(c)
-            out.append(f"  LRU hit rate, {c} experts cached per layer: {v:.3f}; published {p if p is not None else '-'}")
+            shown = "-" if p is None else p
+            out.append(f"  LRU hit rate, {c} experts cached per layer: {v:.3f}; published {shown}")
         return out
 
 

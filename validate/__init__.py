@@ -1,4 +1,4 @@
-"""Validation of the simulator against the runtime (issue #4).
+"""Validation of the simulator against the runtime.
 
   calibrate   ``python -m validate.calibrate``: micro-benchmarks of the runtime's own code -> hardware profile
               (rig, timing, tables, bench_experts, bench_layers, bench_store, bench_copies, profile_build)

@@ -42,14 +42,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _profile_path(a: argparse.Namespace) -> Path:
+FALLBACK_PRESET = "h100-pcie5"  # what sim.explore prices with by default
+
+
+def _profile_path(a: argparse.Namespace, runs: Sequence[Run]) -> tuple[str, str | None]:
+    """(profile to replay with, a note when it is not a calibration of the runs' machine). Order: --hardware;
+    profile.json beside the first run; the profile the runs' decisions were priced with (runtime.generate
+    --hardware, or the policy file's); the simulator's default preset. The last two still check the work
+    counters exactly (the same decisions), but their timings validate nothing about this machine."""
     if a.hardware:
-        return Path(a.hardware)
+        return a.hardware, None
     first = Path(a.runs[0])
     guess = (first if first.is_dir() else first.parent) / "profile.json"
-    if not guess.is_file():
-        raise TideError(f"no profile given and none at {guess}: pass --hardware (python -m validate.calibrate writes one)")
-    return guess
+    if guess.is_file():
+        return str(guess), None
+    priced = {r.record.priced_with for r in runs}
+    if len(priced) > 1:
+        raise TideError(f"the runs were priced with different hardware profiles ({', '.join(sorted(priced))}): "
+                        f"pass --hardware")
+    source = priced.pop() or FALLBACK_PRESET
+    return source, (f"no calibrated profile (none at {guess}, no --hardware): replaying with {source}, "
+                    f"{'the profile the runs decided with' if source != FALLBACK_PRESET else 'the default preset'}; "
+                    f"the work counters are checked exactly, the timings are not a validation of this machine "
+                    f"(python -m validate.calibrate writes a profile)")
 
 
 def machine_warnings(profile: HardwareProfile, runs: Sequence[Run]) -> list[str]:
@@ -145,8 +160,11 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     runs = load_runs(a.runs)
-    ppath = _profile_path(a)
-    profile = HardwareProfile.load(ppath)
+    source, note = _profile_path(a, runs)
+    if note:
+        print(f"note: {note}")
+    profile = HardwareProfile.load(source)
+    ppath = Path(source)
     model = ModelSpec.load(a.model) if a.model else None
     replays = [replay(r, profile, model) for r in runs]
     rows = [run_row(rep) for rep in replays]

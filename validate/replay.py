@@ -19,7 +19,7 @@ from offload.cost import RooflineCostModel
 from sim.engine import simulate
 from offload.errors import TideError
 from offload.hardware import HardwareProfile
-from offload.model_spec import ModelSpec
+from offload.model_spec import MODEL_PRESETS, ModelSpec
 from offload.policies import make_policy
 from offload.results import WHAT, SimResult
 from validate.runs import Run
@@ -37,12 +37,17 @@ class Replay:
 
 def spec_for(run: Run, profile: HardwareProfile, model: ModelSpec | None = None) -> ModelSpec:
     """The run's model spec: the profile's (or ``model``'s) config with the trace's MoE layers and the run's dtype."""
+    name = str(run.trace.header["model"].get("name", ""))
     if model is not None:
         config = dict(model.raw_config)
     elif profile.model.get("config"):
         config = dict(profile.model["config"])
+    elif name in MODEL_PRESETS:  # an uncalibrated preset profile: the run's own model, named by its trace
+        model = ModelSpec.load(name)
+        config = dict(model.raw_config)
     else:
-        raise TideError(f"profile {profile.name} records no model config: pass --model")
+        raise TideError(f"profile {profile.name} records no model config and the run's model {name!r} is not a "
+                        f"preset: pass --model")
     first = int(config.get("first_k_dense_replace", 0))
     config.update(num_hidden_layers=first + run.trace.num_moe_layers, dtype=run.record.dtype)
     config.pop("torch_dtype", None)

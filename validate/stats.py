@@ -16,7 +16,7 @@ Across runs, per group of runs that differ only in policy (same mode, budget, de
   fastest policy is the same (``rankings``; on device=cpu with one thread also ``rankings_cpu``, measured by
   tokens per CPU second). Regimes: mean/median/max |tps_error| by policy, by mode and by step kind
   (denoise, commit, prefill: the summed step times of each kind, measured against simulated).
-GPU targets (issue #4): median |tps_error| <= 5 %, max <= 10 %, identical rankings, exact counters.
+GPU targets (the validation goals): median |tps_error| <= 5 %, max <= 10 %, identical rankings, exact counters.
 """
 from __future__ import annotations
 

@@ -45,6 +45,7 @@ import numpy as np
 
 from offload.policies.params import PolicyParams
 from offload.policies.spec import format_policy
+from offload.trace import KIND_DECODE
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 _EMPTY.setflags(write=False)
@@ -65,6 +66,12 @@ class PolicyContext:
     trace: Any = None   # the whole trace: given to non-causal policies only
 
 
+# autoregressive decode has no blocks: its first AR_WINDOW tokens play the first block's part for the policies that
+# learn from it (tide-opt) and AR_WINDOW tokens a block's for per-block work (riptide's budget re-split); a LLaDA2
+# block's length, so that both kinds of generation span the same number of steps
+AR_WINDOW = 32
+
+
 @dataclass(frozen=True)
 class StepInfo:
     index: int            # forward pass number, from 0
@@ -75,7 +82,16 @@ class StepInfo:
 
     @property
     def first_block(self) -> bool:
-        return self.block == 0
+        """The first generated block of a diffusion generation (TIDE refreshes at every step of it). An
+        autoregressive decode step is a block of one token: it has no first block to learn from."""
+        return self.block == 0 and self.kind != KIND_DECODE
+
+    @property
+    def phase(self) -> int:
+        """Position in the refresh cycle: the denoising step within the block, or, for autoregressive decode
+        (one step per token, step_in_block always 0), the token's index, so "every tau steps" means every tau
+        tokens."""
+        return self.block if self.kind == KIND_DECODE else self.step_in_block
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from offload.policies import riptide_plan as plan
-from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.base import AR_WINDOW, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.params import DEFAULT_TAU, PolicyParams, check_bool, check_int, check_unit, knob
 from offload.policies.riptide_costs import CostTables, ProxyCost
 from offload.policies.riptide_stats import BlockStats, allocate_budgets
@@ -131,8 +131,9 @@ class Riptide(Policy):
         n = np.array([step.tokens_forwarded])
         est_step = float(cost.step_fixed(n, n, n)[0] + L * cost.moe_pre(n, n)[0]) + float(self._est_layer.sum())
         self._window = max(0.0, self.p.link_share * est_step - float(self._est_link.sum()))
-        if self.p.layer_budgets and step.kind in (KIND_DENOISE, KIND_DECODE) and step.step_in_block == 0 \
-                and step.block >= 1:
+        # re-split at each block's first step; autoregressive decode has a block per token: every AR_WINDOW tokens
+        replan = step.block % AR_WINDOW == 0 if step.kind == KIND_DECODE else step.step_in_block == 0
+        if self.p.layer_budgets and step.kind in (KIND_DENOISE, KIND_DECODE) and replan and step.block >= 1:
             target = allocate_budgets(self.value, self.total, self.floor)
             held = np.cumsum(np.concatenate([np.zeros((L, 1)), -np.sort(-self.value, axis=1)], axis=1), axis=1)
             rows = np.arange(L)
@@ -230,7 +231,7 @@ class Riptide(Policy):
         if not self.refreshed[l] or (not self.p.carry and st.step_in_block == 0):
             return True
         if self.p.drift is None:
-            return st.first_block or st.step_in_block % self.p.tau == 0
+            return st.first_block or st.phase % self.p.tau == 0
         ref = self.ref[l]
         norm = float(np.sqrt(float(c @ c) * float(ref @ ref)))
         if norm == 0.0 or float(c @ ref) / norm < self.p.drift:

@@ -44,7 +44,7 @@ class Tide(Policy):
         step = view.step
         if step.kind not in (KIND_DENOISE, KIND_DECODE):
             return False
-        return step.first_block or step.step_in_block % self.tau == 0
+        return step.first_block or step.phase % self.tau == 0
 
     def decide(self, view: LayerView) -> LayerDecision:
         if not self.is_refresh(view):

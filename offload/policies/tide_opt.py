@@ -55,7 +55,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext
+from offload.policies.base import AR_WINDOW, LayerDecision, LayerView, Policy, PolicyContext, StepInfo
 from offload.policies.params import PolicyParams, check_bool, knob
 from offload.policies.tide import Tide
 from offload.trace import KIND_DECODE, KIND_DENOISE
@@ -214,22 +214,30 @@ class TideOpt(Tide):
         self._solved = False
         return placement
 
+    @staticmethod
+    def _observing(step: StepInfo) -> bool:
+        """The window tau is learnt on, refreshed every step: the first generated block, or for autoregressive
+        decode the first AR_WINDOW tokens."""
+        if step.kind not in (KIND_DENOISE, KIND_DECODE):
+            return False
+        return step.first_block or (step.kind == KIND_DECODE and 0 <= step.block < AR_WINDOW)
+
     def is_refresh(self, view: LayerView) -> bool:
         step = view.step
         if step.kind not in (KIND_DENOISE, KIND_DECODE):
             return False
-        return step.first_block or step.step_in_block % int(self._tau_layer[view.layer]) == 0
+        return self._observing(step) or step.phase % int(self._tau_layer[view.layer]) == 0
 
     def decide(self, view: LayerView) -> LayerDecision:
         step = view.step
-        if not self._solved and step.block >= 1:
+        if not self._solved and step.block >= (AR_WINDOW if step.kind == KIND_DECODE else 1):
             self.solve()
         dec = super().decide(view)
-        if step.first_block and step.kind in (KIND_DENOISE, KIND_DECODE):
-            if step.step_in_block not in self._obs:
+        if self._observing(step):
+            if step.phase not in self._obs:
                 shape = (self.ctx.num_moe_layers, view.resident.size)
-                self._obs[step.step_in_block] = (np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool))
-            counts, placed = self._obs[step.step_in_block]
+                self._obs[step.phase] = (np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool))
+            counts, placed = self._obs[step.phase]
             counts[view.layer] = view.counts
             placed[view.layer] = view.resident
             placed[view.layer, dec.demote] = False

@@ -130,3 +130,49 @@ def test_bad_settings_are_one_line_errors(bad, match):
 def test_num_layers_beyond_the_model_is_refused():
     with pytest.raises(TideError, match=r"--num-layers must be in \[2, 4\]"):
         RuntimeConfig.load("llada2-tiny", num_layers=100)
+
+
+def test_cli_counts_at_most_gen_length(tmp_path):
+    """issue 12: `runtime.generate --gen-length 64 --prompt-length 20` reports at most 64 tokens and counts those."""
+    import json
+
+    from runtime.generate import main
+
+    assert main(["--gen-length", "64", "--prompt-length", "20", "--metrics-out", str(tmp_path / "m.json"),
+                 "--quiet"]) == 0
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["generated_tokens"] == len(m["tokens"]) <= 64
+    assert m["tokens_per_s"] == pytest.approx(m["generated_tokens"] / m["wall_s"])
+
+
+def test_tokenizer_failure_states_its_cause(tmp_path, capsys):
+    """issue 12 item 6: the note names the cause and the --trust-remote-code switch, not only a class name."""
+    pytest.importorskip("transformers")
+    from runtime.session import _tokenizer
+
+    assert _tokenizer(tmp_path, trust_remote_code=False) is None
+    out = capsys.readouterr().out
+    assert f"no tokenizer loaded from {tmp_path}: " in out and "--trust-remote-code" in out and "\n" == out[-1]
+
+
+def test_device_defaults_to_cuda_when_present():
+    """issue 12 item 7: --device auto (the default) picks CUDA and bf16 when torch sees a GPU, else the CPU."""
+    from runtime.generate import parse_args
+    from runtime.session import Session
+
+    a = parse_args(["--num-layers", "2"])
+    assert a.device == "auto"
+    s = Session.from_args(a)
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert s.device.type == want and s.dtype == (torch.bfloat16 if want == "cuda" else torch.float32)
+
+
+def test_help_is_plain_text_and_lists_runnable_policies(capsys):
+    """issue 12 item 16: no docstring markup in help; --policy does not offer the clairvoyant oracle; the
+    defaults are stated."""
+    from runtime.generate import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "oracle" not in text and "riptide" in text and "default 1024 with a checkpoint" in text

@@ -149,8 +149,7 @@ def test_executor_option_and_sweep_task(tmp_path):
 
     with pytest.raises(TideError, match="unknown executor 'nope'"):
         _check_args(parse_args(["--executor", "nope"]))
-    with pytest.raises(TideError, match="--executor would be ignored"):
-        _check_args(parse_args(["--study", "paper", "--executor", "tide-reference"]))
+    _check_args(parse_args(["--study", "paper", "--executor", "tide-reference"]))  # a study runs under it too
     _check_args(parse_args(["--executor", "tide-reference"]))
     assert parse_args([]).executor is None  # the default executor
     # a sweep task carries the executor as a dict and runs under it

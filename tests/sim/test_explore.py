@@ -16,7 +16,10 @@ import sys
 from sim.explore import main
 from offload.errors import TideError
 from offload.policies.policy_file import read_policy_file
-from offload.policies import POLICIES, TAU_POLICIES
+import numpy as np
+
+from offload.policies import POLICIES, TAU_POLICIES, make_policy
+from offload.trace_io import write_trace
 
 SMALL = ["--gen-length", "64", "--prompt-length", "32", "--tau", "1", "3", "--quiet", "--seeds", "1"]
 
@@ -149,3 +152,39 @@ def test_every_row_carries_the_bound_and_no_run_beats_it(tmp_path):
     # one bound per trace and budget, shared by every policy that keeps to the budget
     for mode in ("prefix-recompute", "block-cache"):
         assert len({r["bound_s"] for r in rows if r["mode"] == mode and r["policy"] != "all-gpu"}) == 1
+
+
+def test_trace_header_gives_model_and_budget(tmp_path):
+    """issue 12 item 10: replaying a runtime trace needs no --model or budget flag: its header names them."""
+    from runtime.diffusion import GenerationSettings
+    from runtime.session import random_prompt
+
+    pytest.importorskip("torch")
+    import argparse
+
+    from runtime.session import Session
+
+    a = argparse.Namespace(threads=None, device="cpu", dtype=None, model="llada2-tiny", num_layers=None, seed=0,
+                           strict=False, trust_remote_code=False)
+    session = Session.from_args(a)
+    budget = np.full(session.cfg.spec.num_moe_layers, 12)
+    result, _ = session.run(make_policy("tide", tau=2), budget, random_prompt(session.cfg, 8, 0, session.device),
+                            GenerationSettings(gen_length=32, block_length=8, steps=4))
+    path = write_trace(result.trace, tmp_path / "run.npz")
+    assert main(["--trace", str(path), "--policies", "cpu-route", "tide", "--tau", "2", "--quiet", "--no-report",
+                 "--out", str(tmp_path / "r"), "--json", str(tmp_path / "rows.json")]) == 0
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert {r["budget"] for r in rows} == {12}  # the run's budget, not the default capped at every expert
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["model"]["name"] == "llada2-tiny"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--policies", "oracle"], "nothing the runtime can execute"),
+    (["--gpu-memory-gb", "500"], "is more than NVIDIA H100 80GB has for experts"),
+    (["--gen-length", "1048576"], "limited to 32768 tokens"),
+])
+def test_unbounded_or_silent_requests_are_refused_up_front(args, match):
+    """issue 12 items 11 and 12: refused in one line before any work, not run or silently capped."""
+    with pytest.raises(TideError, match=match) as exc:
+        main([*args, "--quiet", "--no-report", "--out", "/nonexistent/never-written"])
+    assert "\n" not in str(exc.value)

@@ -173,6 +173,7 @@ def test_real_vllm_logs_cut_short(tmp_path):
     decode rows removed as a cut log would lose them: refused without --drop-incomplete, dropped with it."""
     if not REAL_LOGS.is_dir():
         pytest.skip(f"shared vLLM-MoE-Logger logs not found at {REAL_LOGS}")
+    pytest.importorskip("scipy", exc_type=ImportError)
     from traces.synthetic_ar import trace_locality
     from traces.vllm_logger import RouterShape, import_vllm_logger
 

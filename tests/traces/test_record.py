@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", exc_type=ImportError)
+pytest.importorskip("transformers", exc_type=ImportError)  # absent on the GPU machine
 
 from offload.errors import TideError  # noqa: E402
 from offload.model_spec import ModelSpec  # noqa: E402
@@ -115,3 +115,22 @@ def test_no_router_found_is_a_tide_error():
     spec = ModelSpec.load("mixtral-8x7b")
     with pytest.raises(TideError, match="no MoE layers found"):
         find_routers(torch.nn.Sequential(torch.nn.Linear(4, 4)), spec)
+
+
+def test_cli_records_a_saved_model_directory(tmp_path, capsys):
+    model = build_random_model(tiny_config("qwen1.5-moe-a2.7b", layers=2), seed=3)
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+    model.save_pretrained(tmp_path / "m")
+    want, _ = record_generate(model, [3, 4, 5], 4, ignore_eos=True)
+    from offload.errors import run_cli
+    out = tmp_path / "t.npz"
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, [str(tmp_path / "m"), "--prompt-ids", "3,4,5", "--max-new-tokens", "4", "--ignore-eos",
+                       "--out", str(out)])
+    assert e.value.code == 0, capsys.readouterr().err
+    got = read_trace(out)
+    assert np.array_equal(got.counts, want.counts) and got.header["model"]["config_hash"] == \
+        want.header["model"]["config_hash"]
+    err = _cli_error([str(tmp_path / "m"), "--prompt", "hello", "--out", str(out)], capsys)
+    assert "needs a tokenizer" in err
