@@ -6,30 +6,12 @@ import math
 from pathlib import Path
 
 from offload.errors import TideError
-from offload.hardware import HardwareProfile
-from offload.model_spec import ModelSpec
 
 
 def at_least(option: str, value: int | None, minimum: int = 1) -> None:
     """``value`` (None: not given) must be >= ``minimum``."""
     if value is not None and value < minimum:
         raise TideError(f"{option} must be an integer >= {minimum}, got {value}")
-
-
-def load_model(option: str, name: str) -> ModelSpec:
-    """The model preset or file; a folder without config.json is named as such (the loader says "no such
-    file", which is wrong for a folder that exists)."""
-    path = Path(name)
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise TideError(f"{option} {name}: is a directory without a config.json")
-    return ModelSpec.load(name)
-
-
-def load_hardware(option: str, name: str) -> HardwareProfile:
-    """The hardware preset or profile JSON; a folder is named as such."""
-    if Path(name).is_dir():
-        raise TideError(f"{option} {name}: is a directory, not a hardware profile JSON")
-    return HardwareProfile.load(name)
 
 
 def output_file(option: str, name: str | None) -> None:

@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
-from benchmarks._checks import at_least, load_model  # noqa: E402
+from benchmarks._checks import at_least  # noqa: E402
+from offload.model_spec import ModelSpec  # noqa: E402
 from offload.cli import Parser  # noqa: E402
 from offload.errors import TideError, run_cli  # noqa: E402
 from runtime.checkpoint import ExpertWeights  # noqa: E402
@@ -135,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     at_least("--repeat", a.repeat)
     if a.device == "cuda" and not torch.cuda.is_available():
         raise TideError("--device cuda: torch sees no CUDA device here (torch.cuda.is_available() is false)")
-    load_model("--model", a.model)  # a folder without config.json is named as one
+    ModelSpec.load(a.model)  # an unknown name, a folder without config.json: one line, before any work
     cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
     device, dtype = torch.device(a.device), DTYPES[a.dtype]
     threads = a.threads or torch.get_num_threads()

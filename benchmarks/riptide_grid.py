@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from benchmarks._checks import at_least, fraction, load_hardware, load_model, output_file  # noqa: E402
+from benchmarks._checks import at_least, fraction, output_file  # noqa: E402
 from offload.atomic_io import atomic_write_text  # noqa: E402
 from offload.budget import fits, resolve_budget  # noqa: E402
 from offload.cli import Parser  # noqa: E402
@@ -95,9 +95,9 @@ def check_args(a: Any) -> list[Any]:
     for tau in a.tau:
         at_least("--tau", tau)
     for name in a.hardware:
-        load_hardware("--hardware", name)
+        HardwareProfile.load(name)
     output_file("--json", a.json)
-    specs = [load_model("--models", MODELS[m]) for m in a.models]
+    specs = [ModelSpec.load(MODELS[m]) for m in a.models]
     budgets: list[Any] = []
     for text in a.budgets:
         if not text.endswith("GB"):

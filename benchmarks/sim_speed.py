@@ -25,11 +25,13 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout without installing
 
-from benchmarks._checks import at_least, load_hardware, load_model  # noqa: E402
+from benchmarks._checks import at_least  # noqa: E402
 from offload.budget import resolve_budget  # noqa: E402
 from offload.cli import Parser  # noqa: E402
 from offload.cost import RooflineCostModel  # noqa: E402
 from offload.errors import TideError, run_cli  # noqa: E402
+from offload.hardware import HardwareProfile  # noqa: E402
+from offload.model_spec import ModelSpec  # noqa: E402
 from offload.policies import make_policy  # noqa: E402
 from offload.trace import DIFFUSION_MODES  # noqa: E402
 from sim.engine import simulate  # noqa: E402
@@ -71,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
                           ("--repeat", args.repeat)):
         at_least(option, value)
     at_least("--seed", args.seed, 0)
-    model = load_model("--model", args.model)
-    hw = load_hardware("--hardware", args.hardware)
+    model = ModelSpec.load(args.model)
+    hw = HardwareProfile.load(args.hardware)
     try:  # 1..E experts per layer (the simulator refuses others, but only after generating the trace)
         resolve_budget(model, None, experts_per_layer=args.gpu_experts_per_layer)
     except TideError as exc:

@@ -43,13 +43,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from offload.errors import TideError
+from offload.presets import preset_or_file
 
 FORMAT = "tide-moe-executor/1"
 EXECUTOR_PRESETS = {"tide-moe": "tide-moe.json", "tide-reference": "tide-reference.json"}
@@ -169,17 +169,9 @@ class ExecutorProfile:
     def load(cls, name_or_path: str | Path | None = None) -> "ExecutorProfile":
         """A preset name (``tide-moe``, ``tide-reference``; None: the default) or an executor JSON file."""
         key = DEFAULT_EXECUTOR if name_or_path is None else str(name_or_path)
-        if key in EXECUTOR_PRESETS:
-            text = resources.files("offload.presets.executors").joinpath(EXECUTOR_PRESETS[key]).read_text()
-            return cls.from_dict(json.loads(text), origin=key)
-        path = Path(key)
-        if not path.is_file():
-            raise TideError(f"unknown executor {key!r}: not a preset ({', '.join(EXECUTOR_PRESETS)}) and no such file")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TideError(f"malformed executor profile {path}: {exc}") from None
-        return cls.from_dict(d, origin=str(path))
+        d, origin = preset_or_file(key, EXECUTOR_PRESETS, "offload.presets.executors", "executor",
+                                   malformed="malformed executor profile")
+        return cls.from_dict(d, origin=origin)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"format": FORMAT, **asdict(self)}

@@ -71,13 +71,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from offload.errors import TideError
+from offload.presets import preset_or_file
 
 FORMAT = "tide-moe-hardware/1"
 HARDWARE_PRESETS = {
@@ -291,18 +291,9 @@ class HardwareProfile:
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "HardwareProfile":
-        key = str(name_or_path)
-        if key in HARDWARE_PRESETS:
-            text = resources.files("offload.presets.hardware").joinpath(HARDWARE_PRESETS[key]).read_text()
-            return cls.from_dict(json.loads(text), origin=key)
-        path = Path(key)
-        if not path.is_file():
-            raise TideError(f"unknown hardware {key!r}: not a preset ({', '.join(HARDWARE_PRESETS)}) and no such file")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TideError(f"malformed hardware profile {path}: {exc}") from None
-        return cls.from_dict(d, origin=str(path))
+        d, origin = preset_or_file(str(name_or_path), HARDWARE_PRESETS, "offload.presets.hardware", "hardware",
+                                   malformed="malformed hardware profile")
+        return cls.from_dict(d, origin=origin)
 
     def to_dict(self) -> dict[str, Any]:
         tables: dict[str, Any] = {}

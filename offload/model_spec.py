@@ -49,13 +49,13 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
 from offload.errors import TideError
+from offload.presets import preset_or_file
 from offload.model_families import LLADA2_SHAPE_FIELDS, READERS
 
 MODEL_PRESETS = {"llada2.0-mini": "llada2.0-mini.json", "llada2.0-flash": "llada2.0-flash.json",
@@ -153,17 +153,15 @@ class ModelSpec:
         """A preset name (``llada2.0-mini``, ``mixtral-8x7b``, ...), a config.json, or a model directory."""
         key = str(name_or_path)
         if key in MODEL_PRESETS:
-            text = resources.files("offload.presets.models").joinpath(MODEL_PRESETS[key]).read_text()
-            return cls.from_config(json.loads(text), name=key)
+            config, _ = preset_or_file(key, MODEL_PRESETS, "offload.presets.models", "model")
+            return cls.from_config(config, name=key)
         path = Path(key)
-        if path.is_dir():
+        if path.is_dir():  # a model directory: its config.json
+            if not (path / "config.json").is_file():
+                raise TideError(f"model {key} is a directory without a config.json")
             path = path / "config.json"
-        if not path.exists():
-            raise TideError(f"unknown model {key!r}: not a preset ({', '.join(MODEL_PRESETS)}) and no such file")
-        try:
-            config = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise TideError(f"malformed config.json {path}: {exc}") from None
+        config, _ = preset_or_file(str(path), MODEL_PRESETS, "offload.presets.models", "model",
+                                   malformed="malformed config.json")
         return cls.from_config(config, name=path.parent.name if path.name == "config.json" else path.stem)
 
     # ---- sizes --------------------------------------------------------------------------------------

@@ -137,29 +137,15 @@ def _check_token_alignment(path: Path, steps: list[int], layers: list[int], toke
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from offload.cli import Parser, add_model
+    from offload.cli import Parser
     from offload.model_spec import ModelSpec
-    from offload.trace_io import write_trace
-    from traces.importers import trace_summary
+    from traces.importers import add_import_options, import_options, write_imported
 
     ap = Parser(prog="python -m traces.import_tokens", description=__doc__.splitlines()[0])
     ap.add_argument("dump", help="per-token JSONL dump: rows {\"step\", \"token_id\", \"experts\", \"weights\"}")
-    add_model(ap, required=True)
-    ap.add_argument("--out", required=True, help="trace file to write (.npz)")
-    ap.add_argument("--layer-offset", type=int, default=0,
-                    help="subtracted from the dump's layer numbers to give MoE layers 0..L-1")
-    ap.add_argument("--first-is-prefill", action="store_true",
-                    help="the first step is the prompt prefill (kind 2), not a decode step")
-    ap.add_argument("--no-topk-ids", action="store_true", help="do not keep per-token expert ids")
-    ap.add_argument("--drop-incomplete", action="store_true",
-                    help="drop the steps where some MoE layer has fewer tokens than another instead of refusing "
-                         "(the number dropped is printed)")
+    add_import_options(ap, "dump")
     a = ap.parse_args(argv)
-    model = ModelSpec.load(a.model)
-    trace = import_tokens(a.dump, model, layer_offset=a.layer_offset, first_is_prefill=a.first_is_prefill,
-                          keep_topk=not a.no_topk_ids, drop_incomplete=a.drop_incomplete)
-    out = write_trace(trace, a.out)
-    print(f"wrote {out}: {trace_summary(trace)}; dropped {trace.header['origin']['dropped_steps']} incomplete step(s)")
+    write_imported(import_tokens(a.dump, ModelSpec.load(a.model), **import_options(a)), a.out)
     return 0
 
 

@@ -278,3 +278,36 @@ def assemble_trace(path: Path, model: Any, rows: RoutingRows, *, fmt: str, layer
     }
     return make_trace(header, counts, block=decode_index, step_in_block=np.zeros(S), tokens_forwarded=tokens,
                       context_tokens=context, tokens_committed=committed, kind=kind, topk_ids=topk)
+
+
+# ---- the importers' command lines -------------------------------------------------------------------------------
+def add_import_options(ap: Any, what: str) -> None:
+    """The options the row-per-step importers' CLIs share (``what``: the log's name in the help)."""
+    from offload.cli import add_model
+
+    add_model(ap, required=True)
+    ap.add_argument("--out", required=True, help="trace file to write (.npz)")
+    ap.add_argument("--layer-offset", type=int, default=0,
+                    help=f"subtracted from the {what}'s layer numbers to give MoE layers 0..L-1 "
+                         "(e.g. first_k_dense_replace when it numbers all decoder layers)")
+    ap.add_argument("--first-is-prefill", action="store_true",
+                    help="the first step is the prompt prefill (kind 2), not a decode step")
+    ap.add_argument("--no-topk-ids", action="store_true", help="do not keep per-token expert ids")
+    ap.add_argument("--drop-incomplete", action="store_true",
+                    help="drop the steps where some MoE layer has fewer tokens than another instead of refusing "
+                         "(the number dropped is printed)")
+
+
+def import_options(a: Any) -> dict[str, Any]:
+    """The keyword arguments of an importer from :func:`add_import_options`' parsed options."""
+    return dict(layer_offset=a.layer_offset, first_is_prefill=a.first_is_prefill, keep_topk=not a.no_topk_ids,
+                drop_incomplete=a.drop_incomplete)
+
+
+def write_imported(trace: Trace, out: str) -> None:
+    """Write an imported trace and say what it holds and how many incomplete steps were dropped."""
+    from offload.trace_io import write_trace
+
+    path = write_trace(trace, out)
+    print(f"wrote {path}: {trace_summary(trace)}; dropped {trace.header['origin']['dropped_steps']} incomplete "
+          "step(s)")

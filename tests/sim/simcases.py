@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from offload.policies import KEEP, LayerDecision, Policy, Prefetch
 from offload.results import Counters, SimRecord
 from offload.trace import KIND_DENOISE
 from offload.trace_check import make_trace
@@ -40,3 +41,20 @@ def sim_row(trace: str, policy: str, tps: float, tau: int | None = None, budget:
         busy_s={"gpu": 0.6 * sim_time, "cpu": 0.3 * sim_time, "h2d": 0.2 * sim_time, "d2h": 0.1 * sim_time},
         lower_bound_s=0.1 * sim_time, step_time_mean_s=0.01, step_time_p50_s=0.01, steps=100, events=5000,
         wall_s=0.2, tags=tags)
+
+
+class SwapAndOverlap(Policy):
+    """Step 0: demote expert 1, promote expert 2, run expert 1 on the CPU overlapped, and prefetch expert 1
+    back in place of expert 0; later steps keep everything. With SWAP below (one MoE layer, experts 0 and 1
+    resident at budget 2, expert 1 carrying 5 tokens) it exercises every resource of one layer at once."""
+
+    name = "swap-and-overlap-test"
+
+    def decide(self, view):
+        if view.step.index:
+            return KEEP
+        return LayerDecision(demote=np.array([1]), promote=np.array([2]), overlap_cpu=True,
+                             prefetch=(Prefetch(layer=0, promote=np.array([1]), demote=np.array([0])),))
+
+
+SWAP = [[[1, 5, 1]]]

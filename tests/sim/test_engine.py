@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simcases import tiny_trace
+from simcases import SWAP, SwapAndOverlap, tiny_trace
 from offload.cost import ConstantCostModel, RooflineCostModel
 from sim.engine import mandatory_gpu_time, simulate
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
-from offload.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
+from offload.policies import make_policy
 from offload.results import RESOURCES, WHAT
 from offload.trace_check import make_trace
 from offload.trace import model_header
@@ -89,30 +89,15 @@ def test_policies_rank_sensibly_on_skewed_routing():
     assert tput["all-gpu"] >= max(tput["cpu-route"], tput["fetch-lru"])
 
 
-class _SwapAndOverlap(Policy):
-    """Step 0: demote expert 1, promote expert 2, run expert 1 on the CPU overlapped, and prefetch expert 1
-    back in place of expert 0; later steps keep everything."""
-
-    name = "swap-and-overlap-test"
-
-    def decide(self, view):
-        if view.step.index:
-            return KEEP
-        return LayerDecision(demote=np.array([1]), promote=np.array([2]), overlap_cpu=True,
-                             prefetch=(Prefetch(layer=0, promote=np.array([1]), demote=np.array([0])),))
-
-
-# one MoE layer, experts 0 and 1 resident (budget 2), expert 1 carries 5 tokens; ConstantCostModel: 1 s of dense
-# work per step and per layer, 0.1 s per GPU expert, 1 s per CPU expert, 0.01 s per byte copied, 100 B an expert
-SWAP = [[[1, 5, 1]]]
-
-
+# SWAP with SwapAndOverlap (simcases): one MoE layer, experts 0 and 1 resident (budget 2), expert 1 carries 5
+# tokens; ConstantCostModel: 1 s of dense work per step and per layer, 0.1 s per GPU expert, 1 s per CPU expert,
+# 0.01 s per byte copied, 100 B an expert
 def test_shared_duplex_serialises_both_directions():
     """The CPU path's activations leave at the decision, while the promotion is being copied: on a full-duplex
     link they overlap, on a shared one they queue behind it."""
     cost = ConstantCostModel()
-    split = simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, timeline=True)
-    shared = simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, shared_duplex=True, timeline=True)
+    split = simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, timeline=True)
+    shared = simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, shared_duplex=True, timeline=True)
     # split: weights 2-3 | d2h 2-2.05, CPU 2.05-3.05, results 3.05-3.10 | GPU experts 3-3.2 | prefetch 3.2-4.2
     assert split.sim_time_s == pytest.approx(4.2)
     # shared: weights 2-3, d2h 3-3.05, CPU 3.05-4.05, results 4.05-4.10, prefetch 4.10-5.10
@@ -122,7 +107,7 @@ def test_shared_duplex_serialises_both_directions():
         assert tl.start[tl.what == WHAT.index("act_d2h")] == pytest.approx([d2h_start])
     assert shared.busy_s == split.busy_s  # the same work, only later
     # by default the engine takes the flag from the cost model (RooflineCostModel: its profile's link)
-    assert simulate(tiny_trace(SWAP), _SwapAndOverlap(), ConstantCostModel(shared_duplex=True), 2).sim_time_s == \
+    assert simulate(tiny_trace(SWAP), SwapAndOverlap(), ConstantCostModel(shared_duplex=True), 2).sim_time_s == \
         pytest.approx(5.1)
     # without concurrent copies there is nothing to serialise: the flag changes nothing
     counts, policy = [[[1, 1, 1, 0]]], make_policy("cpu-route")
@@ -138,7 +123,7 @@ class _OneDevice(ConstantCostModel):
 def test_serial_mode_charges_every_item_in_turn():
     """One device: no overlap with the CPU, the prefetch waited for where it is issued, activations free."""
     trace = tiny_trace(SWAP * 2)
-    r = simulate(trace, _SwapAndOverlap(), _OneDevice(), 2, timeline=True)
+    r = simulate(trace, SwapAndOverlap(), _OneDevice(), 2, timeline=True)
     # step 0: dense 2, weights 1, GPU experts {0, 2} 0.2, CPU expert 1 1.0, prefetch 1.0 = 5.2
     # step 1: dense 2, GPU experts {1, 2} 0.2, CPU expert 0 1.0 = 3.2
     np.testing.assert_allclose(r.step_times_s, [5.2, 3.2])
@@ -150,5 +135,5 @@ def test_serial_mode_charges_every_item_in_turn():
     assert act.sum() == 4 and np.all(tl.end[act] == tl.start[act])
     assert r.busy_s["d2h"] == 0 and r.counters.d2h_bytes == 6  # activation bytes still counted as the runtime does
     # cost.serial is the default; serial=False overlaps the same work: CPU under the copy, prefetch under step 1
-    assert simulate(trace, _SwapAndOverlap(), _OneDevice(), 2, serial=False).sim_time_s == pytest.approx(6.42)
-    assert simulate(trace, _SwapAndOverlap(), ConstantCostModel(), 2, serial=True).sim_time_s == pytest.approx(8.4)
+    assert simulate(trace, SwapAndOverlap(), _OneDevice(), 2, serial=False).sim_time_s == pytest.approx(6.42)
+    assert simulate(trace, SwapAndOverlap(), ConstantCostModel(), 2, serial=True).sim_time_s == pytest.approx(8.4)

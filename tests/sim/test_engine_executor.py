@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("simpy", exc_type=ImportError)
 
-from simcases import tiny_trace
+from simcases import SwapAndOverlap, tiny_trace
 from offload.cost import ConstantCostModel, RooflineCostModel
 from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
-from offload.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
+from offload.policies import make_policy
 from offload.results import RESOURCES, WHAT
 from sim.engine import mandatory_gpu_time, simulate
 from traces.synthetic import default_config, generate
@@ -24,19 +24,6 @@ SERIAL = {"overlap": False}
 
 def _x(**kw) -> ExecutorProfile:
     return ExecutorProfile.from_dict({"name": "test", **kw})
-
-
-class _SwapAndOverlap(Policy):
-    """Step 0: demote expert 1, promote expert 2, run expert 1 on the CPU overlapped, and prefetch expert 1
-    back in place of expert 0; later steps keep everything."""
-
-    name = "swap-and-overlap-test"
-
-    def decide(self, view):
-        if view.step.index:
-            return KEEP
-        return LayerDecision(demote=np.array([1]), promote=np.array([2]), overlap_cpu=True,
-                             prefetch=(Prefetch(layer=0, promote=np.array([1]), demote=np.array([0])),))
 
 
 SWAP2 = [[[1, 5, 1]]] * 2  # one MoE layer, experts 0 and 1 resident (budget 2)
@@ -77,16 +64,16 @@ def test_reference_executor_is_slower_and_counts_the_same(mini):
 def test_serial_executor_pays_its_activation_copies():
     # step 0: dense 2 + weights 1 + GPU {0, 2} 0.2 + CPU path (0.05 + 1 + 0.05) + prefetch 1 = 5.3
     # step 1: dense 2 + GPU {1, 2} 0.2 + CPU expert 0 (0.01 + 1 + 0.01) = 3.22
-    r = simulate(tiny_trace(SWAP2), _SwapAndOverlap(), COST, 2, executor=_x(**SERIAL))
+    r = simulate(tiny_trace(SWAP2), SwapAndOverlap(), COST, 2, executor=_x(**SERIAL))
     np.testing.assert_allclose(r.step_times_s, [5.3, 3.22])
     # one device (serial mode) instead: the same order, activations free (tests/sim/test_engine.py: 8.4)
-    assert simulate(tiny_trace(SWAP2), _SwapAndOverlap(), COST, 2, serial=True,
+    assert simulate(tiny_trace(SWAP2), SwapAndOverlap(), COST, 2, serial=True,
                     executor=_x(**SERIAL)).sim_time_s == pytest.approx(8.4)
 
 
 def test_demotions_copied_back():
     # + the demotion of expert 1 at step 0 (1 s, before the promotion) and the prefetch's demotion of expert 0 (1 s)
-    r = simulate(tiny_trace(SWAP2), _SwapAndOverlap(), COST, 2, executor=_x(demote_d2h=True, **SERIAL), timeline=True)
+    r = simulate(tiny_trace(SWAP2), SwapAndOverlap(), COST, 2, executor=_x(demote_d2h=True, **SERIAL), timeline=True)
     np.testing.assert_allclose(r.step_times_s, [7.3, 3.22])
     tl = r.timeline
     dem = tl.what == WHAT.index("demote_d2h")
@@ -95,24 +82,22 @@ def test_demotions_copied_back():
     assert r.counters.d2h_bytes == 6  # the counters are the runtime's: activations only
     # with overlap: dense 0-2, demotion 2-3 (blocking), weights 3-4 under the CPU path 3-4.1, GPU 4-4.2, then the
     # prefetch's demotion 4.2-5.2 before its copy 5.2-6.2
-    r2 = simulate(tiny_trace(SWAP2[:1]), _SwapAndOverlap(), COST, 2, executor=_x(demote_d2h=True))
+    r2 = simulate(tiny_trace(SWAP2[:1]), SwapAndOverlap(), COST, 2, executor=_x(demote_d2h=True))
     assert r2.sim_time_s == pytest.approx(1 + 1 + 1 + 1 + 0.2 + 1 + 1)
 
 
 def test_pageable_copies_and_rows():
     # pageable: every copy at twice the time. step 0: 2 + 2 + 0.2 + (0.1 + 1 + 0.1) + 2 = 7.4; step 1: 2 + 0.2 + 1.04
-    r = simulate(tiny_trace(SWAP2), _SwapAndOverlap(), COST, 2,
+    r = simulate(tiny_trace(SWAP2), SwapAndOverlap(), COST, 2,
                  executor=_x(host_memory="pageable", copy_granularity="projection", act_copies="per_expert", **SERIAL))
     np.testing.assert_allclose(r.step_times_s, [7.4, 3.24])
 
 
 def test_expert_overheads():
     # 0.1 s per active GPU expert, 0.2 s per active CPU expert on top of (5.3, 3.22)
-    r = simulate(tiny_trace(SWAP2), _SwapAndOverlap(), COST, 2,
+    r = simulate(tiny_trace(SWAP2), SwapAndOverlap(), COST, 2,
                  executor=_x(gpu_expert_overhead_us=1e5, cpu_expert_overhead_us=2e5, **SERIAL))
     np.testing.assert_allclose(r.step_times_s, [5.3 + 0.4, 3.22 + 0.4])
-
-
 
 
 @pytest.mark.parametrize("slots,expected", [(0, 5.4), (1, 5.3), (2, 5.1), (8, 5.3)])

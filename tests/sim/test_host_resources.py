@@ -10,28 +10,14 @@ import pytest
 
 pytest.importorskip("simpy", exc_type=ImportError)
 
-from simcases import tiny_trace
+from simcases import SWAP, SwapAndOverlap, tiny_trace
 from offload.cost import ConstantCostModel
 from offload.executor import ExecutorProfile
-from offload.policies import KEEP, LayerDecision, Policy, Prefetch, make_policy
+from offload.policies import make_policy
 from offload.results import RESOURCES, WHAT
 from sim.chrome_trace import TRACK_NAMES, chrome_trace_events
 from sim.engine import simulate, waterfill
 
-
-class _SwapAndOverlap(Policy):
-    """Step 0: demote 1, promote 2, run expert 1 on the CPU overlapped, prefetch 1 back in place of 0."""
-
-    name = "swap-and-overlap-test"
-
-    def decide(self, view):
-        if view.step.index:
-            return KEEP
-        return LayerDecision(demote=np.array([1]), promote=np.array([2]), overlap_cpu=True,
-                             prefetch=(Prefetch(layer=0, promote=np.array([1]), demote=np.array([0])),))
-
-
-SWAP = [[[1, 5, 1]]]
 SHARED = ExecutorProfile(name="shared", shared_dram=True)
 
 
@@ -51,7 +37,7 @@ def test_copy_and_cpu_experts_share_dram(dram, expected, both_end):
     experts 4.0-4.2, prefetch (alone, 100 B/s <= D) 4.2-5.2. D = 150: 75 each, both end at 2 + 1/0.75.
     D = 1000 or none: no slowdown (weights 2-3, CPU 2-3, GPU 3-3.2, prefetch 3.2-4.2)."""
     cost = ConstantCostModel(token_bytes=0, dram_bytes_per_s=dram)
-    r = simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
+    r = simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
     assert r.sim_time_s == pytest.approx(expected)
     tl = r.timeline
     for what in ("weights_h2d", "experts_cpu"):
@@ -60,7 +46,7 @@ def test_copy_and_cpu_experts_share_dram(dram, expected, both_end):
     assert r.busy_s["cpu"] == pytest.approx(both_end - 2)  # each is busy for longer: it got less bandwidth
     # an executor without shared_dram ignores the figure
     private = ExecutorProfile(name="private", shared_dram=False)
-    assert simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, executor=private).sim_time_s == pytest.approx(4.2)
+    assert simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, executor=private).sim_time_s == pytest.approx(4.2)
 
 
 def test_unequal_demands_share_max_min_fairly():
@@ -68,7 +54,7 @@ def test_unequal_demands_share_max_min_fairly():
     0.5 s), the CPU expert 200 B/s (its 100 B of weights + 2 x 50 B of rows in 1 s): every pair wants more than
     half of D, so water-filling gives 75 B/s each and the jobs run at 0.75, 0.75 and 0.375 of full speed."""
     cost = ConstantCostModel(token_bytes=10, dram_bytes_per_s=150.0)
-    r = simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
+    r = simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
     tl = r.timeline
     # t = 2: weights (100 B/s) and act D2H (50 B in 0.5 s: 100 B/s) start: 75 each, speed 0.75; D2H ends at
     # 2 + 0.5/0.75 = 2.6667 with the weights at 0.5 of 1 s. Then weights (100) and CPU (200): 75 each, speeds
@@ -92,7 +78,7 @@ def test_pinned_capacity_prices_the_rest_pageable():
     GPU experts 4-4.2; the CPU's results queue behind the weights (4-4.05); prefetch of expert 1 (pinned)
     4.2-5.2. Unlimited: 4.2 (tests/sim/test_engine.py)."""
     for pinned, expected in ((200.0, 5.2), (float("inf"), 4.2), (0.0, 2 + 2 + 0.2 + 2)):
-        r = simulate(tiny_trace(SWAP), _SwapAndOverlap(), ConstantCostModel(pinned_bytes=pinned), 2)
+        r = simulate(tiny_trace(SWAP), SwapAndOverlap(), ConstantCostModel(pinned_bytes=pinned), 2)
         assert r.sim_time_s == pytest.approx(expected), pinned
 
 
@@ -102,7 +88,7 @@ def test_host_thread_charges_sync_and_decide():
     x = ExecutorProfile.from_dict({"name": "slow-host", "host_sync_us": 5e4,
                                    "decide_us": {"swap-and-overlap-test": 2.5e5, "tide": 1.0}})
     assert x.decide_s("swap-and-overlap-test") == pytest.approx(0.25)
-    r = simulate(tiny_trace(SWAP), _SwapAndOverlap(), ConstantCostModel(), 2, executor=x, timeline=True)
+    r = simulate(tiny_trace(SWAP), SwapAndOverlap(), ConstantCostModel(), 2, executor=x, timeline=True)
     assert r.sim_time_s == pytest.approx(4.5)
     assert r.busy_s["host"] == pytest.approx(0.3) and r.utilisation["host"] == pytest.approx(0.3 / 4.5)
     tl = r.timeline
@@ -137,7 +123,7 @@ def test_only_the_memory_bound_share_of_cpu_work_slows():
     1 / (0.5 + 0.5 x 2) = 2/3, its last 0.2 s take 0.3 s: it ends at 4.3. GPU experts 4.0-4.2, layer end 4.3,
     prefetch alone 4.3-5.3."""
     cost = ConstantCostModel(token_bytes=0, dram_bytes_per_s=100.0, cpu_dram_bytes_per_s=200.0)
-    r = simulate(tiny_trace(SWAP), _SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
+    r = simulate(tiny_trace(SWAP), SwapAndOverlap(), cost, 2, executor=SHARED, timeline=True)
     tl = r.timeline
     cpu = tl.what == WHAT.index("experts_cpu")
     assert tl.end[cpu] == pytest.approx([4.3])

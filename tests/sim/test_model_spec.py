@@ -224,7 +224,7 @@ def test_unknown_preset(tmp_path):
     _err(ei, "unknown model 'llada2.0-huge'", "llada2.0-mini")
     with pytest.raises(TideError) as ei:
         ModelSpec.load(tmp_path)  # a directory without config.json
-    _err(ei, "unknown model")
+    _err(ei, "is a directory without a config.json")
 
 
 def test_unsupported_model_type_from_file(tmp_path):
