@@ -45,17 +45,11 @@ profile's copy time of B bytes, T_q the pageable one: latency + B / (pageable_fr
 An expert is pinned unless X is pageable or it lies beyond the profile's host.pinned_gib (experts pinned in
 (layer, expert) order, as the store page-locks its stacks layer by layer).
 
-Host DRAM (X.shared_dram and the profile's host.dram_gbps = D, in bytes/s): every copy and every CPU batch is a
-job with a nominal duration t_i (its price above) and DRAM bytes V_i (copies: B pinned, 3 B pageable, which
-bounce through a driver buffer; CPU batches: each active expert's weights once + 2 x rows x tok). Its peak
-demand p_i is the rate its memory-bound part reads at: V_i / t_i for a copy (all memory-bound), the profile's
-cpu.dram_gbps for a CPU batch (whose per-expert overheads and compute read nothing), so its memory-bound share
-is f_i = V_i / (p_i t_i) <= 1. While jobs run at once the bandwidth is split max-min fairly (water-filling): in
-ascending order of peak, r_i = min(p_i, (D - sum of the rates already given) / jobs left), and job i does
-nominal work at speed 1 / ((1 - f_i) + f_i p_i / r_i) (1 when r_i = p_i): only its memory-bound share slows,
-by r_i / p_i. Speeds are recomputed whenever a job starts or ends. Two jobs with p_1 <= D/2 get r_1 = p_1 and
-r_2 = min(p_2, D - p_1): a 50 GB/s copy under CPU experts reading at 215 of D = 215 leaves them 165 GB/s. A job
-alone runs at r = min(p, D). Without the figure, or with shared_dram false, nothing is shared.
+Host DRAM (X.shared_dram and the profile's host.dram_gbps): every copy and every CPU batch is a job of
+``sim.host_dram``, which shares the bandwidth max-min fairly among the jobs running at once. DRAM bytes per job:
+a copy of B bytes moves B pinned, 3 B pageable (it bounces through a driver buffer); a CPU batch reads each
+active expert's weights once and 2 x rows x token bytes of activations, at the profile's cpu.dram_gbps peak.
+Without the figure, or with shared_dram false, nothing is shared.
 
 Serial mode (``serial=True``; by default ``cost.serial``, a ``single_device`` profile: runtime --device cpu):
 one device does everything, so nothing overlaps: the CPU path runs after the GPU experts whatever overlap_cpu
@@ -70,7 +64,6 @@ step end times. Everything is deterministic: no randomness, FIFO resources.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -84,6 +77,7 @@ from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContex
 from offload.policies.residency import Residency
 from offload.results import RESOURCES, WHAT, Counters, EventLog, SimResult
 from offload.trace import Trace
+from sim.host_dram import HostDram
 
 _R = {name: i for i, name in enumerate(RESOURCES)}
 _W = {name: i for i, name in enumerate(WHAT)}
@@ -108,73 +102,6 @@ def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
     return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens), dtype=np.float64)
 
 
-def waterfill(total: float, demands: np.ndarray) -> np.ndarray:
-    """Max-min fair shares of ``total`` among ``demands`` (same unit): in ascending order of demand each gets
-    min(demand, what is left / users left), so no one gets more than it asks and the rest is split evenly."""
-    d = np.asarray(demands, dtype=np.float64)
-    rates = np.zeros_like(d)
-    left = float(total)
-    for k, i in enumerate(np.argsort(d, kind="stable")):
-        rates[i] = min(d[i], left / (d.size - k))
-        left -= rates[i]
-    return rates
-
-
-@dataclass(eq=False)
-class _Job:
-    left: float          # seconds of nominal work still to do
-    demand: float        # DRAM bytes/s while its memory-bound part runs at full speed (its peak)
-    frac: float          # share of its nominal time that is memory-bound (1 for copies)
-    speed: float         # nominal seconds per second now (<= 1)
-    changed: simpy.Event  # fires when the shares are recomputed
-
-
-class _Dram:
-    """Host DRAM bandwidth shared by the jobs running at once (module docstring: the DRAM law)."""
-
-    def __init__(self, env: simpy.Environment, bytes_per_s: float) -> None:
-        self.env, self.bw = env, float(bytes_per_s)
-        self.jobs: list[_Job] = []
-        self.t = 0.0
-
-    def _advance(self) -> None:
-        dt = self.env.now - self.t
-        if dt > 0:
-            for j in self.jobs:
-                j.left -= dt * j.speed
-        self.t = self.env.now
-
-    def _reshare(self) -> None:
-        if self.jobs:
-            rates = waterfill(self.bw, np.array([j.demand for j in self.jobs]))
-            for j, r in zip(self.jobs, rates):
-                # the memory-bound share slows by r / peak, the rest (compute, overheads) does not
-                j.speed = 1.0 if r >= j.demand else 1.0 / ((1.0 - j.frac) + j.frac * j.demand / float(r))
-        for j in self.jobs:  # wake every job so it reschedules its end at the new speed
-            old, j.changed = j.changed, self.env.event()
-            old.succeed()
-
-    def run(self, dt: float, nbytes: float, peak: float | None = None) -> Iterator[Any]:
-        """Do ``dt`` seconds of nominal work that moves ``nbytes`` through DRAM, at the speed the shares allow;
-        ``peak``: the rate its memory-bound part reads at (None: nbytes / dt, the job is all memory-bound)."""
-        env = self.env
-        self._advance()
-        avg = nbytes / dt
-        peak = avg if peak is None or peak <= avg else float(peak)
-        job = _Job(left=dt, demand=peak, frac=avg / peak, speed=1.0, changed=env.event())
-        self.jobs.append(job)
-        self._reshare()
-        tol = 1e-9 * dt
-        while True:
-            yield env.any_of([env.timeout(max(job.left, 0.0) / job.speed), job.changed])
-            self._advance()
-            # done, or so nearly that the clock could not move by the rest (float rounding would loop forever)
-            if job.left <= tol or env.now + job.left / job.speed <= env.now:
-                break
-        self.jobs.remove(job)
-        self._reshare()
-
-
 class _Run:
     def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: np.ndarray, shared_duplex: bool,
                  timeline: bool, serial: bool, executor: ExecutorProfile, act_free: bool) -> None:
@@ -191,7 +118,7 @@ class _Run:
         self.h2d = simpy.Resource(self.env, capacity=1)
         self.d2h = self.h2d if shared_duplex else simpy.Resource(self.env, capacity=1)
         bw = self.xc.dram_bytes_per_s
-        self.dram = _Dram(self.env, bw) if bw is not None and not serial else None  # serial: never two jobs at once
+        self.dram = HostDram(self.env, bw) if bw is not None and not serial else None  # serial: never two jobs at once
         self.cpu_peak = getattr(cost, "cpu_dram_bytes_per_s", None)  # the CPU experts' own read rate
         self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(policy.name)
         self.counts = trace.counts.view()

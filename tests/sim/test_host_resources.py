@@ -16,7 +16,8 @@ from offload.executor import ExecutorProfile
 from offload.policies import make_policy
 from offload.results import RESOURCES, WHAT
 from sim.chrome_trace import TRACK_NAMES, chrome_trace_events
-from sim.engine import simulate, waterfill
+from sim.engine import simulate
+from sim.host_dram import waterfill
 
 SHARED = ExecutorProfile(name="shared", shared_dram=True)
 
