@@ -85,6 +85,7 @@ import numpy as np
 from offload.cost import CostModel
 from offload.errors import TideError
 from offload.trace import Trace
+from offload.executor import ExecutorProfile
 from sim.engine import mandatory_gpu_time
 
 _TOL = 1e-9    # relative slack when checking that a cost model's batches are at least the derived per-expert sums
@@ -330,23 +331,33 @@ def _lp(P: _Problem, scale: float) -> _Solution:
 
 def lower_bound(trace: Trace, cost: CostModel, budget: Any = None, *, serial: bool | None = None,
                 shared_duplex: bool | None = None, dram_bytes_per_s: float | None = None,
-                method: str = "auto") -> Bound:
+                method: str = "auto", executor: ExecutorProfile | None = None) -> Bound:
     """The bound for ``trace`` on ``cost`` with ``budget`` experts per MoE layer (int or [L]; None: all), in the
     engine's mode (``serial``, ``shared_duplex``: None takes the cost model's, as ``simulate`` does);
     ``dram_bytes_per_s``: host DRAM bandwidth as a further resource (None: not modelled). ``method``:
-    "cutting-plane", "lp" (the full LP), or "auto" (cutting planes, the LP if they have not converged)."""
+    "cutting-plane", "lp" (the full LP), or "auto" (cutting planes, the LP if they have not converged).
+
+    ``executor`` (None: none of its costs): what every policy pays under it is added where it is certain: its
+    mandatory GPU work (lm_head rows and cast), the host sync per layer-step the GPU waits for (on the main
+    process's path, like G0), and, when it overlaps nothing (serial unless ``serial`` says otherwise), the
+    smaller of its per-expert GPU and CPU overheads for every active expert. Its other costs only add time, so
+    leaving them out keeps the bound valid."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise TideError(f"bound method must be one of {', '.join(METHODS)}, got {method!r}")
     S, L, E = trace.num_steps, trace.num_moe_layers, trace.num_experts
     btot = _budget_total(budget, L, E)
-    serial = bool(cost.serial if serial is None else serial)
+    if serial is None:
+        serial = bool(cost.serial) or (executor is not None and not executor.overlap)
+    serial = bool(serial)
     shared_duplex = bool(cost.shared_duplex if shared_duplex is None else shared_duplex)
     if dram_bytes_per_s is not None and not (np.isfinite(dram_bytes_per_s) and dram_bytes_per_s > 0):
         raise TideError(f"dram_bytes_per_s must be a positive number, got {dram_bytes_per_s!r}")
     eb, tb = int(cost.expert_bytes), int(cost.token_bytes)
     counts = np.asarray(trace.counts).astype(np.int64, copy=False)
-    g0 = mandatory_gpu_time(trace, cost)
+    g0 = mandatory_gpu_time(trace, cost, executor)
+    if executor is not None:
+        g0 += executor.host_sync_us * 1e-6 * S * L  # the GPU stream waits for it at every layer of every forward
 
     # experts of one step with the same count are interchangeable: a histogram [step, count value] holds it all
     width = int(counts.max(initial=0)) + 1
@@ -376,7 +387,10 @@ def lower_bound(trace: Trace, cost: CostModel, budget: Any = None, *, serial: bo
     rows: list[_Row] = []
     if serial:
         layer_steps = int((counts > 0).any(axis=-1).sum())
-        rows.append(_Row("serial", g0 + c0 + min(call_g, call_c) * layer_steps, g - c, w))
+        per_expert = 0.0 if executor is None else 1e-6 * min(executor.gpu_expert_overhead_us,
+                                                              executor.cpu_expert_overhead_us)
+        rows.append(_Row("serial", g0 + c0 + min(call_g, call_c) * layer_steps + per_expert * float(mult.sum()),
+                         g - c, w))
     else:
         rows += [_Row("gpu", g0, g, 0.0), _Row("cpu", c0, -c, 0.0)]
         h2d = _Row("h2d", a_h * a0, -a_h * nf, w)

@@ -89,9 +89,9 @@ def bound_of(task: Task) -> float:
     hw_json = json.dumps(task.hardware, sort_keys=True)
     key = (task.trace_path, str(budget), json.dumps(task.model, sort_keys=True), hw_json, repr(x))
     if key not in _BOUNDS:
-        host = HardwareProfile.from_dict(task.hardware).host
-        dram = host.dram_gbps * 1e9 if (x.shared_dram and host is not None and host.dram_gbps) else None
-        _BOUNDS[key] = lower_bound(_trace(task.trace_path), cost_of(task), budget, dram_bytes_per_s=dram).seconds
+        cost = cost_of(task)
+        dram = cost.dram_bytes_per_s if x.shared_dram else None  # None too when the profile has no figure
+        _BOUNDS[key] = lower_bound(_trace(task.trace_path), cost, budget, dram_bytes_per_s=dram, executor=x).seconds
     return _BOUNDS[key]
 
 
