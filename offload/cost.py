@@ -39,6 +39,7 @@ by default):
   logits_cast(m)  = m V (b + 4) / BW_hbm + launch    float32 cast of m logit rows (0 for m = 0)
   dram_bytes_per_s = host.dram_gbps x 1e9 (None: not given);  pinned_bytes = host.pinned_gib x 2^30 (inf: not given)
   cpu_dram_bytes_per_s = cpu.dram_gbps x 1e9   the CPU experts' own read rate (their peak DRAM demand)
+  decide_s(policy) = decide_us[policy] x 1e-6   one measured decide() of policy (None: the profile has no figure)
 
 :class:`ExecutorCost` prices one layer's pieces as an executor (``offload.executor``) carries them out: weight
 copies per batch, per expert or per projection, from pinned or pageable memory, in closed form (n blocking
@@ -243,6 +244,12 @@ class RooflineCostModel:
     def cpu_dram_bytes_per_s(self) -> float:
         """The rate the CPU experts read their weights at (the profile's cpu.dram_gbps)."""
         return self.hw.cpu.dram_gbps * 1e9
+
+    def decide_s(self, policy: str) -> float | None:
+        """Seconds of one decide() of ``policy`` as the profile measured it (its ``decide_us`` table, written by
+        validate.calibrate); None where the profile has no figure for it (presets: none at all)."""
+        us = self.hw.decide_us.get(policy)
+        return None if us is None else float(us) * 1e-6
 
     def act_d2h(self, nbytes: Any) -> np.ndarray:
         """Activations to the CPU experts: none move on a single-device profile."""

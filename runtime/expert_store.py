@@ -73,7 +73,7 @@ from runtime.streams import ACT, COMPUTE, COPY, SERIAL_CPU, default_streams
 from offload.errors import TideError
 from offload.model_spec import ModelSpec
 from offload.plan import PlanTotals, plan_layer
-from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.base import LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import MoveCounters, Residency
 from offload.results import Counters
 
@@ -260,10 +260,7 @@ class ExpertStore:
 
     def _prefetch(self, prefetch: Sequence[Prefetch]) -> None:
         for pf in prefetch:
-            t = int(pf.layer)
-            if not 0 <= t < self.L:
-                raise TideError(f"policy {self.policy.name} prefetched into MoE layer {t} of {self.L}")
-            demote, promote, _ = self.residency.apply(t, LayerDecision(promote=pf.promote, demote=pf.demote))
+            t, demote, promote = self.residency.prefetch(pf)
             ev = self._move(t, demote, promote)
             if ev is not None:
                 mask = np.zeros(self.E, dtype=bool)

@@ -1,7 +1,8 @@
 """Measure how long a policy's ``decide()`` takes on the host, per (step, MoE layer), by replaying a trace.
 
-The engine charges an executor's ``decide_us`` table (``offload.executor``) on its host thread; this gives the
-figures for it. The replay is the simulator's own (``sim.engine.simulate`` with the default executor), so the
+The engine charges an executor's ``decide_us`` table (``offload.executor``), else a calibrated hardware profile's
+measured ``decide_us`` (``validate.bench_decide``, which drives the policy without simpy through
+``offload.policies.drive``), on its host thread; this gives the figures for an executor's table. The replay is the simulator's own (``sim.engine.simulate`` with the default executor), so the
 policy sees the views, residency and cost model it sees in a simulated or runtime run; only the wall time of
 each ``decide`` call is kept (``time.perf_counter_ns`` around it).
 

@@ -15,7 +15,11 @@ One forward pass s (times from the cost model, see ``offload.cost``; X the execu
        made); + logits_cast(m) = m V (b + 4) / BW_hbm + launch when X.lm_head_fp32
   for each MoE layer l:
     GPU: moe_pre(s)                                    attention, router, shared expert
-    host: X.host_sync_us + X.decide_us[policy]          the GPU waits (the decision needs the layer's counts)
+    host: X.host_sync_us + decide(policy)               the GPU waits (the decision needs the layer's counts)
+      decide(policy) = X.decide_us[policy] where the executor names the policy (tide-reference), else the
+      hardware profile's measured decide_us[policy] (cost.decide_s: a calibrated profile, validate.bench_decide),
+      else X.decide_default_us. tide-moe names none: a calibrated profile's figure is charged in full (its
+      moe_overhead table holds all-gpu's decision, KEEP, ~0 us, so nothing is counted twice); presets: 0.
     policy.decide(view)  -> demote, (budget), promote, stream, prefetch, overlap_cpu
     D2H: demoted experts' weights, blocking            only with X.demote_d2h
     CPU path (if any active expert is not on the GPU): D2H activations -> CPU experts -> H2D results
@@ -73,7 +77,7 @@ from offload.cost import CostModel, ExecutorCost
 from offload.errors import TideError
 from offload.executor import ExecutorProfile
 from offload.plan import LayerPlan, PlanTotals, plan_layer
-from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
+from offload.policies.base import LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import Residency
 from offload.results import RESOURCES, WHAT, Counters, EventLog, SimResult
 from offload.trace import Trace
@@ -120,7 +124,10 @@ class _Run:
         bw = self.xc.dram_bytes_per_s
         self.dram = HostDram(self.env, bw) if bw is not None and not serial else None  # serial: never two jobs at once
         self.cpu_peak = getattr(cost, "cpu_dram_bytes_per_s", None)  # the CPU experts' own read rate
-        self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(policy.name)
+        # decide() per layer: the executor's own figure, else the profile's measured one (module docstring)
+        measured = getattr(cost, "decide_s", None)  # RooflineCostModel has it; hand-made test models may not
+        self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(
+            policy.name, measured(policy.name) if measured is not None else None)
         self.counts = trace.counts.view()
         self.counts.setflags(write=False)  # policies get views of it: they must not change the trace
         self.step_fixed = self.xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens)
@@ -170,8 +177,7 @@ class _Run:
         """Issue the prefetch copies (asynchronous); returns their processes."""
         procs = []
         for pf in prefetch:
-            layer = int(pf.layer)
-            demote, promote, _ = self.residency.apply(layer, LayerDecision(promote=pf.promote, demote=pf.demote))
+            layer, demote, promote = self.residency.prefetch(pf)
             if promote.size or (self.x.demote_d2h and demote.size):
                 mask = np.zeros(self.trace.num_experts, dtype=bool)
                 mask[promote] = True

@@ -1,15 +1,18 @@
 """``python -m sim.explore``: what-if studies over policies, refresh interval tau and GPU expert budget.
 
 With no arguments it runs the default study: LLaDA2.0-mini on the H100/PCIe 5 preset, 128 of 256 experts per
-layer resident, one synthetic ``prefix-recompute`` and one ``block-cache`` trace (gen length 1024, block 32),
-every policy, tau from 1 to 16. It prints a summary table and writes a run directory:
+layer resident, under the ``tide-moe`` executor, three synthetic trace draws of each of ``prefix-recompute`` and
+``block-cache`` (gen length 1024 with EOS stop, block 32; ``sim.spread``), every policy, tau from 1 to 16. It
+prints the medians and [min-max] over draws with the bound (``sim.bound``) and writes a run directory:
 
-  config.json               the resolved configuration (model, hardware profile, budget, traces, policies)
-  results.json              one row per (trace, policy, tau): counters, timing, utilisation
-  report.html               self-contained plotly report
-  recommended-policy.json   the fastest policy that fits, with its parameters (``runtime.generate --policy``)
+  config.json               the resolved configuration (model, hardware profile, executor, budget, traces, policies)
+  results.json              one row per (trace, policy, tau): counters, timing, utilisation, the bound
+  report.html               self-contained plotly report, leading with the recommendation
+  recommended-policy.json   the fastest policy the runtime can execute within the budget, with its parameters,
+                            the model, hardware and mode (``runtime.generate --policy``)
   traces/*.npz              the traces replayed (synthetic ones are generated here, seeded)
   timeline.json             with --timeline: Chrome-trace timeline of the recommended run (Perfetto)
+  sensitivity.json          with --sensitivity: each guessed figure at both ends of its range (``sim.sensitivity``)
 """
 from __future__ import annotations
 

@@ -51,3 +51,33 @@ def test_gpu_tests_collect_with_torch_only(import_blocker):
     assert blocked.returncode == 0, blocked.stdout[-3000:] + blocked.stderr[-2000:]
     assert not re.search(r"\b\d+ errors?\b", blocked.stdout), blocked.stdout[-3000:]
     assert blocked_ids == gpu_ids
+
+
+def test_calibration_measures_decide_times_with_torch_only(import_blocker):
+    """validate.calibrate and its decide() step (validate.bench_decide, offload.policies.drive) import and run
+    without simpy or scipy: tide-opt then solves its tau on the grid."""
+    code = import_blocker(BLOCKED) + textwrap.dedent("""
+        import numpy as np
+        import validate.calibrate
+        from offload.cost import RooflineCostModel
+        from offload.hardware import HardwareProfile
+        from offload.model_spec import ModelSpec
+        from offload.policies import make_policy
+        from offload.policies.base import PolicyContext
+        from offload.policies.drive import drive
+        from validate.bench_decide import decide_table, routing
+        spec = ModelSpec.load("llada2-tiny")
+        cost = RooflineCostModel(spec, HardwareProfile.load("h100-pcie5"))
+        table = decide_table(spec, cost)
+        assert all(v > 0 for v in table.values()) and "tide-opt" in table, table
+        counts, steps = routing(spec.num_moe_layers, spec.num_experts, spec.top_k)
+        L, E = spec.num_moe_layers, spec.num_experts
+        ctx = PolicyContext(L, E, spec.top_k, np.full(L, E // 2), spec.expert_bytes, 32, "prefix-recompute", cost)
+        pol = make_policy("tide-opt")
+        drive(pol, counts, steps, E // 2, ctx)
+        print("solver", pol.report()["solver"])
+        assert not any(m in sys.modules for m in ("simpy", "scipy"))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "solver grid" in proc.stdout

@@ -17,7 +17,8 @@ from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
 from offload.cli import add_model, Parser
 from offload.trace import DIFFUSION_MODES
-from traces.synthetic import default_config, generate
+from traces.synthetic import generate
+from traces.synthetic_draws import synthetic_draw
 
 # option name -> (SyntheticConfig field, type, help)
 _OPTIONS = {
@@ -33,7 +34,19 @@ _OPTIONS = {
     "--block-concentration": ("block_concentration", float, "Dirichlet concentration of a block's experts"),
     "--temporal-correlation": ("temporal_correlation", float, "per-step AR(1) coefficient of routing noise"),
     "--commit-correlation": ("commit_correlation", float, "extra AR(1) coefficient when a token commits"),
+    "--skew-depth": ("skew_depth", float, "how much the skew rises with depth"),
+    "--concentration-depth": ("concentration_depth", float, "how much the concentration falls with depth"),
+    "--drift-sd": ("drift_sd", float, "stationary sd of the log-popularity drift across blocks"),
+    "--drift-correlation": ("drift_correlation", float, "its AR(1) coefficient from one block to the next"),
+    "--content-share": ("content_share", float, "share of a committed token's routing moved to content experts"),
+    "--content-concentration": ("content_concentration", float, "Dirichlet concentration of the content experts"),
+    "--mask-share": ("mask_share", float, "share of a masked token's routing on the layer's mask experts"),
+    "--mask-experts": ("mask_experts", int, "mask experts per layer"),
+    "--eos-blocks-min": ("eos_blocks_min", int, "the block holding EOS is uniform on [min, max] (default 2)"),
+    "--eos-blocks-max": ("eos_blocks_max", int, "... (default 7)"),
 }
+# every option's default is the model's calibrated value (traces.synthetic.default_config; the module docstring
+# says what each is calibrated to and its valid range, which the config checks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,11 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="trace file to write (.npz)")
     for opt, (field, typ, text) in _OPTIONS.items():
         ap.add_argument(opt, dest=field, type=typ, default=None, help=text)
+    ap.add_argument("--no-eos-stop", action="store_true", help="generate every block (default: stop after the block "
+                    "holding EOS, as TIDE's evaluation does)")
+    ap.add_argument("--draw", type=int, default=0, help="draw of the generator's uncertain parameters "
+                    "(traces.synthetic_draws): 0 the calibrated values (default), i >= 1 seed + i and drawn values")
     ap.add_argument("--with-topk", action="store_true", help="also store per-token top-k expert ids")
     args = ap.parse_args(argv)
     model = ModelSpec.load(args.model)
     overrides = {f: getattr(args, f) for f, _, _ in _OPTIONS.values() if getattr(args, f) is not None}
-    cfg = default_config(model, args.mode, **overrides)
+    if args.no_eos_stop:
+        overrides["eos_stop"] = False
+    seed = overrides.pop("seed", 0)
+    cfg = synthetic_draw(model, args.mode, seed, args.draw, **overrides)
     t0 = time.perf_counter()
     trace = generate(model, cfg, with_topk=args.with_topk)
     elapsed = time.perf_counter() - t0

@@ -8,7 +8,8 @@ decoder layer of each kind of ``--model`` (default llada2-tiny on cpu, llada2.0-
 runtime's dtype (float32 on cpu, bfloat16 on cuda): routed experts on the device and on the host
 (validate.bench_experts), attention / embeddings / dense MLP / router + shared expert / lm_head + sampler and
 the generation loop's own per-step work (validate.bench_layers), the expert store's per-layer fixed work
-(validate.bench_store), and the copies (validate.bench_copies). Each table is checked on held-out points that
+(validate.bench_store), and the copies (validate.bench_copies); then each policy's decide() time
+(validate.bench_decide, the profile's ``decide_us``: numpy, under a second). Each table is checked on held-out points that
 were not used to build it; the errors are printed and stored in the profile (``calibration.holdout``).
 
 Written as it goes: the profile is rewritten (atomically) after every table, so a run killed by an outer
@@ -41,7 +42,9 @@ import torch
 from offload.cli import add_model, Parser
 from offload.errors import TideError, run_cli
 from offload.atomic_io import atomic_write_text
-from validate import bench_copies, bench_experts, bench_layers, bench_store
+from offload.cost import RooflineCostModel
+from offload.hardware import HardwareProfile
+from validate import bench_copies, bench_decide, bench_experts, bench_layers, bench_store
 from runtime.environment import environment
 from validate.profile_build import build_profile, holdout_summary
 from validate.rig import Rig, build_rig
@@ -146,6 +149,7 @@ class Progress:
     on_save: Callable[[str, Path], None] | None = None  # after every write: (what was measured, path written)
     tables: dict[str, Measured] = field(default_factory=dict)
     step: dict[str, float] | None = None
+    decide: dict[str, float] | None = None  # policy -> us per decide() (the profile's decide_us), once measured
     skipped: list[str] = field(default_factory=list)  # informational tables skipped by --max-seconds
     cut: list[str] = field(default_factory=list)  # tables not started because --deadline-seconds had passed
     finished: list[str] = field(default_factory=list)  # measured so far, in order ("step": the step overhead)
@@ -198,6 +202,22 @@ class Progress:
         _say(f"  {'step':<20} {time.perf_counter() - t0:6.1f} s")
         self._saved("step", self.save())
 
+    def run_decide(self, fn: Callable[[], dict[str, float]]) -> None:
+        """Measure the policies' decide() times (not a table: the profile's ``decide_us``); after the required
+        tables, since riptide and tide-opt price their choices with the cost model of the profile so far."""
+        if not self._may_start("decide", optional=False) or not self.ready():
+            return
+        t0 = time.perf_counter()
+        self.decide = fn()
+        self.finished.append("decide")
+        _say(f"  {'decide':<20} {time.perf_counter() - t0:6.1f} s")
+        self._saved("decide", self.save())
+
+    def profile(self, complete: bool = False) -> dict[str, Any]:
+        """The hardware profile as of now (only once ready())."""
+        return build_profile(self.rig, self.tables, self.step, self.env, self.calibration(complete),
+                             self.duplex_ratio, self.decide)
+
     def _saved(self, name: str, path: Path) -> None:
         if self.on_save is not None:
             self.on_save(name, path)
@@ -218,8 +238,7 @@ class Progress:
     def save(self, complete: bool = False) -> Path:
         """Rewrite the profile (or, before the required tables, the partial record) atomically; its path."""
         if self.ready():
-            profile = build_profile(self.rig, self.tables, self.step, self.env, self.calibration(complete),
-                                    self.duplex_ratio)
+            profile = self.profile(complete)
             atomic_write_text(self.out, json.dumps(profile, indent=1) + "\n")
             _unlink(partial_path(self.out))
             return self.out
@@ -332,6 +351,7 @@ def _measure_all(p: Progress, clock: Clock, host_clock: Clock, rig: Rig, g: dict
     p.run("moe_dense", lambda: bench_layers.mlp_table("moe_dense", clock, rig, g["tokens"], g["tokens_held"]))
     p.run("moe_overhead", lambda: bench_store.moe_overhead_table(clock, rig, g["tokens"], g["tokens_held"]))
     p.run("lm_head", lambda: bench_layers.lm_head_table(clock, rig, g["lm_rows"], g["lm_held"]))
+    p.run_decide(lambda: bench_decide.decide_table(*_decide_model(p)))
     threads = sorted({1, torch.get_num_threads()} | ({max(1, torch.get_num_threads() // 2)} if not a.quick else set()))
     p.run("cpu_expert_threads", lambda: bench_experts.threads_table(host_clock, rig, threads, g["threads_tokens"]),
           optional=True)
@@ -344,6 +364,13 @@ def _measure_all(p: Progress, clock: Clock, host_clock: Clock, rig: Rig, g: dict
             p.run("copy_duplex", lambda: bench_copies.duplex_table(clock, rig, big, p.tables["copy_d2h"]), optional=True)
 
 
+def _decide_model(p: Progress) -> tuple[Any, RooflineCostModel]:
+    """The calibrated model's spec in the calibration dtype and the cost model of the profile measured so far."""
+    rig = p.rig
+    spec = dataclasses.replace(rig.full_spec, dtype_bytes=torch.empty(0, dtype=rig.dtype).element_size())
+    return spec, RooflineCostModel(spec, HardwareProfile.from_dict(p.profile(), origin="profile so far"))
+
+
 def _report(p: Progress, profile: dict[str, Any], path: Path, complete: bool) -> None:
     """The held-out summary and the closing lines."""
     step = p.step or {}
@@ -353,6 +380,8 @@ def _report(p: Progress, profile: dict[str, Any], path: Path, complete: bool) ->
     _say(f"step overhead {step['step_overhead_s'] * 1e6:.1f} us per forward (loop {step['loop_per_forward_s'] * 1e6:.1f} us"
          f" - sampler {step['sampler_s'] * 1e6:.1f} us); link shared_duplex={profile['link']['shared_duplex']}"
          + (f"; skipped {', '.join(p.skipped)}" if p.skipped else ""))
+    if p.decide:
+        _say("decide() per layer: " + ", ".join(f"{k} {v:.1f} us" for k, v in p.decide.items()))
     if not complete:
         _say(f"INCOMPLETE: --deadline-seconds passed before {', '.join(p.cut)}; calibration.complete is false")
     _say(f"wrote {path} in {p.elapsed():.1f} s")

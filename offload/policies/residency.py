@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from offload.errors import TideError
-from offload.policies.base import LayerDecision, Policy, ids
+from offload.policies.base import LayerDecision, Policy, Prefetch, ids
 
 
 @dataclass
@@ -79,6 +79,16 @@ class Residency:
         self.moves.promotions += promote.size + stream.size
         self.moves.demotions += demote.size + stream.size
         return demote, promote, stream
+
+    def prefetch(self, pf: Prefetch) -> tuple[int, np.ndarray, np.ndarray]:
+        """Apply one prefetch (its demote, then its promote, into layer ``pf.layer``) as both executors do once a
+        layer's experts have run; returns (layer, demote, promote). A layer outside [0, L) is a TideError: numpy
+        would otherwise wrap a negative one onto another layer."""
+        layer, L = int(pf.layer), self.resident.shape[0]
+        if not 0 <= layer < L:
+            raise TideError(f"policy {self.policy.name} prefetched into MoE layer {layer} of {L}")
+        demote, promote, _ = self.apply(layer, LayerDecision(promote=pf.promote, demote=pf.demote))
+        return layer, demote, promote
 
     def _set_budget(self, layer: int, new: int) -> None:
         """Re-partition: this layer's budget becomes ``new`` (checked against its residents, E and the total)."""

@@ -93,7 +93,10 @@ def test_profile_is_calibrated_from_micro_benchmarks(gpu_script_cpu):
     assert "micro-benchmarks only" in hw.calibration["method"]
     cal = hw.calibration  # a finished run: complete, every table listed, the host flush recorded
     assert cal["complete"] is True and not cal["deadline_cut"]
-    assert set(cal["tables_done"]) == set(hw.tables) | {"step"}
+    assert set(cal["tables_done"]) == set(hw.tables) | {"step", "decide"}  # decide: the profile's decide_us
+    # measured without scipy (the GPU script's environment): every causal policy but all-gpu, in microseconds
+    assert set(hw.decide_us) == {"cpu-route", "static", "fetch-lru", "tide", "tide-opt", "riptide"}
+    assert all(v > 0 for v in hw.decide_us.values()) and hw.decide_us["riptide"] > hw.decide_us["cpu-route"]
     assert cal["timing"]["host_flush_bytes"] > 0 and cal["timing"]["device_flush_bytes"] == 0  # one flush on cpu
     holdout = hw.calibration["holdout"]
     for name in ("gpu_expert", "attention", "moe_overhead", "copy_h2d"):
