@@ -142,22 +142,15 @@ def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[st
                 raise TideError(f"two traces named {name!r}; rename one")
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
         return paths, draws
-    from traces.synthetic import generate
-    from traces.synthetic_draws import synthetic_draw
+    from traces.synthetic_draws import draw_trace
 
     for mode in dict.fromkeys(a.modes):
         for draw in range(a.seeds):
-            if mode == "autoregressive":  # token by token: no blocks; draws differ by seed (traces.synthetic_ar)
-                from traces.synthetic_ar import default_ar_config, synthetic_ar_trace
-
-                trace = synthetic_ar_trace(model, default_ar_config(model, gen_length=a.gen_length,
-                                                                    prompt_length=a.prompt_length, seed=a.seed + draw))
-            else:
-                overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
-                                                 prompt_length=a.prompt_length)
-                if a.tokens_per_forward is not None:
-                    overrides["tokens_per_forward"] = a.tokens_per_forward
-                trace = generate(model, synthetic_draw(model, mode, a.seed, draw, **overrides))
+            overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
+                                             prompt_length=a.prompt_length)
+            if a.tokens_per_forward is not None:
+                overrides["tokens_per_forward"] = a.tokens_per_forward
+            trace = draw_trace(model, mode, a.seed, draw, **overrides)
             name = mode if a.seeds == 1 else f"{mode}-draw{draw}"
             paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
             draws[name] = draw

@@ -91,15 +91,14 @@ def paper_setting(p: Point, points: Sequence[Point], study: StudySpec) -> bool:
 
 def make_traces(study: StudySpec, out: Path) -> dict[tuple[str, str, int], str]:
     """(model, mode, draw) -> trace file: ``study.seeds`` synthetic draws per model and mode (``sim.spread``)."""
-    from traces.synthetic import generate
-    from traces.synthetic_draws import synthetic_draw
+    from traces.synthetic_draws import draw_trace
 
     paths = {}
     for m in study.models:
         spec = ModelSpec.load(m)
         for mode in study.modes:
             for draw in range(study.seeds):
-                trace = generate(spec, synthetic_draw(spec, mode, study.seed, draw, gen_length=study.gen_length))
+                trace = draw_trace(spec, mode, study.seed, draw, gen_length=study.gen_length)
                 name = f"{m}-{mode}" + (f"-draw{draw}" if study.seeds > 1 else "")
                 paths[(m, mode, draw)] = str(write_trace(trace, out / "traces" / f"{name}.npz"))
     return paths

@@ -5,7 +5,7 @@ setting. ``sim/studies/<name>.json`` are the packaged ones (``--study paper``); 
 Fields (all required but ``description``, ``reserve_gib`` (4 GiB), ``seeds`` (1) and ``paper_setting``):
   models, hardware       presets or files, as ``--model`` / ``--hardware`` take them
   fractions              GPU budgets as fractions of the routed experts per layer, each in (0, 1]
-  modes                  prefix-recompute and/or block-cache
+  modes                  prefix-recompute, block-cache and/or autoregressive (token-by-token decode)
   policies               policy specs (``name`` or ``name(k=v, ...)``); a tide without tau is swept over ``tau``
   tau                    refresh intervals (integers >= 1)
   gen_length, seed       synthetic traces: generated tokens, seed
@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 from offload.errors import TideError
 from offload.policies import policy_from_text
-from offload.trace import DIFFUSION_MODES
+from offload.trace import MODES
 
 PACKAGED = ("paper", "paper-repro")
 MAX_SEEDS = 1000  # draws per model and mode: each is a full replay of the grid
@@ -74,8 +74,8 @@ def study_from_dict(d: Any, origin: str) -> StudySpec:
     if not all(0.0 < f <= 1.0 for f in fractions):
         raise TideError(f"study {origin}: fractions must be in (0, 1]")
     modes = _list(d, "modes", str, origin)
-    if not set(modes) <= set(DIFFUSION_MODES):
-        raise TideError(f"study {origin}: modes must be among {', '.join(DIFFUSION_MODES)}")
+    if not set(modes) <= set(MODES):
+        raise TideError(f"study {origin}: modes must be among {', '.join(MODES)}")
     tau = _list(d, "tau", int, origin)
     if min(tau) < 1:
         raise TideError(f"study {origin}: tau must be >= 1")

@@ -183,3 +183,19 @@ def synthetic_draw(model: Any, mode: str, seed: int, draw: int, **overrides: Any
     drawn = draw_config(base, draw, model)
     fixed = {k: v for k, v in overrides.items() if k in {p.name for p in uncertain_parameters(model)}}
     return replace(drawn, **fixed) if fixed else drawn
+
+
+def draw_trace(model: Any, mode: str, seed: int, draw: int, **overrides: Any) -> Any:
+    """The synthetic trace of draw ``draw`` in any mode: a diffusion mode's from :func:`synthetic_draw` (seed +
+    draw, uncertain parameters drawn), autoregressive decode's from ``traces.synthetic_ar`` with seed + draw
+    (its calibration has no drawn parameters; of ``overrides`` it takes gen_length and prompt_length)."""
+    from traces.synthetic import generate
+
+    if mode == "autoregressive":
+        from traces.synthetic_ar import default_ar_config, synthetic_ar_trace
+
+        if draw < 0:
+            raise TideError(f"synthetic draw must be an integer >= 0, got {draw}")
+        keep = {k: v for k, v in overrides.items() if k in ("gen_length", "prompt_length")}
+        return synthetic_ar_trace(model, default_ar_config(model, seed=seed + draw, **keep))
+    return generate(model, synthetic_draw(model, mode, seed, draw, **overrides))

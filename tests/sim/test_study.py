@@ -97,7 +97,7 @@ def test_a_study_is_a_file(tmp_path):
 
 
 @pytest.mark.parametrize("edit,match", [
-    ({"fractions": [0]}, r"fractions must be in \(0, 1\]"), ({"modes": ["autoregressive"]}, "modes must be among"),
+    ({"fractions": [0]}, r"fractions must be in \(0, 1\]"), ({"modes": ["decode"]}, "modes must be among"),
     ({"tau": []}, "tau must be a non-empty list"), ({"policies": ["tide(tua=1)"]}, "no parameter tua"),
     ({"gen_length": 0}, "gen_length must be an integer >= 1"), ({"extra": 1}, "unknown field extra"),
     ({"seeds": 0}, r"seeds must be an integer in \[1, 1000\], got 0"), ({"seeds": 2.5}, "seeds must be an integer"),
@@ -152,3 +152,17 @@ def test_sweep_on_a_local_ray_instance(tmp_path):
     local = json.loads((tmp_path / "local.json").read_text())
     assert [r["label"] for r in on_ray] == [r["label"] for r in local]
     assert [r["sim_time_s"] for r in on_ray] == [r["sim_time_s"] for r in local]
+
+
+def test_an_autoregressive_study(tmp_path):
+    """issue 13: autoregressive decode is a study mode like the diffusion ones (synthetic AR traces per draw)."""
+    spec = {"name": "ar", "models": ["qwen3-30b-a3b"], "hardware": ["h100-pcie5"], "fractions": [0.25],
+            "modes": ["autoregressive"], "policies": ["cpu-route", "static", "tide"], "tau": [1, 8],
+            "gen_length": 48, "seed": 0, "seeds": 2}
+    path = tmp_path / "ar.json"
+    path.write_text(json.dumps(spec))
+    assert main(["--study", str(path), "--quiet", "--no-report", "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
+    (h,) = json.loads((tmp_path / "o" / "headline.json").read_text())
+    assert h["mode"] == "autoregressive" and h["draws"] == 2 and h["budget"] == 32
+    assert h["static"] is not None and h["tide_best_tau"] and h["recommended"] in ("cpu-route", "static", "tide best",
+                                                                                    "tide(tau=1)", "tide(tau=8)")
