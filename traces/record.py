@@ -354,6 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     trace, _ = record_generate(model, prompt, a.max_new_tokens, ignore_eos=a.ignore_eos, name=name, source=source)
     out = write_trace(trace, a.out)
     print(f"wrote {out}: {trace_summary(trace)}")
+    if a.random_from is not None:  # a model no preset names: its config, so that the trace can be replayed
+        import json
+
+        from offload.atomic_io import atomic_write_text
+
+        cfg_path = out.with_name(out.stem + ".config.json")
+        atomic_write_text(cfg_path, json.dumps(config_dict(model.config), indent=1, default=str) + "\n")
+        print(f"wrote {cfg_path}: replay with python -m sim.explore --trace {out} --model {cfg_path}")
     return 0
 
 

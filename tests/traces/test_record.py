@@ -87,6 +87,13 @@ def test_cli_writes_a_trace(tmp_path, capsys):
     assert e.value.code == 0, capsys.readouterr().err
     tr = read_trace(out)
     assert tr.num_steps == 4 and tr.num_experts == 64 and "wrote" in capsys.readouterr().out
+    # the random model's config beside it: the spec it gives is the one the trace was recorded for
+    from offload.model_spec import ModelSpec
+    from offload.trace_check import check_model_match
+
+    spec = ModelSpec.load(tmp_path / "t.config.json")
+    assert spec.config_hash == tr.header["model"]["config_hash"]
+    check_model_match(tr, spec)
 
 
 def _cli_error(argv, capsys):
