@@ -3,7 +3,8 @@
 The engine asks a cost model for six kinds of time, all in seconds and vectorised with numpy:
 
   step_fixed(n, c, m)  GPU work of one forward outside the MoE layers: per-step overhead, the dense layers
-                       (attention + dense MLP) and lm_head over m tokens. n tokens forwarded, c context keys.
+                       (attention + dense MLP) and lm_head over m tokens. n tokens forwarded, c context keys
+                       (per sequence; an optional seqs: sequences decoded together, each with its own cache).
   moe_pre(n, c)        GPU work of one MoE layer outside its routed experts: attention, router, shared expert,
                        and the expert store's fixed per-layer work (moe_overhead).
   gpu_experts(counts)  one layer's batch of resident routed experts; counts[..., E] token-assignments.
@@ -72,8 +73,8 @@ class CostModel(Protocol):
     serial: bool         # one device runs everything, one item after another (sim.engine's serial mode)
     shared_duplex: bool  # one copy engine serves both directions of the host link
 
-    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray: ...
-    def moe_pre(self, n: Any, c: Any) -> np.ndarray: ...
+    def step_fixed(self, n: Any, c: Any, m: Any, seqs: Any = 1) -> np.ndarray: ...
+    def moe_pre(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray: ...
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
     def cpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
     def h2d(self, nbytes: Any) -> np.ndarray: ...
@@ -114,11 +115,15 @@ class RooflineCostModel:
     def _gpu(self, cost: OpCost, launches: int) -> np.ndarray:
         return _roofline(cost, self.hw.gpu.matmul_tflops, self.hw.gpu.hbm_gbps) + launches * self.hw.gpu.kernel_overhead_us * 1e-6
 
-    def attention(self, n: Any, c: Any) -> np.ndarray:
+    def attention(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray:
+        """n tokens forwarded in ``seqs`` sequences (a batched decode step), each token attending to at most c
+        keys of its own sequence: every sequence reads its own cache. A measured table holds one sequence: a
+        batch costs seqs x table(n / seqs, c)."""
         table = self.hw.tables.get("attention")
         if table is not None:
-            return table(n, c)
-        return self._gpu(self.model.attention_cost(n, c), _LAUNCH["attention"] + _LAUNCH["norms"])
+            s = np.asarray(seqs, dtype=np.float64)
+            return s * table(np.asarray(n) / s, c) if np.any(s != 1) else table(n, c)
+        return self._gpu(self.model.attention_cost(n, c, seqs), _LAUNCH["attention"] + _LAUNCH["norms"])
 
     def embed(self, n: Any) -> np.ndarray:
         table = self.hw.tables.get("embed")
@@ -150,13 +155,13 @@ class RooflineCostModel:
             return table(n)
         return np.full(np.shape(n), self.hw.moe_layer_overhead_us * 1e-6)
 
-    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
-        dense = self.attention(n, c) + self.dense_mlp(n)
+    def step_fixed(self, n: Any, c: Any, m: Any, seqs: Any = 1) -> np.ndarray:
+        dense = self.attention(n, c, seqs) + self.dense_mlp(n)
         return (self.hw.step_overhead_us * 1e-6 + self.embed(n) + self.model.first_k_dense_replace * dense
                 + self.lm_head(m))
 
-    def moe_pre(self, n: Any, c: Any) -> np.ndarray:
-        return self.attention(n, c) + self.moe_dense(n) + self.moe_overhead(n)
+    def moe_pre(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray:
+        return self.attention(n, c, seqs) + self.moe_dense(n) + self.moe_overhead(n)
 
     def gpu_expert_each(self, n: Any) -> np.ndarray:
         """One routed expert on the GPU with n tokens (0 for n = 0)."""
@@ -283,10 +288,10 @@ class ConstantCostModel:
     pinned_bytes: float = float("inf")     # page-locked host memory for expert weights
     cpu_dram_bytes_per_s: float | None = None  # the CPU experts' read rate (None: all their time is memory-bound)
 
-    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
+    def step_fixed(self, n: Any, c: Any, m: Any, seqs: Any = 1) -> np.ndarray:
         return np.full(np.shape(n), self.step_s)
 
-    def moe_pre(self, n: Any, c: Any) -> np.ndarray:
+    def moe_pre(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray:
         return np.full(np.shape(n), self.pre_s)
 
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
@@ -348,9 +353,9 @@ class ExecutorCost:
         lm = np.asarray(lm_tokens)
         return np.where(lm > 0, np.asarray(tokens_forwarded), 0) if self.executor.lm_head_rows == "prefix" else lm
 
-    def step_fixed(self, n: Any, c: Any, m_block: Any) -> np.ndarray:
+    def step_fixed(self, n: Any, c: Any, m_block: Any, seqs: Any = 1) -> np.ndarray:
         m = self.lm_rows(n, m_block)
-        t = np.asarray(self.cost.step_fixed(n, c, m), dtype=np.float64)
+        t = np.asarray(self.cost.step_fixed(n, c, m, seqs), dtype=np.float64)
         if self.executor.lm_head_fp32:
             t = t + np.asarray(getattr(self.cost, "logits_cast", lambda m: np.zeros(np.shape(m)))(m), dtype=np.float64)
         return t

@@ -309,8 +309,11 @@ class ModelSpec:
         s, L = self.sliding_window_layers, self.num_layers
         return (s * np.minimum(c, self.sliding_window) + (L - s) * c) / L
 
-    def attention_cost(self, n: Any, c: Any) -> OpCost:
+    def attention_cost(self, n: Any, c: Any, seqs: Any = 1) -> OpCost:
+        """n tokens in ``seqs`` sequences, each token over at most c keys of its own sequence: FLOPs per token
+        over c keys; the key/value bytes read once per sequence (a batched decode step reads seqs caches)."""
         n = np.asarray(n, dtype=np.float64)
+        seqs = np.asarray(seqs, dtype=np.float64)
         c = self._effective_context(np.asarray(c, dtype=np.float64))
         h, H, b = self.hidden_size, self.num_heads, self.dtype_bytes
         if self.is_mla:
@@ -319,10 +322,10 @@ class ModelSpec:
             q = h * rq + rq * H * (dn + r) if rq else h * H * (dn + r)
             flops = (2 * n * (q + h * (rk + r) + H * dn * rk + H * rk * dv + H * dv * h)
                      + 2 * n * c * H * (rk + r) + 2 * n * c * H * rk)
-            return OpCost(flops, self._attention_bytes() + b * (2 * n * h + c * (rk + r)))
+            return OpCost(flops, self._attention_bytes() + b * (2 * n * h + seqs * c * (rk + r)))
         d, K = self.head_dim, self.num_kv_heads
         flops = 2 * n * h * (H + 2 * K) * d + 4 * n * c * H * d + 2 * n * H * d * h
-        byts = self._attention_bytes() + b * (2 * n * h + 2 * c * K * d)
+        byts = self._attention_bytes() + b * (2 * n * h + 2 * seqs * c * K * d)
         return OpCost(flops, byts)
 
     def router_cost(self, n: Any) -> OpCost:

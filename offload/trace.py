@@ -7,8 +7,9 @@ A trace is S forward passes ("steps") of a model with L MoE layers of E routed e
   block[s]             int32: index of the generated block the step belongs to (-1: prompt prefill)
   step_in_block[s]     int32 >= 0: denoising step index within the block (0 for commit/prefill forwards)
   tokens_forwarded[s]  int32 >= 1: tokens the forward pass ran through the network
-  context_tokens[s]    int32 >= tokens_forwarded[s]: keys each forwarded token may attend to at most
-                       (prefix-recompute: = tokens_forwarded; block-cache: cached prefix + current block)
+  context_tokens[s]    int32: keys each forwarded token may attend to at most, in its own sequence, and at least
+                       the step's tokens per sequence (prefix-recompute: = tokens_forwarded; block-cache: cached
+                       prefix + current block; a batched decode step: one sequence's keys)
   tokens_committed[s]  int32 >= 0: tokens finalised by this step (generated tokens = their sum)
   kind[s]              uint8: 0 denoise, 1 commit (a finished block's forward that writes its keys/values),
                        2 prefill (prompt), 3 decode (autoregressive: one new token)
@@ -17,8 +18,11 @@ A trace is S forward passes ("steps") of a model with L MoE layers of E routed e
 Header (JSON): {"version": 1,
   "model": {"name", "config_hash", "num_moe_layers", "num_experts", "top_k"},
   "generation": {"mode": "prefix-recompute" | "block-cache" | "autoregressive", "block_length", "steps",
-                 "threshold", "gen_length", "prompt_length", optional "output_tokens"},
+                 "threshold", "gen_length", "prompt_length", optional "output_tokens", optional "sequences"},
   "origin": {"kind": "recorded" | "synthetic" | "imported", "seed": int | null, ...free fields}}
+
+sequences (default 1): sequences decoded together in every step (a batch of autoregressive requests): a step's
+tokens_forwarded are spread over them, each with its own key/value cache of context_tokens keys.
 
 generated_tokens, what tokens/s counts: "output_tokens" when the header has it (the tokens a generation returns:
 TIDE's reference cuts its output after the first EOS, so positions committed after it are work, not output),
@@ -77,6 +81,11 @@ class Trace:
     @property
     def mode(self) -> str:
         return str(self.header["generation"]["mode"])
+
+    @property
+    def sequences(self) -> int:
+        """Sequences decoded together in each step (the header's generation.sequences; 1 when absent)."""
+        return int(self.header["generation"].get("sequences", 1))
 
     @property
     def generated_tokens(self) -> int:

@@ -79,9 +79,14 @@ def validate_trace(trace: Trace, model: Any = None) -> None:
         raise TideError("trace field block has a value below -1")
     if trace.kind.max() > 3:
         raise TideError(f"trace field kind has an unknown value {int(trace.kind.max())} (0..3 allowed)")
-    bad_ctx = trace.context_tokens < trace.tokens_forwarded
+    seqs = trace.header["generation"].get("sequences", 1)
+    if isinstance(seqs, bool) or not isinstance(seqs, (int, np.integer)) or seqs < 1:
+        raise TideError(f"trace header generation.sequences must be an integer >= 1, got {seqs!r}")
+    # each token attends to at least its own sequence's tokens of the step: tokens / sequences of them
+    bad_ctx = trace.context_tokens.astype(np.int64) * int(seqs) < trace.tokens_forwarded
     if bad_ctx.any():
-        raise TideError(f"trace step {int(np.argmax(bad_ctx))}: context_tokens smaller than tokens_forwarded")
+        raise TideError(f"trace step {int(np.argmax(bad_ctx))}: context_tokens smaller than the tokens forwarded per "
+                        f"sequence")
     k = m["top_k"]
     want = trace.tokens_forwarded.astype(np.int64) * k
     got = counts.sum(axis=2, dtype=np.int64)

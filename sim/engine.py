@@ -94,16 +94,17 @@ def mandatory_gpu_time(trace: Trace, cost: CostModel, executor: ExecutorProfile 
 
 
 def _step_fixed(trace: Trace, cost: CostModel) -> np.ndarray:
-    return np.asarray(cost.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens), dtype=np.float64)
+    return np.asarray(cost.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens, trace.sequences),
+                      dtype=np.float64)
 
 
 def _exec_step_fixed(trace: Trace, cost: CostModel, executor: ExecutorProfile) -> np.ndarray:
     xc = ExecutorCost(cost, executor, np.zeros((0, 0), dtype=bool))
-    return xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens)
+    return xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens, trace.sequences)
 
 
 def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
-    return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens), dtype=np.float64)
+    return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens, trace.sequences), dtype=np.float64)
 
 
 class _Run:
@@ -130,7 +131,8 @@ class _Run:
             policy.name, measured(policy.name) if measured is not None else None)
         self.counts = trace.counts.view()
         self.counts.setflags(write=False)  # policies get views of it: they must not change the trace
-        self.step_fixed = self.xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens)
+        self.step_fixed = self.xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens,
+                                             trace.sequences)
         self.pre = _moe_pre(trace, cost)
         self.busy = dict.fromkeys(RESOURCES, 0.0)
         self.totals = PlanTotals()

@@ -4,11 +4,11 @@ Generation being modelled: B sequences decoded together (B = ``batch``, 1 by def
 tokens, then G = ``gen_length`` new tokens, one per forward pass and sequence, with a KV cache. Trace rows
 (schema v1, mode ``"autoregressive"``, block_length 1; offload/trace.py):
 
-  prefill      1 row:  kind 2, block -1, tokens_forwarded = B P, nothing committed, context_tokens = B P (P
-               per sequence; the schema needs context >= tokens forwarded, so a batch's prefill states all B P)
+  prefill      1 row:  kind 2, block -1, tokens_forwarded = B P, nothing committed, context_tokens = P (per
+               sequence: the header's generation.sequences = B says each of the B has its own cache)
   decode t     G rows, t = 0..G-1: kind 3, block t, tokens_forwarded = B, tokens_committed = B,
-               context_tokens = max(B, P + t + 1)   (the keys one sequence's new token attends to: its prompt,
-               the t tokens generated before it and itself; at least B, the schema's context >= tokens rule)
+               context_tokens = P + t + 1   (the keys one sequence's new token attends to: its prompt, the t
+               tokens generated before it and itself; the simulator reads B such caches per step)
 
 Routing, per MoE layer l = 0..L-1 (E experts, top-k), sequence b and token position t = 0..P+G-1 (prompt tokens
 first), all in log space:
@@ -203,7 +203,7 @@ def synthetic_ar_trace(model: Any, cfg: ARConfig | None = None) -> Trace:
         "version": 1,
         "model": model_header(model),
         "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
-                       "gen_length": G * B, "prompt_length": P},
+                       "gen_length": G * B, "prompt_length": P, "sequences": B},
         "origin": {"kind": "synthetic", "seed": int(cfg.seed), "generator": "traces.synthetic_ar", "batch": B,
                    "params": cfg.params()},
     }
@@ -211,7 +211,7 @@ def synthetic_ar_trace(model: Any, cfg: ARConfig | None = None) -> Trace:
         header, counts,
         block=np.concatenate([[-1], t]), step_in_block=np.zeros(G + 1),
         tokens_forwarded=np.concatenate([[B * P], np.full(G, B)]),
-        context_tokens=np.concatenate([[B * P], np.maximum(B, P + t + 1)]),
+        context_tokens=np.concatenate([[P], P + t + 1]),
         tokens_committed=np.concatenate([[0], np.full(G, B)]),
         kind=np.concatenate([[KIND_PREFILL], np.full(G, KIND_DECODE)]),
         topk_ids=tokens if cfg.keep_topk else None)

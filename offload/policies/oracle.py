@@ -118,8 +118,9 @@ class Oracle(Policy):
         self.NU = np.full((S + 1, L, E), S, dtype=np.int32)  # next use: first step >= s with a count (S: never)
         for s in range(S - 1, -1, -1):
             self.NU[s] = np.where(counts[s] > 0, s, self.NU[s + 1])
-        self.step_fixed = np.asarray(cost.step_fixed(tr.tokens_forwarded, tr.context_tokens, tr.lm_tokens), float)
-        self.pre = np.asarray(cost.moe_pre(tr.tokens_forwarded, tr.context_tokens), dtype=np.float64)
+        seqs = tr.sequences
+        self.step_fixed = np.asarray(cost.step_fixed(tr.tokens_forwarded, tr.context_tokens, tr.lm_tokens, seqs), float)
+        self.pre = np.asarray(cost.moe_pre(tr.tokens_forwarded, tr.context_tokens, seqs), dtype=np.float64)
         self.cost, self.eb, self.tb = cost, int(cost.expert_bytes), int(cost.token_bytes)
         self.shared = bool(cost.shared_duplex)
         self.copy_lat = float(cost.h2d(self.eb)) - self._copy_marginal()

@@ -40,10 +40,10 @@ class ProxyCost:
     serial: bool = False
     shared_duplex: bool = False
 
-    def step_fixed(self, n: Any, c: Any, m: Any) -> np.ndarray:
+    def step_fixed(self, n: Any, c: Any, m: Any, seqs: Any = 1) -> np.ndarray:
         return np.zeros(np.shape(n))
 
-    def moe_pre(self, n: Any, c: Any) -> np.ndarray:
+    def moe_pre(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray:
         return np.zeros(np.shape(n))
 
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray:

@@ -7,6 +7,8 @@ import pytest
 pytest.importorskip("simpy", exc_type=ImportError)
 pytest.importorskip("scipy", exc_type=ImportError)
 
+import dataclasses
+
 import numpy as np
 
 from offload.cost import RooflineCostModel
@@ -48,3 +50,22 @@ def test_batched_decode_computes_logits_for_every_sequence():
     batched = synthetic_ar_trace(QWEN3, default_ar_config(QWEN3, gen_length=8, batch=4, seed=1))
     decode = batched.kind == KIND_DECODE
     assert np.array_equal(batched.lm_tokens[decode], batched.tokens_forwarded[decode]) and batched.lm_tokens[decode].min() == 4
+
+
+def test_a_batch_reads_one_cache_per_sequence(cost):
+    """A decode step of B sequences reads B key/value caches: B times one sequence's attention bytes, the same
+    FLOPs per token; a trace of B sequences costs more than one whose context merely equals it."""
+    n, c = np.array([8.0]), np.array([4096.0])
+    one, eight = QWEN3.attention_cost(n, c, 1), QWEN3.attention_cost(n, c, 8)
+    kv = 2 * c * QWEN3.num_kv_heads * QWEN3.head_dim * QWEN3.dtype_bytes
+    np.testing.assert_allclose(eight.bytes - one.bytes, 7 * kv)
+    np.testing.assert_allclose(eight.flops, one.flops)
+    assert cost.moe_pre(n, c, 8)[0] > cost.moe_pre(n, c, 1)[0]
+    batched = synthetic_ar_trace(QWEN3, default_ar_config(QWEN3, gen_length=32, prompt_length=512, batch=8, seed=0))
+    assert batched.sequences == 8
+    # the same rows read as one sequence (not a valid trace: only its costs are compared)
+    one_cache = dataclasses.replace(batched, header={**batched.header, "generation": {
+        **batched.header["generation"], "sequences": 1}})
+    r8 = simulate(batched, make_policy("cpu-route"), cost, 8)
+    r1 = simulate(one_cache, make_policy("cpu-route"), cost, 8)
+    assert r8.lower_bound_s > r1.lower_bound_s and r8.sim_time_s > r1.sim_time_s

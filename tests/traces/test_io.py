@@ -232,7 +232,7 @@ VALIDATION_CASES = [
     (_mut_version, ("schema version 2",)),
     (_mut_mode, ("generation.mode", "speculative")),
     (_mut_shape_vs_header, ("disagrees with its header", "9 experts")),
-    (_mut_context, ("step 3", "context_tokens smaller than tokens_forwarded")),
+    (_mut_context, ("step 3", "context_tokens smaller than the tokens forwarded per sequence")),
     (_mut_kind, ("kind", "unknown value 7")),
     (_mut_committed, ("commits 8 tokens", "gen_length 3")),
     (_mut_topk, ("topk_ids disagree with counts",)),
@@ -483,3 +483,13 @@ def test_output_tokens_must_be_a_count_within_the_committed(value):
     fewer = dataclasses.replace(trace, header={**trace.header, "generation": {**trace.header["generation"],
                                                                                 "output_tokens": 40}})
     assert fewer.generated_tokens == 40 and int(fewer.tokens_committed.sum()) == 64  # tokens/s counts the output
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True])
+def test_sequences_must_be_a_positive_count(value, tiny_trace_factory):
+    trace = tiny_trace_factory()
+    bad = dataclasses.replace(trace, header={**trace.header, "generation": {**trace.header["generation"],
+                                                                              "sequences": value}})
+    with pytest.raises(TideError, match="generation.sequences must be an integer >= 1") as exc:
+        validate_trace(bad)
+    assert "\n" not in str(exc.value)

@@ -35,18 +35,18 @@ def test_trace_rows_follow_the_ar_schema(mixtral):
     assert (g["mode"], g["block_length"], g["gen_length"], g["prompt_length"]) == ("autoregressive", 1, 18, 10)
     assert tr.kind.tolist() == [KIND_PREFILL] + [KIND_DECODE] * 6
     assert tr.tokens_forwarded.tolist() == [30] + [3] * 6
-    assert tr.context_tokens.tolist() == [30, 11, 12, 13, 14, 15, 16]
+    assert tr.context_tokens.tolist() == [10, 11, 12, 13, 14, 15, 16] and tr.sequences == 3  # per sequence
     assert tr.tokens_committed.tolist() == [0] + [3] * 6
     assert tr.block.tolist() == [-1, 0, 1, 2, 3, 4, 5]
     assert tr.generated_tokens == 18
     assert tr.topk_ids.shape == (48, mixtral.num_moe_layers, 2)
 
 
-def test_same_seed_same_trace_and_batch_context_floor(mixtral):
+def test_same_seed_same_trace_and_per_sequence_context(mixtral):
     cfg = default_ar_config(mixtral, prompt_length=2, gen_length=3, batch=5, seed=7)
     a, b = synthetic_ar_trace(mixtral, cfg), synthetic_ar_trace(mixtral, cfg)
     assert np.array_equal(a.counts, b.counts) and np.array_equal(a.topk_ids, b.topk_ids)
-    assert a.context_tokens.tolist() == [10, 5, 5, 5]  # context >= tokens forwarded (schema)
+    assert a.context_tokens.tolist() == [2, 3, 4, 5] and a.sequences == 5  # one sequence's keys, 5 caches
     c = synthetic_ar_trace(mixtral, replace(cfg, seed=8))
     assert not np.array_equal(a.counts, c.counts)
     assert synthetic_ar_trace(mixtral, replace(cfg, keep_topk=False)).topk_ids is None
