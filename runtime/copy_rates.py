@@ -80,8 +80,9 @@ def copy_rates(device: torch.device | str, nbytes: int = 256 * 2**20, repeats: i
     for kind, pinned in (("pinned", True), ("pageable", False)):
         host, dev = random_buffers(nbytes, device, pinned)
         nb = pinned and device.type == "cuda"  # non_blocking: only a pinned copy can be asynchronous
-        h2d = _median_seconds(lambda: dev.copy_(host, non_blocking=nb), device, repeats)
-        d2h = _median_seconds(lambda: host.copy_(dev, non_blocking=nb), device, repeats)
+        # the buffers bound as defaults: each lambda copies this iteration's pair, whatever the loop does next
+        h2d = _median_seconds(lambda d=dev, h=host, nb=nb: d.copy_(h, non_blocking=nb), device, repeats)
+        d2h = _median_seconds(lambda d=dev, h=host, nb=nb: h.copy_(d, non_blocking=nb), device, repeats)
         out[f"h2d_{kind}_gbps"], out[f"d2h_{kind}_gbps"] = nbytes / h2d / 1e9, nbytes / d2h / 1e9
         del host, dev  # one pair at a time: 2 x nbytes of host and device memory at most
     return {k: out[k] for k in ("h2d_pinned_gbps", "h2d_pageable_gbps", "d2h_pinned_gbps", "d2h_pageable_gbps")}

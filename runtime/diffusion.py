@@ -16,14 +16,24 @@ At step j of a block (stopping early once no mask is left in it):
   forward -> the block's bl logits (float32) -> z = logits / temperature (when temperature > 0 and != 1),
              top_k / top_p filtering, q = softmax(z)
   x0 = a sample of q (do_sample) or argmax q;  p = q(x0), the confidence
+       (where x0 is the mask id, the best other token, or a sample of q without it: see "Masks" below)
   commit every masked position with p > threshold; if fewer than n_j, commit the min(n_j, masked) most
   confident masked ones instead.
 
-Stopping: after a block that holds an EOS, generation ends (the reference always does; ``stop_at_eos=False``
-generates every block, for benchmarks of fixed work). With ``eos_early_stop`` (the reference's option, off by
-default) it ends within the step that commits an EOS once every position before it is committed.
-Output (what tokens/s counts, as the reference's evaluation does): x[P : P + gen_length] cut after the first EOS,
-EOS included; ``output_tokens`` in the trace header records its length.
+Stopping: after a block that holds an EOS at a generated position, generation ends (the reference always does;
+``stop_at_eos=False`` generates every block, for benchmarks of fixed work). With ``eos_early_stop`` (the
+reference's option, off by default) it ends within a step that commits an EOS, if the first EOS of the sequence
+so far has no mask between the prompt and it.
+Output (what tokens/s counts, as the reference's evaluation does): x[P : P + gen_length] cut after the first
+generated EOS, EOS included; ``output_tokens`` in the trace header records its length. An early stop returns
+x[P : e + 1] with e the first EOS of the whole sequence, as the reference does (its lines 1659-1663): when the
+prompt holds an EOS, e lies in the prompt and the output is empty.
+
+Masks: no output holds the mask id. The reference commits whatever the sampler picks, the mask id included,
+which leaves that position masked (to be picked again at a later step of the block, or left masked if the
+block's steps run out); here a position whose pick is the mask id takes the most likely other token (argmax)
+or a draw from q without the mask id (do_sample) instead. A trained model does not pick the mask id, and
+where no pick is the mask id every step is the reference's, the sampler's random draws included.
 
 Modes:
 - ``prefix-recompute``: every step forwards the whole prefix up to the end of the current block with the
@@ -151,8 +161,9 @@ def filter_logits(z: torch.Tensor, top_k: int | None, top_p: float | None) -> to
 
 
 def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, settings: GenerationSettings,
-           gen: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0 [bl], commit mask [bl]) for one block's logits [bl, V] (the module docstring's step)."""
+           gen: torch.Generator | None, mask_id: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 [bl], commit mask [bl]) for one block's logits [bl, V] (the module docstring's step); no masked
+    position's x0 is ``mask_id``."""
     z = logits.float()
     t = settings.temperature
     if t > 0 and t != 1.0:
@@ -162,6 +173,14 @@ def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, settings: Gen
         x0 = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(probs.device)
     else:
         x0 = probs.argmax(dim=-1)
+    hit = (x0 == mask_id) & masked
+    if bool(hit.any()):  # the mask id is no answer: the best other token, or a draw without it (module docstring)
+        other = probs[hit].clone()
+        other[:, mask_id] = 0.0
+        if settings.do_sample and bool((other.sum(-1) > 0).all()):
+            x0[hit] = torch.multinomial(other.cpu(), 1, generator=gen).squeeze(-1).to(probs.device)
+        else:
+            x0[hit] = other.argmax(dim=-1)
     p = probs.gather(-1, x0[:, None]).squeeze(-1)
     conf = torch.where(masked, p, torch.full_like(p, -float("inf")))
     high = (conf > settings.threshold) & masked
@@ -173,10 +192,14 @@ def choose(logits: torch.Tensor, masked: torch.Tensor, n_min: int, settings: Gen
     return x0, commit
 
 
-def _answer_closed(x: torch.Tensor, P: int, hi: int, eos_id: int, mask_id: int) -> bool:
-    """The reference's early-stop test: the first EOS of x[:hi] has no mask between the prompt and it."""
+def _closed_eos(x: torch.Tensor, P: int, hi: int, eos_id: int, mask_id: int) -> int | None:
+    """The reference's early-stop test: the position of the first EOS of x[:hi] (the prompt included) when no
+    mask lies between the prompt and it, else None. A position in the prompt passes (nothing lies between)."""
     eos = (x[:hi] == eos_id).nonzero()
-    return bool(eos.numel()) and not bool((x[P:int(eos[0, 0])] == mask_id).any())
+    if not eos.numel():
+        return None
+    e = int(eos[0, 0])
+    return None if bool((x[P:e] == mask_id).any()) else e
 
 
 def output_length(generated: torch.Tensor, gen_length: int, eos_id: int) -> int:
@@ -261,7 +284,8 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
             forward(x[:end], positions[:end], block_causal_mask(end, bl, device), info, end, True, slice(0, 0))
             fwd += 1
     bar = tqdm(range(first, n_blocks), desc="blocks", unit="block", disable=not progress, leave=False)
-    stop = early = False
+    stop = False
+    early: int | None = None  # the first EOS's position when the reference's in-step return happened
     for b in bar:
         lo, hi = b * bl, (b + 1) * bl
         gb = b - first
@@ -276,14 +300,15 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
             else:
                 logits, _ = forward(x[lo:hi], positions[lo:hi], None, info, hi, False, None)
             fwd += 1
-            x0, commit = choose(logits, masked, int(schedule[step]), settings, gen)
+            x0, commit = choose(logits, masked, int(schedule[step]), settings, gen, cfg.mask_token_id)
             block = x[lo:hi]
             block[commit] = x0[commit]
             rec.set_committed(int(commit.sum()))
-            if settings.eos_early_stop and bool((x0[commit] == eos_id).any()) and _answer_closed(x, P, hi, eos_id,
-                                                                                              cfg.mask_token_id):
-                stop = early = True  # the reference returns at once: no commit forward, no later step
-                break
+            if settings.eos_early_stop and bool((x0[commit] == eos_id).any()):
+                early = _closed_eos(x, P, hi, eos_id, cfg.mask_token_id)
+                if early is not None:
+                    stop = True  # the reference returns at once: no commit forward, no later step
+                    break
         if stop:
             break
         if settings.stop_at_eos and bool((x[P:hi] == eos_id).any()):
@@ -304,9 +329,13 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
     step_cpu = np.diff(np.array([cpu_start, *cpu_starts[1:], cpu_end]) - cpu_start) if cpu_starts else np.zeros(0)
     if hasattr(bar, "close"):
         bar.close()
-    # the reference's in-step return cuts at the first EOS wherever it lies; otherwise within gen_length
-    n_out = output_length(x[P:], total - P if early else settings.gen_length, eos_id)
-    tokens = x[P:P + n_out].tolist()  # may hold masks only where the reference's would (no EOS, stopped early)
+    # the reference's in-step return gives x[P : e + 1], e the first EOS of the sequence (empty when it lies in
+    # the prompt); otherwise x[P : P + gen_length] cut after the first generated EOS
+    n_out = max(0, early + 1 - P) if early is not None else output_length(x[P:], settings.gen_length, eos_id)
+    tokens = x[P:P + n_out].tolist()
+    if cfg.mask_token_id in tokens:  # every block up to the output's end is finished: a mask here is a bug
+        raise TideError(f"generation returned the mask id {cfg.mask_token_id} at output position "
+                        f"{tokens.index(cfg.mask_token_id)}: an internal error, please report it")
     header = {"version": SCHEMA_VERSION, "model": model_header(cfg.spec),
               "generation": {"mode": settings.mode, "block_length": bl, "steps": settings.effective_steps,
                              "threshold": settings.threshold, "gen_length": total - P, "prompt_length": P,

@@ -268,7 +268,7 @@ def _cutting_plane(P: _Problem, scale: float) -> _Solution:
     a_eq = np.concatenate([np.ones(K), [0.0]])[None, :]
     bounds = [(0.0, None)] * K + [(None, None)]
     Y, U, upper, message = zs[0][0], zs[0][1], np.inf, "iteration cap"
-    for it in range(_MAX_CUTS):
+    for it in range(_MAX_CUTS):  # noqa: B007 (it counts the cuts made, after the loop)
         R = np.array(cuts)
         res = linprog(obj, A_ub=np.hstack([-R, np.ones((len(cuts), 1))]), b_ub=np.zeros(len(cuts)), A_eq=a_eq,
                       b_eq=[1.0], bounds=bounds, method="highs")

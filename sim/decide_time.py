@@ -13,7 +13,6 @@ Timings are of this machine's Python: run on the host whose figures the executor
 """
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence

@@ -36,6 +36,7 @@ from offload.policies.policy_file import PolicyChoice, write_policy_file
 from offload.results import SimRecord, to_json
 from sim import spread
 from sim.sweep import Task, model_payload, run_task, run_tasks
+from offload import provenance
 from offload.atomic_io import atomic_write_text
 from offload.trace_io import read_trace, write_trace
 from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, Parser, refuse
@@ -101,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
                         "x those runs extra (the H100 preset: 12 figures, 24 x 18 = 432 runs on the default run with --seeds 1 "
                         "--tau 1 2 4 8, 20-40 s on 2 cores); not with --study")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--publish", default=None, metavar="PAGE.md",
+                   help="also write the printed table as a results page with its provenance: command, date, "
+                        "commit, machine, load (offload/provenance.py; the pages under docs/results/)")
     return p
 
 
@@ -281,6 +285,7 @@ def run_study(a: argparse.Namespace) -> int:
     from sim.study import grid_points, headline, make_traces, markdown_table, study_tasks
     from sim.study_spec import load_study
 
+    began = provenance.start()
     study = load_study(a.study)
     overrides = {k: tuple(getattr(a, k)) if k in ("policies", "tau") else getattr(a, k)
                  for k in ("policies", "tau", "gen_length", "seed", "seeds") if k in a.given}
@@ -315,6 +320,12 @@ def run_study(a: argparse.Namespace) -> int:
     written = ["study.md", "headline.json", *(["report.html"] if not a.no_report else []), "results.json", "config.json"]
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
           + (f"; rows also in {a.json}" if a.json else ""))
+    if a.publish:
+        note = (f"Study `{study.name}` under the `{executor.name}` executor, {len(rows)} simulated runs: every figure "
+                "the median and [min-max] over trace draws, ratios taken within a draw; `bound` is `sim.bound`'s "
+                "(no policy within the budget is faster; all-gpu holds every expert, outside the budget).")
+        provenance.write_page(a.publish, f"Study: {study.name}", table, began, note)
+        print(f"wrote {a.publish}")
     return 0
 
 
@@ -323,6 +334,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _check_args(a)
     if a.study:
         return run_study(a)
+    began = provenance.start()
     model, header_budget = _model_and_budget(a)
     hw = HardwareProfile.load(a.hardware)
     budget = budget_from(a, model, default=default_budget(model), hw=hw, experts_per_layer=header_budget)
@@ -364,18 +376,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         write_report(out / "report.html", rows, config, sections=sections, recommended=(best, predicted),
                      title=f"{model.name} on {hw.name}, {int(budget.max())} of {model.num_experts} experts per layer")
-    print(f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
-          f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} the GPU)")
-    print(summary_table(rows) if len(set(draws.values())) <= 1 else spread.spread_table(rows))
+    setting = (f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
+               f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} "
+               "the GPU)")
+    table = summary_table(rows) if len(set(draws.values())) <= 1 else spread.spread_table(rows)
     spread_text = (f" (median of {predicted['trace_draws']} trace draws, range {predicted['tokens_per_s_min']:.1f}-"
                    f"{predicted['tokens_per_s_max']:.1f}; fastest in {100 * predicted['wins_share']:.0f}% of them)"
                    if predicted["trace_draws"] > 1 else "")
-    print(f"\nrecommended: {best.label} in {best.mode} mode, {predicted['tokens_per_s']:.1f} tokens/s predicted"
-          + spread_text)
+    verdict = f"recommended: {best.label} in {best.mode} mode, {predicted['tokens_per_s']:.1f} tokens/s predicted" + spread_text
+    print(setting)
+    print(table)
+    print("\n" + verdict)
+    if a.publish:
+        provenance.write_page(a.publish, f"Explore: {model.name} on {hw.name}", f"```text\n{table}\n```\n\n{verdict}", began,
+                              f"{setting}. {len(rows)} simulated runs; the run directory was `{out}`.")
     written = [*(["report.html"] if not a.no_report else []), "results.json", "config.json",
                "recommended-policy.json", *(["timeline.json"] if a.timeline else [])]
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
-          + (f"; rows also in {a.json}" if a.json else ""))
+          + (f"; rows also in {a.json}" if a.json else "") + (f"; page {a.publish}" if a.publish else ""))
     return 0
 
 

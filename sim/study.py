@@ -168,7 +168,7 @@ def headline(rows: Sequence[SimRecord]) -> list[dict[str, Any]]:
         per = [_draw_headline([r for r in rs if spread.draw_of(r) == d]) for d in draws]
         first = rs[0]
         budget = next((r.budget for r in rs if r.policy != "all-gpu"), None)  # all-gpu's is every expert
-        best, wins = spread.recommend(rs, lambda r: r.causal and (r.policy != "all-gpu" or r.budget == budget))
+        best, wins = spread.recommend(rs, lambda r, budget=budget: r.causal and (r.policy != "all-gpu" or r.budget == budget))
         line: dict[str, Any] = {"point": point, "model": first.tags["model"], "hardware": first.tags["hardware"],
                                 "budget": budget, "mode": first.mode, "paper_setting": bool(first.tags.get("paper_setting")),
                                 "draws": len(draws)}

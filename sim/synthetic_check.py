@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from offload import provenance
 from offload.cli import Parser
 from offload.cost import ConstantCostModel
 from offload.errors import run_cli
@@ -75,11 +76,21 @@ def tide_step_hit_ratios(trace: Trace, budget: int, taus: Sequence[int] = (1, 2,
 def main(argv: Sequence[str] | None = None) -> int:
     ap = Parser(prog="python -m sim.synthetic_check", description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3, help="synthetic seeds 0..N-1 (default 3)")
+    ap.add_argument("--publish", default=None, metavar="PAGE.md",
+                    help="also write the table as a results page with its provenance (offload/provenance.py)")
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error(f"--seeds must be an integer >= 1, got {args.seeds}")
-    print(format_check(calibration_rows(range(args.seeds), hit_ratios=tide_hit_ratios,
-                                        step_hit_ratios=tide_step_hit_ratios)))
+    began = provenance.start(None if argv is None else ["sim/synthetic_check.py", *argv])
+    table = format_check(calibration_rows(range(args.seeds), hit_ratios=tide_hit_ratios,
+                                          step_hit_ratios=tide_step_hit_ratios))
+    print(table)
+    if args.publish:
+        note = (f"Synthetic traces against the published routing figures of `../shared/reference/routing-stats.md`, "
+                f"seeds 0-{args.seeds - 1}: mean and (range); `python -m traces.stats --check` prints the rows that "
+                "need no simulator. The step-averaged rows are shown for comparison, not checked.")
+        provenance.write_page(args.publish, "Synthetic trace calibration", table, began, note)
+        print(f"wrote {args.publish}")
     return 0
 
 

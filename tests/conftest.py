@@ -56,7 +56,9 @@ def tiny_trace_factory(tiny_model):
 
 def blocker_source(modules) -> str:
     """Python source that makes importing any of ``modules`` fail, as on a GPU machine that lacks them. The
-    finder returns a spec whose loading raises, so probing for a module (as torch does) still works."""
+    finder returns a spec whose loading raises, so probing for a module (as torch does) still works. It raises
+    ``ModuleNotFoundError``, as a missing module does: pytest >= 9's ``importorskip`` skips on that, not on a
+    plain ``ImportError`` (which it takes for a broken install)."""
     return textwrap.dedent(f"""
         import importlib.abc, importlib.machinery, sys
         class _Block(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -64,9 +66,9 @@ def blocker_source(modules) -> str:
                 if name.split(".")[0] in {tuple(modules)!r}:
                     return importlib.machinery.ModuleSpec(name, self)
             def create_module(self, spec):
-                raise ImportError("not on the GPU machine: " + spec.name)
+                raise ModuleNotFoundError("not on the GPU machine: " + spec.name, name=spec.name)
             def exec_module(self, module):
-                raise ImportError("blocked")
+                raise ModuleNotFoundError("blocked: " + module.__name__, name=module.__name__)
         sys.meta_path.insert(0, _Block())
     """)
 

@@ -129,7 +129,7 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
                  keep_topk: bool = True, drop_incomplete: bool = False) -> Trace:
     """Read a JSONL decode routing log for ``model`` (a :class:`offload.model_spec.ModelSpec`) into a Trace."""
     path = Path(path)
-    L, E, k = model.num_moe_layers, model.num_experts, model.top_k
+    L, k = model.num_moe_layers, model.top_k
     if keep_topk:
         check_topk_fits(model)
 

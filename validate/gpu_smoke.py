@@ -155,7 +155,7 @@ def routing_steps(spec: ModelSpec, steps: int, tokens: int, seed: int, dtype: to
     L, E, k, h = spec.num_moe_layers, spec.num_experts, spec.top_k, spec.hidden_size
     base = -1.2 * torch.log1p(torch.stack([torch.randperm(E, generator=g) for _ in range(L)]).float())
     out = []
-    for s in range(steps):
+    for _ in range(steps):
         drift = 0.3 * torch.randn(L, 1, E, generator=g)
         scores = base[:, None, :] + drift + torch.randn(L, tokens, E, generator=g)
         vals, ids = torch.topk(scores, k, dim=-1)

@@ -71,7 +71,7 @@ class Rig:
 def _init_(module: torch.nn.Module) -> None:
     """Random values in place: projections and embeddings N(0, 1/in), norms 1, expert bias 0."""
     with torch.no_grad():
-        for name, p in module.named_parameters():
+        for p in module.parameters():
             if p.dim() >= 2:
                 p.normal_(0.0, p.shape[-1] ** -0.5)
             else:

@@ -155,7 +155,8 @@ def solve_tau(step: np.ndarray, refresh: np.ndarray, use_scipy: bool = True) -> 
     n = int(step.size)
     if n <= 1:
         return 1, "trivial"
-    J = lambda t: block_objective(step, refresh, n, t)
+    def J(t: float) -> float:
+        return block_objective(step, refresh, n, t)
     minimize_scalar = None
     if use_scipy:
         try:  # lazy: the runtime's GPU machines have no scipy

@@ -13,7 +13,7 @@ from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.policies import make_policy
-from offload.policies.base import LayerDecision, PolicyContext, Prefetch, StepInfo
+from offload.policies.base import PolicyContext, Prefetch, StepInfo
 from offload.policies.drive import decide_times, drive
 from offload.policies.residency import Residency
 

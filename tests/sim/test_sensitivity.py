@@ -8,14 +8,13 @@ pytest.importorskip("tqdm", exc_type=ImportError)
 
 import copy
 import json
-from pathlib import Path
 
 from offload.errors import TideError
 from offload.executor import ExecutorProfile
 from offload.hardware import HARDWARE_PRESETS, RANGE_FIGURES, HardwareProfile
 from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
-from sim.sensitivity import Figure, FigureSwing, Outcome, Sensitivity, sensitivity, uncertain_figures, varied
+from sim.sensitivity import Figure, FigureSwing, Outcome, sensitivity, uncertain_figures, varied
 from sim.sweep import Task, model_payload
 
 TINY = ModelSpec.load("llada2-tiny")

@@ -11,7 +11,6 @@ import pytest
 
 pytest.importorskip("scipy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
 
-import importlib.util
 import json
 import math
 import os

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,9 @@ def gpu_script_cpu(tmp_path_factory, import_blocker) -> Path:
     site.mkdir()
     (site / "sitecustomize.py").write_text(import_blocker(BLOCKED))
     out = base / "out"
-    env = {**os.environ, **CPU_SETTINGS, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env = {**os.environ, **CPU_SETTINGS, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+           # the script runs $PYTHON (default python3 from PATH): this interpreter, venv activated or not
+           "PYTHON": sys.executable}
     proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), "--dry-run", str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -60,6 +60,7 @@ def test_gpu_script_keeps_its_deadline_when_phases_run_long(tmp_path, import_blo
     (non-zero: a phase timed out) and still leaves its environment record and log."""
     import os
     import subprocess
+    import sys
     import time
 
     from conftest import BLOCKED, CPU_SETTINGS, ROOT
@@ -67,7 +68,9 @@ def test_gpu_script_keeps_its_deadline_when_phases_run_long(tmp_path, import_blo
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(import_blocker(BLOCKED))
-    env = {**os.environ, **CPU_SETTINGS, "TIDE_DEADLINE": "12", "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+    env = {**os.environ, **CPU_SETTINGS, "TIDE_DEADLINE": "12", "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]),
+           # the script runs $PYTHON (default python3 from PATH): this interpreter, venv activated or not
+           "PYTHON": sys.executable}
     t0 = time.perf_counter()
     proc = subprocess.run(["bash", str(ROOT / "validate" / "gpu_validate.sh"), "--dry-run", str(tmp_path / "out")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
