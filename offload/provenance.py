@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 from offload.atomic_io import atomic_write_text
 
@@ -53,25 +54,12 @@ def _load() -> float:
         return float("nan")
 
 
-def command_line(argv: list[str] | None = None) -> str:
-    """``python -m MODULE ARGS`` as the user would type it again (``sys.argv[0]`` is the module's file path)."""
-    argv = list(sys.argv if argv is None else argv)
-    first = Path(argv[0]) if argv else Path("python")
-    try:
-        rel = first.resolve().relative_to(ROOT)
-    except ValueError:
-        rel = None
-    if rel is not None and rel.suffix == ".py" and rel.parts[0] != "benchmarks":
-        head = ["python", "-m", ".".join(rel.with_suffix("").parts)]
-    elif rel is not None:
-        head = ["python", str(rel)]
-    else:
-        head = [argv[0]] if argv else ["python"]
-    return shlex.join(head + argv[1:])
-
-
-def start(argv: list[str] | None = None) -> Start:
-    return Start(command=command_line(argv), date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+def start(prog: str, argv: Sequence[str] | None = None) -> Start:
+    """Capture the start of ``prog`` (as a user types it: ``python -m sim.explore``) run with ``argv`` (None: this
+    process's own arguments)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return Start(command=shlex.join([*shlex.split(prog), *args]),
+                 date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                  wall0=time.perf_counter(), cpu0=_cpu_seconds(), load0=_load())
 
 

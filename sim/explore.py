@@ -278,14 +278,13 @@ def _source(text: str) -> str:
     return str(Path(text).resolve()) if Path(text).exists() else text
 
 
-def run_study(a: argparse.Namespace) -> int:
+def run_study(a: argparse.Namespace, began: provenance.Start) -> int:
     """``--study paper``: the grid of sim.study, one run directory, a headline table (markdown and HTML)."""
     from dataclasses import replace
 
     from sim.study import grid_points, headline, make_traces, markdown_table, study_tasks
     from sim.study_spec import load_study
 
-    began = provenance.start()
     study = load_study(a.study)
     overrides = {k: tuple(getattr(a, k)) if k in ("policies", "tau") else getattr(a, k)
                  for k in ("policies", "tau", "gen_length", "seed", "seeds") if k in a.given}
@@ -332,9 +331,9 @@ def run_study(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(argv)
     _check_args(a)
+    began = provenance.start("python -m sim.explore", argv)
     if a.study:
-        return run_study(a)
-    began = provenance.start()
+        return run_study(a, began)
     model, header_budget = _model_and_budget(a)
     hw = HardwareProfile.load(a.hardware)
     budget = budget_from(a, model, default=default_budget(model), hw=hw, experts_per_layer=header_budget)

@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--publish", default=None, metavar="PAGE.md",
                     help="also write the table as a results page with its provenance (offload/provenance.py)")
     a = ap.parse_args(argv)
-    began = provenance.start(None if argv is None else ["sim/paper_repro.py", *argv])
+    began = provenance.start("python -m sim.paper_repro", argv)
     if a.seeds is not None and a.seeds < 1:
         raise TideError(f"--seeds must be >= 1, got {a.seeds}")
     if a.jobs is not None and a.jobs < 1:

@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.seeds < 1:
         ap.error(f"--seeds must be an integer >= 1, got {args.seeds}")
-    began = provenance.start(None if argv is None else ["sim/synthetic_check.py", *argv])
+    began = provenance.start("python -m sim.synthetic_check", argv)
     table = format_check(calibration_rows(range(args.seeds), hit_ratios=tide_hit_ratios,
                                           step_hit_ratios=tide_step_hit_ratios))
     print(table)
