@@ -14,6 +14,7 @@ Prints a table and, with ``--publish``, writes it as a results page with its pro
 A block that fails ends the benchmark with exit 1 and its output's tail: a README that does not run on a new
 machine is the first thing this measures. Run it on a quiet machine: the page records the load it ran under.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ def run_block(name: str, block: str, timeout_s: float) -> tuple[float, str]:
     """Run ``block`` with bash from the repository root; (wall s, combined output). A failure is a TideError."""
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + block], cwd=ROOT, capture_output=True,
-                              text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + block], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
+        )
     except subprocess.TimeoutExpired:
         raise TideError(f"{name}: still running after {timeout_s:.0f} s") from None
     wall = time.perf_counter() - t0
@@ -64,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/first_hour.py", description=__doc__.splitlines()[0])
     ap.add_argument("--no-tests", action="store_true", help="skip block 2 (the tests)")
     ap.add_argument("--sensitivity", action="store_true", help="also time `python -m sim.explore --sensitivity`")
-    ap.add_argument("--keep", default=None, metavar="DIR", help="make the venv here and keep it (default: a "
-                    "temporary folder, removed afterwards)")
+    ap.add_argument(
+        "--keep",
+        default=None,
+        metavar="DIR",
+        help="make the venv here and keep it (default: a temporary folder, removed afterwards)",
+    )
     ap.add_argument("--publish", default=None, metavar="PAGE.md", help="write the table as a results page")
     a = ap.parse_args(argv)
     began = provenance.start("python benchmarks/first_hour.py", argv)
@@ -77,10 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wall, out = run_block("quick start, main job", in_venv(main_block, venv), 3600)
         study = _study_seconds(out)
-        rows += [("main job block: venv + pip + `python -m sim.explore`", f"{wall:.0f}", ""),
-                 ("  of which the study (as it prints it)", f"{study:.0f}",
-                  next((ln for ln in out.splitlines() if ln.startswith("recommended:")), "")),
-                 ("  of which set-up (venv + pip)", f"{wall - study:.0f}", f"venv {_du_mib(venv):.0f} MiB")]
+        rows += [
+            ("main job block: venv + pip + `python -m sim.explore`", f"{wall:.0f}", ""),
+            (
+                "  of which the study (as it prints it)",
+                f"{study:.0f}",
+                next((ln for ln in out.splitlines() if ln.startswith("recommended:")), ""),
+            ),
+            ("  of which set-up (venv + pip)", f"{wall - study:.0f}", f"venv {_du_mib(venv):.0f} MiB"),
+        ]
         if a.sensitivity:
             with tempfile.TemporaryDirectory() as runs:
                 cmd = f". {venv}/bin/activate && python -m sim.explore --sensitivity --quiet --no-report --out {runs}/s"
@@ -93,13 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not a.keep:
             shutil.rmtree(venv, ignore_errors=True)
-    table = "\n".join(["| step | wall s | what it printed |", "|---|---|---|",
-                       *(f"| {s} | {w} | {p} |" for s, w, p in rows)])
+    table = "\n".join(
+        ["| step | wall s | what it printed |", "|---|---|---|", *(f"| {s} | {w} | {p} |" for s, w, p in rows)]
+    )
     print(table)
     if a.publish:
-        note = ("The README's two Quick start blocks run verbatim, one after the other, in a new virtual "
-                "environment (`.venv` replaced by a temporary folder), as `.ci/run` runs them. Package downloads "
-                "come from the machine's package index; wall times include the load recorded above.")
+        note = (
+            "The README's two Quick start blocks run verbatim, one after the other, in a new virtual "
+            "environment (`.venv` replaced by a temporary folder), as `.ci/run` runs them. Package downloads "
+            "come from the machine's package index; wall times include the load recorded above."
+        )
         provenance.write_page(a.publish, "A new user's first hour", table, began, note)
         print(f"wrote {a.publish}")
     return 0

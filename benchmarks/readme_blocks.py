@@ -7,6 +7,7 @@ environment exists.
 
     python3 benchmarks/readme_blocks.py [README.md]   # each block on one line, newlines as \\n (for bash)
 """
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,9 @@ def quick_start_blocks(readme: str | Path = README) -> tuple[str, str]:
     section = re.search(r"^## Quick start\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     blocks = re.findall(r"^```bash\n(.*?)^```", section.group(1) if section else "", re.S | re.M)
     if len(blocks) != 2:
-        raise QuickStartError(f"{readme}: its Quick start must hold exactly two bash blocks (main job, tests); "
-                              f"found {len(blocks)}")
+        raise QuickStartError(
+            f"{readme}: its Quick start must hold exactly two bash blocks (main job, tests); found {len(blocks)}"
+        )
     return blocks[0].strip(), blocks[1].strip()
 
 

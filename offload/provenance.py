@@ -14,6 +14,7 @@ Provenance (what a reader needs to judge a figure):
   ``(user + system CPU s of the process and its children) / (wall s x cores)``: a figure measured on a busy
   machine says so.
 Writes are atomic (offload.atomic_io)."""
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Start:
     """What is captured when a measuring command starts."""
+
     command: str
     date_utc: str
     wall0: float
@@ -58,16 +60,23 @@ def start(prog: str, argv: Sequence[str] | None = None) -> Start:
     """Capture the start of ``prog`` (as a user types it: ``python -m sim.explore``) run with ``argv`` (None: this
     process's own arguments)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    return Start(command=shlex.join([*shlex.split(prog), *args]),
-                 date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                 wall0=time.perf_counter(), cpu0=_cpu_seconds(), load0=_load())
+    return Start(
+        command=shlex.join([*shlex.split(prog), *args]),
+        date_utc=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        wall0=time.perf_counter(),
+        cpu0=_cpu_seconds(),
+        load0=_load(),
+    )
 
 
 def commit() -> str:
     """Short commit of the checkout this code runs from, marked when tracked files are changed."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
     try:
         sha = git("rev-parse", "--short", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -102,19 +111,26 @@ def provenance_lines(s: Start) -> list[str]:
     cores = os.cpu_count() or 1
     share = (_cpu_seconds() - s.cpu0) / max(wall, 1e-9) / cores
     load1 = _load()
-    return [f"- command: `{s.command}`",
-            f"- date: {s.date_utc}; wall {wall:.1f} s",
-            f"- commit: {commit()}",
-            f"- machine: {machine()}",
-            f"- load: 1-min load average {s.load0 / cores:.2f} per core at start, {load1 / cores:.2f} at end; "
-            f"this command's CPU share {share:.2f} of {cores} cores"]
+    return [
+        f"- command: `{s.command}`",
+        f"- date: {s.date_utc}; wall {wall:.1f} s",
+        f"- commit: {commit()}",
+        f"- machine: {machine()}",
+        f"- load: 1-min load average {s.load0 / cores:.2f} per core at start, {load1 / cores:.2f} at end; "
+        f"this command's CPU share {share:.2f} of {cores} cores",
+    ]
 
 
 def write_page(path: str | Path, title: str, body_md: str, s: Start, note: str = "") -> Path:
     """Write the results page ``path``: title, provenance, an optional note, then the command's table."""
-    parts = [f"# {title}", "",
-             "Written by the command below; rerun it to refresh this page (do not edit by hand).", "",
-             *provenance_lines(s), ""]
+    parts = [
+        f"# {title}",
+        "",
+        "Written by the command below; rerun it to refresh this page (do not edit by hand).",
+        "",
+        *provenance_lines(s),
+        "",
+    ]
     if note:
         parts += [note.strip(), ""]
     parts += [body_md.strip(), ""]

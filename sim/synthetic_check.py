@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = (f"Synthetic traces against the published routing figures of `../shared/reference/routing-stats.md`, "
                 f"seeds 0-{args.seeds - 1}: mean and (range); `python -m traces.stats --check` prints the rows that "
                 "need no simulator. The step-averaged rows are shown for comparison, not checked.")
-        provenance.write_page(args.publish, "Synthetic trace calibration", table, began, note)
+        provenance.write_page(args.publish, "Synthetic trace calibration", f"```text\n{table}\n```", began, note)
         print(f"wrote {args.publish}")
     return 0
 

@@ -1,5 +1,6 @@
 """The README's quick start is what CI and benchmarks/first_hour.py run: two bash blocks, each self-contained
 (it makes or enters the venv), the first the main job, the second the tests."""
+
 from __future__ import annotations
 
 import subprocess
@@ -34,14 +35,16 @@ def test_a_readme_of_another_shape_is_refused(tmp_path):
     readme.write_text("# x\n\n## Quick start\n\n```bash\necho one\n```\n\n## Next\n\n```bash\necho two\n```\n")
     with pytest.raises(QuickStartError, match="exactly two bash blocks"):
         quick_start_blocks(readme)
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_blocks.py"), str(readme)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_blocks.py"), str(readme)], capture_output=True, text=True
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
 
 
 def test_ci_reads_the_blocks_one_per_line():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_blocks.py")], capture_output=True,
-                          text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_blocks.py")], capture_output=True, text=True, check=True
+    )
     lines = proc.stdout.splitlines()
     assert len(lines) == 2
     assert [line.replace("\\n", "\n") for line in lines] == list(quick_start_blocks())
