@@ -58,6 +58,7 @@ def browser(width: int = VIEWPORT[0], height: int = VIEWPORT[1]) -> Iterator[Any
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         set_viewport(driver, width, height)
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _CONSOLE_HOOK})
         yield driver
     finally:
         driver.quit()
@@ -70,6 +71,25 @@ def set_viewport(driver: Any, width: int, height: int) -> None:
     driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
 
+
+# Every console call and uncaught error of the page, kept in window.__tideConsole: plotly.js writes its warnings
+# ("WARN: Invalid color specifier ...") with console.trace, which chromedriver's browser log does not carry.
+_CONSOLE_HOOK = """
+window.__tideConsole = [];
+for (const level of ['log', 'info', 'debug', 'warn', 'error', 'trace', 'assert']) {
+  const original = console[level].bind(console);
+  console[level] = (...args) => {
+    if (level !== 'assert' || !args[0]) {
+      window.__tideConsole.push({level: level, message: args.map(a => {
+        try { return typeof a === 'string' ? a : JSON.stringify(a); } catch (e) { return String(a); } }).join(' ')});
+    }
+    return original(...args);
+  };
+}
+window.addEventListener('error', e => window.__tideConsole.push({level: 'uncaught', message: String(e.message)}));
+window.addEventListener('unhandledrejection', e => window.__tideConsole.push({level: 'uncaught',
+                                                                             message: String(e.reason)}));
+"""
 
 _WAIT_PLOTS = """
 const done = arguments[arguments.length - 1];
@@ -118,9 +138,13 @@ def measure(driver: Any) -> dict[str, Any]:
     return driver.execute_script(_MEASURE)
 
 
-def console(driver: Any) -> list[dict[str, Any]]:
-    """The browser console's messages since the last call (level, message, source)."""
-    return list(driver.get_log("browser"))
+def console(driver: Any) -> list[dict[str, str]]:
+    """The page's console messages, each {level, message}: the browser's log since the last call (level
+    SEVERE, WARNING, INFO: errors, failed loads, console.warn/error) and every console call of the loaded page
+    (level log, info, debug, warn, error, trace, assert; uncaught: an uncaught error)."""
+    out = [{"level": str(e.get("level")), "message": str(e.get("message"))} for e in driver.get_log("browser")]
+    hooked = driver.execute_script("return window.__tideConsole || []")
+    return out + [{"level": str(e["level"]), "message": str(e["message"])} for e in hooked]
 
 
 def screenshot(report: str | Path, png: str | Path, width: int = VIEWPORT[0], height: int = VIEWPORT[1],

@@ -6,11 +6,13 @@ embedded (it opens offline in any browser), atomically. Each row is an :class:`o
 
   answer      the recommended policy (``sim.explore.recommend``: the fastest policy the runtime can execute, by
               median tokens/s over the trace draws) with its predicted tokens/s, [min-max] over draws and share
-              of draws won, its speedup over the best baseline (offload.policies.BASELINES) and its share of
-              the bound (``sim.bound``: no policy is faster); a one-line caveat when the hardware profile is an
-              uncalibrated preset; and (b) the speedup chart: each policy at its best tau over the best baseline,
-              the recommended one highlighted, the oracle (clairvoyant, not executable) and the bound marked
-  charts      (a) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference
+              of draws won, its speedup over the best baseline (offload.policies.BASELINES), its share of the
+              bound (``sim.bound``: no policy within the GPU expert budget is faster) and the command that runs it
+              (the policy file by its absolute path); a one-line caveat when the hardware profile is an
+              uncalibrated preset; and (a) the speedup chart: each policy at its best tau over the best baseline,
+              the recommended one highlighted, the oracle (clairvoyant, not executable) and the bound marked, the
+              all-gpu ceiling labelled as outside the budget (it keeps every expert, so it may pass the bound)
+  charts      (b) throughput (tokens/s) against tau per policy; policies without tau are horizontal reference
               lines, as is tide-opt where the tau it chose lies outside the swept range
               (c) GPU hit ratio (share of token-assignments computed on the GPU) against tau
               (d) bytes moved over the host link: H2D weights, H2D activations, D2H activations
@@ -22,6 +24,10 @@ embedded (it opens offline in any browser), atomically. Each row is an :class:`o
 Without ``recommended`` the report derives it from the rows (causal policies other than the all-gpu ceiling);
 rows of several settings (a study's grid points, ``tags["point"]``) have no single answer: the lead points to the
 per-setting table passed as ``intro_html``.
+
+Every chart has its section heading and a note on what it draws (HTML, which wraps), a short title at its top
+left and its legend to the right of its panels, clear of every title; bar values are written horizontally. The
+page is checked in headless Chromium by tests/sim/test_report_browser.py (benchmarks/report_screenshot.py).
 """
 from __future__ import annotations
 
@@ -41,8 +47,8 @@ from offload.errors import TideError
 from offload.results import RESOURCES, SimRecord
 from offload.atomic_io import atomic_write_text
 from sim import spread
-from sim.report_answer import (BOUND_LABEL, CEILING, ORACLE, ORACLE_LABEL, Answer, Setting, answer, baseline_throughput,
-                               lead_html, settings, speedups)
+from sim.report_answer import (BOUND_LABEL, CEILING, ORACLE, ORACLE_LABEL, POLICY_FILE, Answer, Setting, answer,
+                               baseline_throughput, lead_html, settings, speedups)
 
 SECTION_TITLES = {
     "throughput": "Throughput vs refresh interval tau",
@@ -51,7 +57,22 @@ SECTION_TITLES = {
     "bytes": "Bytes moved over the host link",
     "utilisation": "Resource utilisation",
 }
-_LETTERS = {"throughput": "a", "speedup": "b", "hit_ratio": "c", "bytes": "d", "utilisation": "e"}
+_LETTERS = {"speedup": "a", "throughput": "b", "hit_ratio": "c", "bytes": "d", "utilisation": "e"}  # reading order
+#: what each chart draws, under its heading (HTML wraps it: a figure title would be cut off at the chart's edge)
+SECTION_NOTES = {
+    "speedup": "Each policy at its best tau, in tokens/s over the best baseline of the same trace and budget; "
+               "bars: the median over the trace draws, whiskers: their [min–max]. Dashed line: the bound "
+               "(sim.bound) for the GPU expert budget: no policy that keeps at most that many experts per layer on the "
+               "GPU is faster. all-gpu keeps every expert on the GPU, outside the budget: the ceiling, not a policy "
+               "within the budget, so its bar may pass the bound. The oracle reads future routing: a clairvoyant "
+               "heuristic the runtime cannot execute.",
+    "throughput": "Generated (committed) tokens/s against tau, one panel per trace. Dashed: policies without tau "
+                  "(tide-opt: the tau it chose, where outside the sweep); dotted: the all-gpu ceiling. The buttons "
+                  "switch the y axes to a log scale.",
+    "hit_ratio": "Share of the routed token-assignments computed on the GPU, in %.",
+    "bytes": "Per policy, stacked: H2D weights + H2D activations + D2H activations, in GB (1e9 B).",
+    "utilisation": "Busy time / simulated time of the GPU, CPU, H2D and D2H engines, in %.",
+}
 _POLICY_ORDER = {CEILING: 0, "cpu-route": 1, "static": 2, "fetch-lru": 3}
 _FIXED_COLOURS = {CEILING: "#222222", "cpu-route": "#d62728", "static": "#8c564b", "fetch-lru": "#ff7f0e"}
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
@@ -64,6 +85,7 @@ _PANEL_H = 380
 _MAX_COLS = 3
 _LEAD_COLS = 2
 _BAR_H = 30
+_LEGEND = {"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top", "tracegroupgap": 4}
 _MAX_TAU_TICKS = 16
 
 
@@ -121,9 +143,14 @@ class _Layout:
         return {"row": i // self.cols + 1, "col": i % self.cols + 1}
 
     def subplots(self, **kw: Any) -> go.Figure:
-        return make_subplots(rows=self.nrows, cols=self.cols, subplot_titles=[f"trace: {t}" for t in self.traces],
-                             horizontal_spacing=0.08, vertical_spacing=min(0.3, 0.5 / self.nrows) if self.nrows > 1 else 0.2,
-                             **kw)
+        """The panels, one per trace, titled by it (14 px, broken onto two lines past 34 characters: a study's
+        long trace names ran off the chart's edge in a narrow window)."""
+        fig = make_subplots(rows=self.nrows, cols=self.cols,
+                            subplot_titles=[_panel_title(f"trace: {t}", 34) for t in self.traces],
+                            horizontal_spacing=0.08, vertical_spacing=min(0.3, 0.5 / self.nrows) if self.nrows > 1 else 0.2,
+                            **kw)
+        fig.update_annotations(font_size=14)
+        return fig
 
     def tau_span(self) -> list[float]:
         if not self.taus:
@@ -147,10 +174,17 @@ def _log_toggle(fig: go.Figure, log: bool = False) -> None:
                     {"label": "log y", "method": "relayout", "args": [args("log")]}]}])
 
 
-def _finish(fig: go.Figure, lay: _Layout, title: str, extra_height: int = 0, **layout: Any) -> go.Figure:
-    fig.update_layout(title={"text": title, "x": 0.0, "xanchor": "left"}, template="plotly_white",
-                      height=_PANEL_H * lay.nrows + 120 + extra_height, margin={"t": 110, "l": 70, "r": 30, "b": 60},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0.0}, **layout)
+def _title(key: str) -> dict[str, Any]:
+    """A figure's title: its letter and section title, short enough for any panel width, at the top left of the
+    figure (above the subplot titles and beside the scale buttons; the legend is to the right of the panels)."""
+    return {"text": f"({_LETTERS[key]}) {html.escape(SECTION_TITLES[key])}", "x": 0.0, "xanchor": "left",
+            "xref": "container", "y": 1.0, "yanchor": "top", "yref": "container", "pad": {"t": 12, "l": 12}}
+
+
+def _finish(fig: go.Figure, lay: _Layout, key: str, extra_height: int = 0, **layout: Any) -> go.Figure:
+    fig.update_layout(title=_title(key), template="plotly_white",
+                      height=_PANEL_H * lay.nrows + 120 + extra_height, margin={"t": 110, "l": 70, "r": 20, "b": 60},
+                      legend=_LEGEND, **layout)
     return fig
 
 
@@ -196,7 +230,7 @@ def _hline(fig: go.Figure, lay: _Layout, i: int, r: SimRecord, y: float, name: s
     shown.add(label)
 
 
-def _vs_tau(lay: _Layout, value: Callable[[SimRecord], float], title: str, ytitle: str, hover_fmt: str) -> go.Figure:
+def _vs_tau(lay: _Layout, value: Callable[[SimRecord], float], key: str, ytitle: str, hover_fmt: str) -> go.Figure:
     fig = lay.subplots()
     shown: set[str] = set()
     for i, trace in enumerate(lay.traces):
@@ -222,22 +256,17 @@ def _vs_tau(lay: _Layout, value: Callable[[SimRecord], float], title: str, ytitl
                     _hline(fig, lay, i, r, value(r), name, shown, hover_fmt, trace)
     fig.update_xaxes(title_text="refresh interval tau (denoising steps)", **tau_axis(lay.taus))
     fig.update_yaxes(title_text=ytitle, rangemode="tozero")
-    return _finish(fig, lay, title)
+    return _finish(fig, lay, key)
 
 
 def throughput_figure(lay: _Layout) -> go.Figure:
-    fig = _vs_tau(lay, lambda r: r.tokens_per_s,
-                  f"(a) {SECTION_TITLES['throughput']}: generated tokens/s; dashed: policies without tau (tide-opt: "
-                  f"the tau it chose, where outside the sweep), dotted: all-gpu ceiling",
-                  "throughput (tokens/s)", "%{y:.2f} tokens/s")
+    fig = _vs_tau(lay, lambda r: r.tokens_per_s, "throughput", "throughput (tokens/s)", "%{y:.2f} tokens/s")
     _log_toggle(fig)
     return fig
 
 
 def hit_ratio_figure(lay: _Layout) -> go.Figure:
-    fig = _vs_tau(lay, lambda r: 100.0 * r.counters.hit_ratio,
-                  f"(c) {SECTION_TITLES['hit_ratio']}: % of routed token-assignments computed on the GPU",
-                  "GPU hit ratio (%)", "%{y:.1f} %")
+    fig = _vs_tau(lay, lambda r: 100.0 * r.counters.hit_ratio, "hit_ratio", "GPU hit ratio (%)", "%{y:.1f} %")
     fig.update_yaxes(range=[0, 102])
     return fig
 
@@ -250,71 +279,115 @@ def _bar_kind(s: spread.Spread, ans: Answer | None, st: Setting) -> str:
     return "baseline" if s.policy in BASELINES else "ceiling" if s.policy == CEILING else "other"
 
 
-def _bar_name(s: spread.Spread, kind: str) -> str:
+def _budget_of(st: Setting) -> int | None:
+    """The setting's GPU expert budget (experts per layer), that of its policies other than the all-gpu ceiling."""
+    budgets = {r.budget for r in st.rows if r.policy != CEILING and r.budget is not None}
+    return next(iter(budgets)) if len(budgets) == 1 else None
+
+
+def _bar_name(s: spread.Spread, kind: str, st: Setting | None = None) -> str:
+    if kind == "ceiling":
+        experts = max((r.budget for r in s.rows if r.budget is not None), default=None)
+        every = f"all {experts} experts" if experts else "every expert"
+        return f"{s.label} ({every}: outside the budget)"
     return {"oracle": ORACLE_LABEL, "recommended": f"★ {s.label} (recommended)"}.get(kind, s.label)
 
 
+def _axis_refs(fig: go.Figure, cell: dict[str, int]) -> tuple[str, str]:
+    """The x and y axis names ("x2", "y2") of a subplot cell, for annotations placed in data coordinates."""
+    sub = fig.get_subplot(cell["row"], cell["col"])
+    return sub.xaxis.plotly_name.replace("axis", ""), sub.yaxis.plotly_name.replace("axis", "")
+
+
 def _speedup_panel(fig: go.Figure, st: Setting, ans: Answer | None, cell: dict[str, int]) -> None:
-    """One setting's horizontal bars (median over draws, [min-max] as error bars, fastest on top), the 1x
-    best-baseline line and the bound's line."""
+    """One setting's horizontal bars (median over draws, [min-max] as whiskers, fastest on top, each bar's value
+    written horizontally right of its whisker), the 1x best-baseline line and the bound's line, labelled with
+    what it bounds: the policies within the setting's GPU expert budget (all-gpu, which keeps every expert, is
+    outside it and may pass it). One trace per bar: a bar's colour, hatching and outline are its own (plotly
+    warns on a per-bar colour array with a hatching pattern)."""
     bars = [s for s in st.spreads if np.isfinite(s.vs_base).all()]
     bars.sort(key=lambda s: float(np.median(s.vs_base)))
     med = [float(np.median(s.vs_base)) for s in bars]
     kinds = [_bar_kind(s, ans, st) for s in bars]
-    err = {"type": "data", "symmetric": False, "color": "#444",
-           "array": [float(max(s.vs_base)) - m for s, m in zip(bars, med)],
-           "arrayminus": [m - float(min(s.vs_base)) for s, m in zip(bars, med)]}
-    fig.add_trace(go.Bar(
-        y=[html.escape(_bar_name(s, k)) for s, k in zip(bars, kinds)], x=med, orientation="h", showlegend=False,
-        marker={"color": [_BAR_COLOURS[k] for k in kinds],
-                "pattern": {"shape": ["/" if k == "oracle" else "" for k in kinds]},
-                "line": {"color": "#000", "width": [2 if k == "recommended" else 0 for k in kinds]}},
-        error_x=err if max(len(s.rows) for s in bars) > 1 else None,
-        text=[f"{m:.2f}×" for m in med], textposition="inside", insidetextanchor="end",
-        hovertext=[f"{html.escape(s.label)}: {spread.median_range(s.vs_base, '.3f')}× the best baseline; "
-                   f"{spread.median_range(s.tokens_per_s, '.1f')} tokens/s" for s in bars], hoverinfo="text"), **cell)
+    names = [html.escape(_bar_name(s, k, st)) for s, k in zip(bars, kinds)]
+    whiskers = max(len(s.rows) for s in bars) > 1
+    for s, m, k, name in zip(bars, med, kinds, names):
+        err = {"type": "data", "symmetric": False, "color": "#444", "array": [float(max(s.vs_base)) - m],
+               "arrayminus": [m - float(min(s.vs_base))]}
+        fig.add_trace(go.Bar(
+            y=[name], x=[m], orientation="h", showlegend=False, name=name, error_x=err if whiskers else None,
+            marker={"color": _BAR_COLOURS[k], "pattern": {"shape": "/" if k == "oracle" else ""},
+                    "line": {"color": "#000", "width": 2 if k == "recommended" else 0}},
+            hovertext=f"{html.escape(s.label)}: {spread.median_range(s.vs_base, '.3f')}× the best baseline; "
+                      f"{spread.median_range(s.tokens_per_s, '.1f')} tokens/s", hoverinfo="text"), **cell)
+    # each bar's median, horizontal and at full size, right of its whisker, on white over the lines it crosses
+    # (as plotly's inside text, a short bar's was squeezed and turned)
+    xref, yref = _axis_refs(fig, cell)
+    for s, m, name in zip(bars, med, names):
+        fig.add_annotation(x=float(max(s.vs_base)), y=name, xref=xref, yref=yref, text=f"{m:.2f}×", showarrow=False,
+                           xanchor="left", xshift=3, font={"size": 12, "color": "#222"},
+                           bgcolor="rgba(255,255,255,0.85)", borderpad=1)
+    fig.update_yaxes(categoryorder="array", categoryarray=names, **cell)
+    on_white = {"bgcolor": "rgba(255,255,255,0.85)"}  # a line's label over the other line it may cross
     fig.add_vline(x=1.0, line_dash="dot", line_color="#555", annotation_text="best baseline = 1×",
-                  annotation_position="bottom right", **cell)
+                  annotation_position="bottom right", annotation=on_white, **cell)
     bound = st.bound_vs_base()
     right = max(max(s.vs_base) for s in bars)
     if bound.size and np.isfinite(bound).all():
         b = float(np.median(bound))
+        budget = _budget_of(st)
+        within = f"B={budget}: " if budget is not None else ""
+        label = f"{BOUND_LABEL} within the budget ({within}{b:.2f}×)"
+        # the label on the side of the line with room for it: right of a line in the left half of the axis
+        side = "top right" if b < 0.5 * max(right, b) else "top left"
         right = max(right, b)
-        fig.add_vline(x=b, line_dash="dash", line_color="#000", line_width=2, **cell,
-                      annotation_text=f"{BOUND_LABEL} ({b:.2f}×)", annotation_position="top left")
+        fig.add_vline(x=b, line_dash="dash", line_color="#000", line_width=2, **cell, annotation_text=label,
+                      annotation_position=side, annotation=on_white)
     # a free category's height above and below the bars for the two lines' labels
     fig.update_yaxes(range=[-1.4, len(bars) - 0.5 + 0.9], **cell)
-    fig.update_xaxes(range=[0, 1.08 * max(right, 1.0)], **cell)
+    fig.update_xaxes(range=[0, 1.18 * max(right, 1.0)], **cell)
 
 
 def speedup_figure(all_settings: Sequence[Setting], ans: Answer | None = None) -> go.Figure:
-    """(b) each policy at its best tau over the best baseline, one panel per setting (mode, budget, grid point):
+    """(a) each policy at its best tau over the best baseline, one panel per setting (mode, budget, grid point):
     the recommended bar highlighted, the oracle hatched and labelled, the bound a dashed line."""
     shown = [st for st in all_settings if any(np.isfinite(s.vs_base).all() for s in st.spreads)]
     if not shown:
         fig = go.Figure()
         fig.add_annotation(text="no baseline (cpu-route, static, fetch-lru) among the results", showarrow=False,
                            x=0.5, y=0.5, xref="paper", yref="paper")
-        fig.update_layout(title={"text": f"(b) {SECTION_TITLES['speedup']}", "x": 0.0}, height=200,
-                          template="plotly_white")
+        fig.update_layout(title=_title("speedup"), height=200, template="plotly_white", margin={"t": 50})
         return fig
     cols = min(len(shown), _LEAD_COLS)
     nrows = math.ceil(len(shown) / cols)
-    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=[html.escape(st.name) for st in shown],
-                        horizontal_spacing=0.28 if cols > 1 else 0.0,
-                        vertical_spacing=0.12 / nrows if nrows > 1 else 0.0)
+    titles = [_panel_title(st.name) for st in shown]
+    lines = max(t.count("<br>") + 1 for t in titles)
+    npol = max(len(st.spreads) for st in shown)
+    # in pixels: each panel's bars and free rows; between rows, the x ticks and title of one row and the
+    # subplot title of the next (a fraction of the figure, they overlapped once the figure grew)
+    panel, gap, top, bottom = _BAR_H * (npol + 2) + 40, 80 + 18 * lines, 62 + 18 * lines, 50
+    height = nrows * panel + (nrows - 1) * gap + top + bottom
+    fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.28 if cols > 1 else 0.0,
+                        vertical_spacing=gap / (height - top - bottom) if nrows > 1 else 0.0)
     for i, st in enumerate(shown):
         _speedup_panel(fig, st, ans, {"row": i // cols + 1, "col": i % cols + 1})
-    npol = max(len(st.spreads) for st in shown)
-    draws = max(len(s.rows) for st in shown for s in st.spreads)
-    fig.update_xaxes(title_text="× tokens/s of the best baseline")
+    fig.update_xaxes(title_text="× tokens/s of the best baseline", title_standoff=6)
     fig.update_yaxes(automargin=True)
-    fig.update_layout(
-        title={"text": f"(b) {SECTION_TITLES['speedup']}: each policy at its best tau"
-                       + (f", median and [min-max] over {draws} trace draws" if draws > 1 else ""), "x": 0.0},
-        template="plotly_white", height=nrows * (_BAR_H * (npol + 2) + 70) + 80, bargap=0.25,
-        margin={"t": 80, "l": 10, "r": 30, "b": 50})
+    fig.update_layout(title=_title("speedup"), template="plotly_white", height=height, bargap=0.25,
+                      barmode="overlay", margin={"t": top, "l": 10, "r": 30, "b": bottom})
     return fig
+
+
+def _panel_title(name: str, width: int = 48) -> str:
+    """A subplot title, escaped and broken onto two lines at a " · " or space when longer than ``width``
+    characters (a title wider than its panel runs into the next one or off the chart)."""
+    if len(name) <= width:
+        return html.escape(name)
+    cut = max(name.rfind(" · ", 0, width), name.rfind(" ", 0, width))
+    if cut <= 0:
+        return html.escape(name)
+    head, tail = name[:cut], name[cut:].lstrip(" ·")
+    return html.escape(head) + "<br>" + html.escape(tail)
 
 
 def bytes_figure(lay: _Layout) -> go.Figure:
@@ -331,8 +404,7 @@ def bytes_figure(lay: _Layout) -> go.Figure:
     fig.update_xaxes(title_text="policy", tickangle=-35)
     fig.update_yaxes(title_text="bytes moved (GB, 1e9 B)")
     _log_toggle(fig)
-    return _finish(fig, lay, f"(d) {SECTION_TITLES['bytes']} per policy, stacked: H2D weights + H2D activations + D2H activations",
-                   extra_height=60, barmode="stack")
+    return _finish(fig, lay, "bytes", extra_height=60, barmode="stack")
 
 
 def utilisation_figure(lay: _Layout) -> go.Figure:
@@ -348,8 +420,7 @@ def utilisation_figure(lay: _Layout) -> go.Figure:
                           **lay.cell(i))
     fig.update_xaxes(title_text="policy", tickangle=-35)
     fig.update_yaxes(title_text="utilisation (% of simulated time)", range=[0, 105])
-    return _finish(fig, lay, f"(e) {SECTION_TITLES['utilisation']}: busy time / simulated time of GPU, CPU, H2D, D2H",
-                   extra_height=60, barmode="group")
+    return _finish(fig, lay, "utilisation", extra_height=60, barmode="group")
 
 
 def figures(rows: Sequence[SimRecord],
@@ -462,17 +533,20 @@ p.note, p.meta { color: #555; font-size: 13px; margin: 4px 0; }
 def _figure_section(key: str, fig: go.Figure) -> str:
     div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False},
                       default_width="100%", div_id=f"fig-{key}")
-    return f'<section id="{key}"><h2>({_LETTERS[key]}) {html.escape(SECTION_TITLES[key])}</h2>\n{div}</section>'
+    return (f'<section id="{key}"><h2>({_LETTERS[key]}) {html.escape(SECTION_TITLES[key])}</h2>\n'
+            f'<p class="note">{html.escape(SECTION_NOTES[key])}</p>\n{div}</section>')
 
 
 def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "tide-moe simulation report",
                   intro_html: str = "", sections: Sequence[tuple[str, str, str]] = (),
-                  recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> str:
+                  recommended: tuple[SimRecord, Mapping[str, float]] | None = None,
+                  policy_file: str | Path | None = None) -> str:
     """The report as one HTML document (plotly.js embedded once), leading with the answer: the recommended
     policy (``recommended``: ``sim.explore.recommend``'s row and predicted figures; derived from the rows when
     None), the caveat and the speedup chart; then ``intro_html`` (already-escaped HTML, e.g. a study's headline
     table), the charts, ``sections`` (extra (key, title, body HTML) sections, e.g. ``sim.sensitivity_report``'s
-    tornado chart; body HTML already escaped), the table, and the configuration collapsed."""
+    tornado chart; body HTML already escaped), the table, and the configuration collapsed. ``policy_file``: the
+    recommended-policy file the "Run it" line names (an absolute path works wherever the reader stands)."""
     if not rows:
         raise TideError("no results to report")
     lay = _Layout(list(rows))
@@ -494,7 +568,7 @@ def render_report(rows: list[SimRecord], config: dict[str, Any], title: str = "t
 <script type="text/javascript">{plotly.offline.get_plotlyjs()}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
-{lead_html(ans, sts, config)}
+{lead_html(ans, sts, config, policy_file)}
 {chr(10).join(first)}
 {intro_html}
 <p class="meta">{len(rows)} runs over {len(lay.traces)} trace(s): {html.escape(", ".join(lay.traces))}.
@@ -512,9 +586,12 @@ def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any]
                  sections: Sequence[tuple[str, str, str]] = (),
                  recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> Path:
     """Write the report to ``path`` atomically; returns the path written. ``recommended``: the row and predicted
-    figures ``sim.explore.recommend`` returns (see :func:`render_report`)."""
+    figures ``sim.explore.recommend`` returns (see :func:`render_report`); its "Run it" line names the
+    recommended-policy.json beside ``path`` (``sim.explore`` writes it first) by its absolute path."""
     path = Path(path)
-    atomic_write_text(path, render_report(rows, config, title, intro_html, sections, recommended=recommended))
+    policy = path.resolve().parent / POLICY_FILE
+    atomic_write_text(path, render_report(rows, config, title, intro_html, sections, recommended=recommended,
+                                          policy_file=policy if policy.is_file() else None))
     return path
 
 

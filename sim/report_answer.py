@@ -5,7 +5,9 @@ terms (per draw, tau policies at their best tau)."""
 from __future__ import annotations
 
 import html
+import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -20,6 +22,7 @@ CEILING = "all-gpu"
 ORACLE = "oracle"
 ORACLE_LABEL = "oracle (clairvoyant heuristic, not executable)"
 BOUND_LABEL = "bound: no policy is faster"
+POLICY_FILE = "recommended-policy.json"  # sim.explore's, beside report.html
 
 
 def baseline_throughput(rows: list[SimRecord], trace: str, budget: int | None) -> float | None:
@@ -76,7 +79,8 @@ def settings(rows: Sequence[SimRecord]) -> list[Setting]:
             budgets = list(dict.fromkeys(r.budget for r in rs if r.policy != CEILING)) or [None]
             for b in budgets:
                 grp = [r for r in rs if r.policy == CEILING or b is None or r.budget == b]
-                name = " · ".join(str(x) for x in (point, mode) if x is not None)
+                # a study's point label names its mode already
+                name = " · ".join(str(x) for x in (point, mode) if x is not None and (x == point or str(x) not in str(point)))
                 name += f" · B={b}" if len(budgets) > 1 else ""
                 out.append(Setting(name, tuple(grp), tuple(spread.spreads(grp)), spread.bound_per_draw(grp)))
     return out
@@ -178,9 +182,23 @@ def _ratio_text(v: np.ndarray, what: str, pct: bool = False) -> str:
     return f"{text} {'of ' if pct else ''}{what}"
 
 
-def answer_html(ans: Answer) -> str:
+def run_it_html(policy_file: str | Path | None) -> str:
+    """The command that runs the recommended policy in the runtime: the policy file by its absolute path (it works
+    from the repository root or anywhere else), or, without one, from the run directory."""
+    if policy_file is not None:
+        cmd = f"python -m runtime.generate --policy {shlex.quote(str(Path(policy_file).resolve()))}"
+        where = ""
+    else:
+        cmd = f"cd RUN_DIR && python -m runtime.generate --policy {POLICY_FILE}"
+        where = f" (RUN_DIR: the run directory, where sim.explore wrote this report and {POLICY_FILE})"
+    return (f'<p class="meta" id="run-it">Run it: <code>{html.escape(cmd)}</code>{html.escape(where)}; the fastest '
+            f"policy the runtime can execute, by median tokens/s over the trace draws.</p>")
+
+
+def answer_html(ans: Answer, policy_file: str | Path | None = None) -> str:
     """The recommended policy, its predicted tokens/s (median [min-max] over draws, share of draws won), its
-    speedup over the best baseline and its share of the bound."""
+    speedup over the best baseline and its share of the bound (which bounds the policies within the GPU expert
+    budget), and the command that runs it (``policy_file``: see :func:`run_it_html`)."""
     p, st = ans.predicted, ans.setting
     draws = int(p.get("trace_draws", 1))
     spread_text = ""
@@ -195,7 +213,7 @@ def answer_html(ans: Answer) -> str:
                                                  f"{float(np.median(base_tps)):.1f} tokens/s)"))
     if st.bounds.size:
         facts.append(_ratio_text(ans.vs_bound(), f"the bound ({float(np.median(st.bounds)):.1f} tokens/s: no policy "
-                                                  f"is faster)", pct=True))
+                                                  f"within the budget is faster)", pct=True))
     oracle = next((s for s in st.spreads if s.policy == ORACLE), None)
     if oracle is not None:
         facts.append(f"the oracle's {float(np.median(oracle.tokens_per_s)):.1f} tokens/s reads future routing: a "
@@ -204,15 +222,14 @@ def answer_html(ans: Answer) -> str:
             f"{html.escape(ans.row.mode)} mode — <b>{p['tokens_per_s']:.1f} tokens/s</b> predicted"
             f"{spread_text}.</p>\n"
             + (f'<p class="facts">{"; ".join(facts)}.</p>' if facts else "")
-            + f'\n<p class="meta">Run it: <code>python -m runtime.generate --policy recommended-policy.json</code> '
-              f"(the run directory's file); the fastest policy the runtime can execute, by median tokens/s over "
-              f"the trace draws.</p>")
+            + "\n" + run_it_html(policy_file))
 
 
-def lead_html(ans: Answer | None, all_settings: Sequence[Setting], config: Mapping[str, Any]) -> str:
+def lead_html(ans: Answer | None, all_settings: Sequence[Setting], config: Mapping[str, Any],
+              policy_file: str | Path | None = None) -> str:
     """The report's first screen, before any chart: the answer (or where to find it) and the caveat."""
     if ans is not None:
-        body = answer_html(ans)
+        body = answer_html(ans, policy_file)
     elif len(all_settings) > 1:
         body = (f'<p class="answer">No single recommended policy: these runs cover {len(all_settings)} settings; the '
                 f"recommended policy of each (the fastest the runtime can execute) is in the table below.</p>")

@@ -57,9 +57,10 @@ def tornado_figure(result: Sensitivity) -> go.Figure:
         for sign in (-1, 1):
             fig.add_vline(x=100 * sign * result.threshold, line_dash="dot", line_color="#999", row=1, col=col)
     fig.update_xaxes(title_text="change of the ratio (%)", zeroline=True, zerolinecolor="#444")
-    fig.update_layout(barmode="overlay", template="plotly_white", height=max(260, 140 + _ROW_H * len(rows)),
-                      margin={"t": 80, "l": 230, "r": 30, "b": 60},
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0.0})
+    # the legend to the right of the panels, from their top down: above them it ran into the panel titles
+    fig.update_layout(barmode="overlay", template="plotly_white", height=max(300, 140 + _ROW_H * len(rows)),
+                      margin={"t": 60, "l": 230, "r": 20, "b": 60},
+                      legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top"})
     return fig
 
 
@@ -76,13 +77,18 @@ def sensitivity_section(result: Sensitivity) -> tuple[str, str, str]:
                                          default_width="100%", div_id="fig-sensitivity")
     b = result.base
     flagged = [r for r in result.rows if r.flagged(result.threshold)]
+    # a source shared by several figures (a profile's one line on all its ranges) is written once, after the list
+    shared = [src for src in dict.fromkeys(r.figure.source for r in flagged)
+              if src and sum(r.figure.source == src for r in flagged) > 1]
     items = "".join(
         f"<li><b>{html.escape(r.figure.label)}</b> ({r.figure.low:g}-{r.figure.high:g}, value {r.figure.value:g}): "
         f"headline {r.low.ratio:.2f}x / {r.high.ratio:.2f}x at low / high"
         + "".join(f"; <b>flips</b> to {html.escape(o.label)} in {html.escape(o.mode)} at the {end} end"
                   for end, o, x in (("low", r.low, r.flips[0]), ("high", r.high, r.flips[1])) if x)
-        + (f"<br><span class='note'>{html.escape(r.figure.source)}</span>" if r.figure.source else "") + "</li>"
+        + (f"<br><span class='note'>{html.escape(r.figure.source)}</span>"
+           if r.figure.source and r.figure.source not in shared else "") + "</li>"
         for r in flagged)
+    items += "".join(f"<li class='note'>Source: {html.escape(src)}</li>" for src in shared)
     note = (f"<p class=\"note\">Recommended {html.escape(b.label)} in {html.escape(b.mode)} mode at {b.ratio:.2f}x the "
             f"best baseline ({PAPER_POLICY} {b.paper:.2f}x), on the draw-0 trace of each mode. Each uncertain figure of "
             f"the hardware profile and the executor was set to each end of its range, one at a time "

@@ -236,3 +236,49 @@ def test_hand_rows_lead_with_the_fastest_causal_policy(tmp_path):
     lead = page[page.index('<section id="answer"'):page.index('class="plotly-graph-div"')]
     assert '<b class="recommended">tide(tau=8)</b> in block-cache mode' in lead and "the oracle's 90.0 tokens/s" in lead
     assert "1.52× the best baseline (fetch-lru" in lead and 'class="caveat"' in lead
+
+
+# ---- issue 17, item 4: what the browser check (test_report_browser.py) needs, checked without a browser ----------
+def test_run_it_names_the_policy_file_by_its_absolute_path(explore_run, tmp_path):
+    """The "Run it" line works from the repository root or anywhere: the policy file by its absolute path."""
+    import shlex
+
+    page = (explore_run / "report.html").read_text(encoding="utf-8")
+    m = re.search(r'<p class="meta" id="run-it">Run it: <code>(.*?)</code>', page)
+    assert m
+    argv = shlex.split(m.group(1).replace("&#x27;", "'"))
+    assert argv[:4] == ["python", "-m", "runtime.generate", "--policy"]
+    assert Path(argv[4]) == (explore_run / "recommended-policy.json").resolve() and Path(argv[4]).is_absolute()
+    # a report written with no policy file beside it says where to stand
+    text = write_report(tmp_path / "report.html", _rows(explore_run), {}).read_text(encoding="utf-8")
+    assert "cd RUN_DIR &amp;&amp; python -m runtime.generate --policy recommended-policy.json" in text
+
+
+def test_charts_in_reading_order_with_the_bound_explained(explore_run):
+    page = (explore_run / "report.html").read_text(encoding="utf-8")
+    heads = re.findall(r"<h2>\((\w)\) ", page)
+    assert heads == ["a", "b", "c", "d", "e"]
+    assert page.index('<section id="speedup"><h2>(a) ') < page.index('<section id="throughput"><h2>(b) ')
+    fig = figures(_rows(explore_run))["speedup"]
+    bound = [a.text for a in fig.layout.annotations if "bound" in (a.text or "")]
+    assert bound and all("within the budget (B=16" in t for t in bound)
+    categories = {y for t in fig.data if t.type == "bar" for y in t.y}
+    assert "all-gpu (all 32 experts: outside the budget)" in categories
+    assert "all-gpu keeps every expert on the GPU, outside the budget" in page
+
+
+def test_no_per_bar_colour_array_with_a_pattern(explore_run):
+    """plotly.js warns "Invalid color specifier: Array(n)" for a bar trace whose marker colour is an array and
+    that has a hatching pattern (12 warnings in the console of the default report); and every bar value is
+    written horizontally (no inside text, which plotly turns and shrinks in a short bar)."""
+    for key, fig in figures(_rows(explore_run)).items():
+        for t in fig.data:
+            if t.type != "bar":
+                continue
+            pattern = t.marker.pattern.shape if t.marker.pattern else None
+            assert not (pattern and isinstance(t.marker.color, (list, tuple))), (key, t.name)
+            assert t.textposition in (None, "none") and t.text is None, (key, t.name)
+    lead = figures(_rows(explore_run))["speedup"]
+    values = [a for a in lead.layout.annotations if (a.text or "").endswith("×") and "bound" not in a.text
+              and "baseline" not in a.text]
+    assert values and all(a.textangle in (None, 0) for a in values)
