@@ -114,6 +114,8 @@ const charts = Array.from(document.querySelectorAll('.plotly-graph-div')).map(d 
         const spec = (d._fullLayout.annotations || [])[+a.dataset.index];
         return spec && spec.yref === 'paper' && spec.xref === 'paper';  // subplot titles (not a line's label)
       })).map(t => Object.assign(box(t), {text: t.textContent})),
+  annotations: Array.from(d.querySelectorAll('.infolayer .annotation')).filter(a => a.textContent)
+    .map(a => Object.assign(box(a.querySelector('.annotation-text-g') || a), {text: a.textContent})),
 }));
 const rec = document.querySelector('#answer p.answer');
 return {charts: charts, recommendation: rec ? box(rec) : null,
@@ -132,8 +134,9 @@ def load(driver: Any, report: str | Path) -> bool:
 
 def measure(driver: Any) -> dict[str, Any]:
     """The loaded page's boxes, in page coordinates (CSS pixels from the top left of the document): each chart's
-    div with its legends' boxes and its titles' (the figure title and each subplot title: plotly's
-    paper-anchored annotations), the recommendation's paragraph, the viewport, the page and the order of the
+    div with its legends' boxes, its titles' (the figure title and each subplot title: plotly's
+    paper-anchored annotations) and every annotation's (titles, lines' labels, values), the recommendation's
+    paragraph, the viewport, the page and the order of the
     top-level sections."""
     return driver.execute_script(_MEASURE)
 

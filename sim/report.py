@@ -328,23 +328,26 @@ def _speedup_panel(fig: go.Figure, st: Setting, ans: Answer | None, cell: dict[s
                            xanchor="left", xshift=3, font={"size": 12, "color": "#222"},
                            bgcolor="rgba(255,255,255,0.85)", borderpad=1)
     fig.update_yaxes(categoryorder="array", categoryarray=names, **cell)
-    on_white = {"bgcolor": "rgba(255,255,255,0.85)"}  # a line's label over the other line it may cross
+    def on_white() -> dict[str, str]:  # a line's label over the other line it may cross (a new dict: plotly fills it in)
+        return {"bgcolor": "rgba(255,255,255,0.85)"}
+
     fig.add_vline(x=1.0, line_dash="dot", line_color="#555", annotation_text="best baseline = 1×",
-                  annotation_position="bottom right", annotation=on_white, **cell)
+                  annotation_position="bottom right", annotation=on_white(), **cell)
     bound = st.bound_vs_base()
     right = max(max(s.vs_base) for s in bars)
     if bound.size and np.isfinite(bound).all():
         b = float(np.median(bound))
         budget = _budget_of(st)
-        within = f"B={budget}: " if budget is not None else ""
-        label = f"{BOUND_LABEL} within the budget ({within}{b:.2f}×)"
+        within = f" (B={budget})" if budget is not None else ""
+        # two short lines: one long one ran into the next panel's in a narrow window
+        label = f"{BOUND_LABEL}<br>within the budget{within}: {b:.2f}×"
         # the label on the side of the line with room for it: right of a line in the left half of the axis
         side = "top right" if b < 0.5 * max(right, b) else "top left"
         right = max(right, b)
         fig.add_vline(x=b, line_dash="dash", line_color="#000", line_width=2, **cell, annotation_text=label,
-                      annotation_position=side, annotation=on_white)
-    # a free category's height above and below the bars for the two lines' labels
-    fig.update_yaxes(range=[-1.4, len(bars) - 0.5 + 0.9], **cell)
+                      annotation_position=side, annotation=on_white())
+    # free room below the bars for the 1x line's label and above them for the bound's (two lines)
+    fig.update_yaxes(range=[-1.4, len(bars) - 0.5 + 1.4], **cell)
     fig.update_xaxes(range=[0, 1.18 * max(right, 1.0)], **cell)
 
 
@@ -365,7 +368,7 @@ def speedup_figure(all_settings: Sequence[Setting], ans: Answer | None = None) -
     npol = max(len(st.spreads) for st in shown)
     # in pixels: each panel's bars and free rows; between rows, the x ticks and title of one row and the
     # subplot title of the next (a fraction of the figure, they overlapped once the figure grew)
-    panel, gap, top, bottom = _BAR_H * (npol + 2) + 40, 80 + 18 * lines, 62 + 18 * lines, 50
+    panel, gap, top, bottom = _BAR_H * (npol + 2) + 55, 80 + 18 * lines, 62 + 18 * lines, 50
     height = nrows * panel + (nrows - 1) * gap + top + bottom
     fig = make_subplots(rows=nrows, cols=cols, subplot_titles=titles, horizontal_spacing=0.28 if cols > 1 else 0.0,
                         vertical_spacing=gap / (height - top - bottom) if nrows > 1 else 0.0)

@@ -38,8 +38,9 @@ def tornado_figure(result: Sensitivity) -> go.Figure:
     rows = list(reversed(result.rows))  # plotly draws the first category at the bottom: largest swing on top
     names = [r.figure.label for r in rows]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=[f"headline: recommended / best baseline (base {result.base.ratio:.2f}x)",
-                                        f"paper: {PAPER_POLICY} / best baseline (base {result.base.paper:.2f}x)"])
+                        subplot_titles=[f"headline: recommended / best baseline<br>(base {result.base.ratio:.2f}x)",
+                                        f"paper: {PAPER_POLICY} / best baseline<br>(base {result.base.paper:.2f}x)"])
+    fig.update_annotations(font_size=14)  # two short lines each: side by side in a narrow window
     for col, deltas in ((1, lambda r: r.deltas), (2, lambda r: r.paper_deltas)):
         for k, end in enumerate(("low", "high")):
             x = [_pct(deltas(r)[k]) for r in rows]
@@ -59,7 +60,7 @@ def tornado_figure(result: Sensitivity) -> go.Figure:
     fig.update_xaxes(title_text="change of the ratio (%)", zeroline=True, zerolinecolor="#444")
     # the legend to the right of the panels, from their top down: above them it ran into the panel titles
     fig.update_layout(barmode="overlay", template="plotly_white", height=max(300, 140 + _ROW_H * len(rows)),
-                      margin={"t": 60, "l": 230, "r": 20, "b": 60},
+                      margin={"t": 70, "l": 230, "r": 20, "b": 60},
                       legend={"orientation": "v", "x": 1.02, "xanchor": "left", "y": 1.0, "yanchor": "top"})
     return fig
 

@@ -46,9 +46,11 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
     labels = [("★ " if h["paper_setting"] else "") + h["point"] for h in lines]
     _bars(fig, lines, labels)
     draws = max((h.get("draws", 1) for h in lines), default=1)
+    # a short title (the section's paragraph says what the bars and whiskers are): a long one was cut off
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="tokens/s (log)", height=560,
-                      margin=dict(b=260), title=f"Throughput per grid point, median and [min, max] over {draws} trace "
-                                                f"draw(s) (★ = the paper's setting)")
+                      margin=dict(b=260, t=60), title={"text": "Throughput per grid point (★ = the paper's setting)",
+                                                       "x": 0.0, "xanchor": "left", "xref": "container",
+                                                       "pad": {"l": 12}})
     div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}, div_id="fig-study")
     cols = ["setting", "B", "mode", *[n for _, n in POLICY_COLUMNS], "tide-opt τ", *[n for _, n in RATIO_COLUMNS],
             "recommended (share of draws won)"]
@@ -63,4 +65,5 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
     table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"
              + "".join(rows) + "</tbody></table>")
     return (f'<section id="study"><h2>Study headline</h2><p>Each figure: the median over {draws} synthetic trace '
-            f'draw(s) with its [min–max]; ratios are taken within a draw.</p>{div}\n{table}</section>')
+            f"draw(s) with its [min–max] (the chart's bars and whiskers, tokens/s on a log scale); ratios are taken "
+            f"within a draw.</p>{div}\n{table}</section>")

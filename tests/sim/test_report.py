@@ -261,7 +261,12 @@ def test_charts_in_reading_order_with_the_bound_explained(explore_run):
     assert page.index('<section id="speedup"><h2>(a) ') < page.index('<section id="throughput"><h2>(b) ')
     fig = figures(_rows(explore_run))["speedup"]
     bound = [a.text for a in fig.layout.annotations if "bound" in (a.text or "")]
-    assert bound and all("within the budget (B=16" in t for t in bound)
+    assert bound and all("<br>within the budget (B=16): " in t for t in bound)
+    # each panel: the 1x line's label at its foot, the bound's at its head (not both in one place)
+    lines = [(a.text.startswith("bound"), a.y, a.yref) for a in fig.layout.annotations
+             if "bound" in (a.text or "") or "best baseline" in (a.text or "")]
+    panels = {ref for _, _, ref in lines}
+    assert sorted(lines) == sorted([(False, 0, ref) for ref in panels] + [(True, 1, ref) for ref in panels])
     categories = {y for t in fig.data if t.type == "bar" for y in t.y}
     assert "all-gpu (all 32 experts: outside the budget)" in categories
     assert "all-gpu keeps every expert on the GPU, outside the budget" in page

@@ -5,7 +5,8 @@ For a small explore run (with --sensitivity: every chart of the lead, the tau sw
 tornado) and a small study: no console message at warning level or above (plotly.js writes its warnings with
 console.trace, which the page's console hook catches); every chart drawn with a non-zero size; the
 recommendation inside the first 1400x900 screen; no legend's box intersecting a chart title (the figure's or a
-subplot's) or another chart, at 1400 and 1024 CSS pixels wide; every title inside its chart; the charts'
+subplot's) or another chart, and no two labels of a chart over each other, at 1400 and 1024 CSS pixels wide;
+every title inside its chart; the charts'
 sections in reading order; the "Run it" line's policy file an absolute path that exists. Skipped, with the
 reason, where Chromium, chromedriver or selenium is missing (.ci/run installs them).
 """
@@ -78,7 +79,8 @@ def _inside(inner: dict[str, float], outer: dict[str, float], tol: float = 1.0) 
 
 def layout_problems(page: dict[str, Any]) -> list[str]:
     """What a reader would see wrong in ``rs.measure``'s boxes: a chart without a size, a legend over a title or
-    over another chart, a title or a legend reaching out of its chart (cut off)."""
+    over another chart, a title or a legend reaching out of its chart (cut off), two labels (annotations: titles,
+    lines' labels, bar values) over each other."""
     out = []
     charts = page["charts"]
     if not charts:
@@ -95,6 +97,9 @@ def layout_problems(page: dict[str, Any]) -> list[str]:
             out += [f"{c['id']}: legend over the title {t['text']!r}" for t in c["titles"] if _intersects(leg, t)]
             out += [f"{c['id']}: legend over the chart {o['id']}" for o in charts
                     if o is not c and _intersects(leg, o["box"])]
+        notes = c["annotations"]
+        out += [f"{c['id']}: label {a['text']!r} over label {b['text']!r}" for i, a in enumerate(notes)
+                for b in notes[i + 1:] if _intersects(a, b)]
     return out
 
 
