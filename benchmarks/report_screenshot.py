@@ -5,7 +5,8 @@ messages, each chart's box, the recommendation's box, each legend's and each tit
     python benchmarks/report_screenshot.py RUN_DIR/report.html docs/img/report-first-screen.png
         [--width 1400] [--height 900] [--full-page]
 
-Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver) and selenium
+Needs Debian's ``chromium`` and ``chromium-driver`` (/usr/bin/chromium, /usr/bin/chromedriver; TIDE_CHROMIUM and
+TIDE_CHROMEDRIVER name others) and selenium
 (``pip install "selenium>=4.20,<5"``). The driver is named explicitly, so Selenium Manager never downloads one;
 Chromium runs headless, sandbox-less (root, containers) and with its background networking off (the report is
 self-contained: nothing is fetched).
@@ -14,14 +15,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = os.environ.get("TIDE_CHROMIUM", "/usr/bin/chromium")  # Debian's; the variables name another build
+CHROMEDRIVER = os.environ.get("TIDE_CHROMEDRIVER", "/usr/bin/chromedriver")
 VIEWPORT = (1400, 900)
 _FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
           "--disable-background-networking", "--disable-component-update", "--disable-sync",
