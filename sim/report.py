@@ -599,4 +599,4 @@ def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any]
 
 
 __all__ = ["write_report", "render_report", "figures", "speedups", "baseline_throughput", "settings", "answer",
-           "tau_axis", "is_calibrated", "caveat_html", "SECTION_TITLES", "ORACLE_LABEL", "BOUND_LABEL"]
+           "tau_axis", "SECTION_TITLES", "ORACLE_LABEL", "BOUND_LABEL"]

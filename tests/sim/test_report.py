@@ -157,9 +157,9 @@ def test_bold_row_is_the_recommended_causal_policy_not_the_oracle(explore_run):
     label = _recommended_label(explore_run)
     bold = re.findall(r'<tr class="best">(.*?)</tr>', page)
     assert len(bold) == 2  # one per trace draw of the recommended mode
-    for row in bold:
-        cells = re.findall(r"<td>(.*?)</td>", row)
-        assert cells[2] == label and "oracle" not in row
+    for tr in bold:
+        cells = re.findall(r"<td>(.*?)</td>", tr)
+        assert cells[2] == label and "oracle" not in tr
     assert re.search(r'<tr class="oracle"><td>[^<]*</td><td>[^<]*</td><td>' + re.escape(ORACLE_LABEL), page)
     assert page.count('<tr class="bound">') == 4 and "bound: no policy is faster" in page
     fig = figures(_rows(explore_run))["speedup"]  # the chart labels the oracle and draws the bound
