@@ -204,6 +204,9 @@ class RunRecord(Record):
     host_pinned: bool                # the host expert stacks are page-locked
     environment: dict[str, Any] = field(default_factory=dict)  # runtime.environment (runtime.bench: once per file)
     priced_with: str = ""            # the hardware profile cost-aware decisions were priced with ("": none)
+    # the share of the CPU the generation got (offload.cpu_share; below its STARVED_BELOW the timings are not
+    # comparable); None: not measured (records written before it was)
+    cpu_share: float | None = None
     DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s")
 
     @property

@@ -7,7 +7,8 @@ random weights, 4 MoE layers, 128 of 256 experts per layer resident):
 
 The weights are built once (:class:`runtime.session.Session`); each (policy, mode) runs a warm-up block, then
 the timed generation, each on a fresh policy and store. Printed tokens/s count committed tokens per second of
-wall time (what the simulator predicts). On CUDA the environment record adds pinned and pageable copy rates
+wall time (what the simulator predicts); column cpu is the CPU share the timed run got (offload.cpu_share: below
+0.8 the machine was busy, a warning on stderr says so, and validate.compare will not compare its timings). On CUDA the environment record adds pinned and pageable copy rates
 in both directions (GB/s, 256 MiB copies: ``runtime.copy_rates``).
 
 --out-dir receives, rewritten after every run (a run cut short keeps the finished ones), ``runtime_results.json``
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 import tarfile
 import time
 from pathlib import Path
@@ -28,6 +30,7 @@ import numpy as np
 
 from offload.atomic_io import atomic_write_bytes, atomic_write_text
 from offload.cli import add_budget, add_hardware, budget_from, Parser
+from offload.cpu_share import STARVED_BELOW, busy_warning, starved
 from offload.errors import TideError, run_cli
 from offload.policies import policy_from_text
 from offload.results import RunRecord, to_json
@@ -74,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompt = random_prompt(session.cfg, a.prompt_length, a.seed, device)
     runs: list[RunRecord] = []
     traces: dict[str, Trace] = {}
-    print(f"{'policy':<16}{'mode':<18}{'tokens/s':>10}{'fwd':>6}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}{'promo':>8}{'ms/fwd':>9}")
+    print(f"{'policy':<16}{'mode':<18}{'tokens/s':>10}{'fwd':>6}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}{'promo':>8}{'ms/fwd':>9}{'cpu':>6}")
     for mode in a.modes:
         timed = GenerationSettings(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps, mode=mode,
                                    stop_at_eos=False, seed=a.seed)
@@ -88,11 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             traces[f"{mode}__{rec.label}.npz"] = res.trace
             c = rec.counters
             print(f"{rec.label:<16}{mode:<18}{rec.tokens_per_s:>10.2f}{rec.forwards:>6}{c.hit_ratio:>7.3f}"
-                  f"{c.h2d_bytes / 1e9:>9.3f}{c.d2h_bytes / 1e9:>9.3f}{c.promotions:>8}{1e3 * np.mean(rec.step_times_s):>9.2f}")
+                  f"{c.h2d_bytes / 1e9:>9.3f}{c.d2h_bytes / 1e9:>9.3f}{c.promotions:>8}{1e3 * np.mean(rec.step_times_s):>9.2f}"
+                  f"{'-' if rec.cpu_share is None else f'{rec.cpu_share:.2f}':>6}", flush=True)
+            warning = busy_warning(rec.cpu_share, f"{rec.label} [{mode}]")
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
             if a.out_dir:
                 _write(Path(a.out_dir), env, a, spec.summary(), runs, traces)
     if a.out_dir:
         print(f"wrote {Path(a.out_dir) / 'runtime_results.json'} and {Path(a.out_dir) / 'runtime_traces.tar'}")
+    busy = [f"{r.label} [{r.mode}]" for r in runs if starved(r.cpu_share)]
+    if busy:
+        print(f"warning: {len(busy)} of {len(runs)} runs got less than {STARVED_BELOW:.0%} of the CPU (column cpu): "
+              f"the machine was busy, their timings are not comparable with each other or a simulation: "
+              f"{', '.join(busy)}", file=sys.stderr)
     return 0
 
 

@@ -8,13 +8,16 @@ runs/.../recommended-policy.json``).
 
 Printed and written (``--metrics-out``): tokens_per_s, the counters under the simulator's names (h2d_bytes,
 d2h_bytes, hit_ratio, promotions, demotions, cpu_assignments, gpu_assignments), per-step times, the generated
-token ids (``tokens``); ``--trace-out`` writes the routing as a trace in the shared schema.
+token ids (``tokens``), the CPU share the run got (``cpu_share``, offload.cpu_share: below 0.8 a warning on
+stderr says the machine was busy and the timings are not comparable); ``--trace-out`` writes the routing as a
+trace in the shared schema.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -25,6 +28,7 @@ from runtime.diffusion import GenerationSettings
 from runtime.environment import environment
 from runtime.session import Session, add_session_arguments, cost_model, random_prompt
 from offload.cli import add_budget, add_hardware, budget_from, given_options, Parser, refuse
+from offload.cpu_share import busy_warning
 from offload.errors import TideError, run_cli
 from offload.policies import RUNNABLE, Policy, make_policy, policy_from_text
 from offload.policies.policy_file import PolicyChoice, read_policy_file
@@ -139,12 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{m['model']} with random weights: the generated text is meaningless; ids shown")
     print(m.get("text", f"tokens: {m['tokens'][:64]}{' ...' if len(m['tokens']) > 64 else ''}"))
     print(f"\n{m['label']} budget={m['budget']} mode={m['mode']}: {m['tokens_per_s']:.2f} tokens/s "
-          f"({m['generated_tokens']} tokens, {m['forwards']} forwards, {m['wall_s']:.2f} s)")
+          f"({m['generated_tokens']} tokens, {m['forwards']} forwards, {m['wall_s']:.2f} s"
+          + ("" if m["cpu_share"] is None else f", CPU share {m['cpu_share']:.2f}") + ")")
     print(f"hit_ratio={m['hit_ratio']:.3f} promotions={m['promotions']} demotions={m['demotions']} "
           f"h2d_bytes={m['h2d_bytes']} d2h_bytes={m['d2h_bytes']} cpu_assignments={m['cpu_assignments']} "
           f"gpu_assignments={m['gpu_assignments']}")
     for what in m["written"]:
         print(f"wrote {what}")
+    warning = busy_warning(m["cpu_share"], m["label"])
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 

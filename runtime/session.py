@@ -16,6 +16,7 @@ import torch
 
 from offload.cli import add_generation, add_model
 from offload.cost import RooflineCostModel
+from offload.cpu_share import CpuMeter
 from offload.errors import TideError
 from offload.hardware import HardwareProfile
 from offload.policies import Policy
@@ -129,9 +130,13 @@ class Session:
         store = ExpertStore(self.cfg.spec, self.host, policy, budget, device=self.device, dtype=self.dtype,
                             cost=cost, block_length=settings.block_length, mode=settings.mode)
         self.model.set_executor(store)
+        # the CPU share of the generation (offload.cpu_share): every thread counts; without the scheduler's
+        # counts, the busy threads are torch's on device=cpu and the issuing one on a GPU
+        meter = CpuMeter(torch.get_num_threads() if self.device.type == "cpu" else 1)
         result = generate(self.model, store, self.cfg, prompt, settings, progress=progress,
                           origin={"policy": policy.label(), "device": str(self.device),
                                   "experts_per_layer": int(np.max(store.budget if budget is None else budget))})
+        share = meter.stop()
         x = result.extra
         return result, RunRecord(
             policy=policy.name, params=policy.params(), mode=settings.mode, model=self.cfg.spec.name,
@@ -141,4 +146,5 @@ class Session:
             forwards=result.forwards, wall_s=result.wall_s, step_times_s=tuple(result.step_times_s.tolist()),
             step_wall_s=tuple(x["step_wall_s"].tolist()), cpu_s=x["cpu_s"], step_cpu_s=tuple(x["step_cpu_s"].tolist()),
             counters=store.counters(), max_resident=tuple(store.max_resident.tolist()),
-            layer_budgets=tuple(store.residency.budget.tolist()), host_pinned=bool(store.pinned))
+            layer_budgets=tuple(store.residency.budget.tolist()), host_pinned=bool(store.pinned),
+            cpu_share=share)

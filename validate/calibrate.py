@@ -24,6 +24,10 @@ with exit status 2 if the required tables were not all measured).
 On device=cpu the "GPU" is the CPU itself and the copies are memcpy: what the runtime executes there. The
 profile then says ``single_device: true`` (one serial device; activations never move).
 
+The CPU share each measurement got (offload.cpu_share) is recorded in ``calibration.cpu_share_by_table``, the
+whole run's in ``calibration.cpu_share``; a measurement below 0.8 is marked on its line and named in a warning
+on stderr (the machine was busy), and validate.compare compares no timings against such a profile.
+
 Hold-out discipline: nothing here runs an end-to-end generation of the model; the profile comes from
 micro-benchmarks only. Imports need torch and numpy only (no simpy, plotly, scipy): it runs on the GPU machine.
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,7 @@ import torch
 from offload.cli import add_model, Parser
 from offload.errors import TideError, run_cli
 from offload.atomic_io import atomic_write_text
+from offload.cpu_share import CpuMeter, busy_warning, starved
 from offload.cost import RooflineCostModel
 from offload.hardware import HardwareProfile
 from validate import bench_copies, bench_decide, bench_experts, bench_layers, bench_store
@@ -106,6 +112,11 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _share_note(share: float | None) -> str:
+    """What follows a measurement's line when it was starved (offload.cpu_share), else nothing."""
+    return f"  CPU share {share:.2f}: the machine was busy" if starved(share) else ""
+
+
 def _table_line(row: tuple[str, int, int, float | None, float | None]) -> str:
     name, n, nh, med, mx = row
     fmt = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
@@ -153,6 +164,20 @@ class Progress:
     skipped: list[str] = field(default_factory=list)  # informational tables skipped by --max-seconds
     cut: list[str] = field(default_factory=list)  # tables not started because --deadline-seconds had passed
     finished: list[str] = field(default_factory=list)  # measured so far, in order ("step": the step overhead)
+    # the CPU share each measurement got (offload.cpu_share; "step" and "decide" too), and the whole run's
+    shares: dict[str, float | None] = field(default_factory=dict)
+    meter: CpuMeter | None = None
+
+    def __post_init__(self) -> None:
+        if self.meter is None:
+            self.meter = self._meter()
+
+    def _meter(self) -> CpuMeter:
+        return CpuMeter(torch.get_num_threads() if self.rig.device.type == "cpu" else 1)
+
+    def starved_tables(self) -> list[str]:
+        """The measurements that got less of the CPU than offload.cpu_share.STARVED_BELOW."""
+        return [name for name, share in self.shares.items() if starved(share)]
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t_start
@@ -183,23 +208,25 @@ class Progress:
         """Measure one table (None: not applicable here), print its time, rewrite the file."""
         if not self._may_start(name, optional):
             return
-        t0 = time.perf_counter()
+        t0, meter = time.perf_counter(), self._meter()
         t = fn()
         if t is None:
             return
+        self.shares[name] = meter.stop()
         self.tables[name] = t
         self.finished.append(name)
-        _say(f"  {name:<20} {time.perf_counter() - t0:6.1f} s")
+        _say(f"  {name:<20} {time.perf_counter() - t0:6.1f} s{_share_note(self.shares[name])}")
         self._saved(name, self.save())
 
     def run_step(self, fn: Callable[[], dict[str, float]]) -> None:
         """Measure the generation loop's per-forward overhead (not a table, but build_profile needs it)."""
         if not self._may_start("step", optional=False):
             return
-        t0 = time.perf_counter()
+        t0, meter = time.perf_counter(), self._meter()
         self.step = fn()
+        self.shares["step"] = meter.stop()
         self.finished.append("step")
-        _say(f"  {'step':<20} {time.perf_counter() - t0:6.1f} s")
+        _say(f"  {'step':<20} {time.perf_counter() - t0:6.1f} s{_share_note(self.shares['step'])}")
         self._saved("step", self.save())
 
     def run_decide(self, fn: Callable[[], dict[str, float]]) -> None:
@@ -207,10 +234,11 @@ class Progress:
         tables, since riptide and tide-opt price their choices with the cost model of the profile so far."""
         if not self._may_start("decide", optional=False) or not self.ready():
             return
-        t0 = time.perf_counter()
+        t0, meter = time.perf_counter(), self._meter()
         self.decide = fn()
+        self.shares["decide"] = meter.stop()
         self.finished.append("decide")
-        _say(f"  {'decide':<20} {time.perf_counter() - t0:6.1f} s")
+        _say(f"  {'decide':<20} {time.perf_counter() - t0:6.1f} s{_share_note(self.shares['decide'])}")
         self._saved("decide", self.save())
 
     def profile(self, complete: bool = False) -> dict[str, Any]:
@@ -233,6 +261,10 @@ class Progress:
             "holdout": {name: t.holdout for name, t in self.tables.items() if t.holdout},
             "notes": {name: t.note for name, t in self.tables.items() if t.note},
             "raw": {name: t.extra for name, t in self.tables.items() if t.extra},
+            # offload.cpu_share: the whole run so far, and each measurement (validate.compare does not compare
+            # timings against a profile any of whose measurements was starved)
+            "cpu_share": self.meter.stop() if self.meter is not None else None,
+            "cpu_share_by_table": dict(self.shares),
         }
 
     def save(self, complete: bool = False) -> Path:
@@ -384,6 +416,12 @@ def _report(p: Progress, profile: dict[str, Any], path: Path, complete: bool) ->
         _say("decide() per layer: " + ", ".join(f"{k} {v:.1f} us" for k, v in p.decide.items()))
     if not complete:
         _say(f"INCOMPLETE: --deadline-seconds passed before {', '.join(p.cut)}; calibration.complete is false")
+    busy = p.starved_tables()
+    if busy:
+        worst = min(p.shares[name] for name in busy)
+        names = ", ".join(busy[:3]) + (f" and {len(busy) - 3} more" if len(busy) > 3 else "")
+        print(busy_warning(worst, f"calibration ({names})") + "; validate.compare will not compare timings "
+              "against this profile", file=sys.stderr, flush=True)
     _say(f"wrote {path} in {p.elapsed():.1f} s")
 
 

@@ -9,11 +9,14 @@ Sections:
   (d) where the time goes: simulated seconds per kind of work, and the measured split into forward passes and
       the time between them (sampler, bookkeeping); simulated busy time per resource in the table
   tables       per-run errors and work counters (mismatches in red), rankings, targets
+Led by validate.compare's verdict (counters equal or not; timings compared or not comparable, and why). When the
+timings are not comparable the report holds the verdict, each run's measurement and work counters, and the
+provenance: no figure, no error or ranking table (and no plotly.js). No table is rendered without rows: an
+uncalibrated profile's missing held-out errors and machine, or a missing ranking, are said in a sentence.
 """
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -134,38 +137,92 @@ def run_table(rows: list[dict[str, Any]]) -> str:
                   missed)
 
 
+def _verdict(v: Mapping[str, Any]) -> str:
+    """The verdict block that leads the report (validate.compare.Verdict.to_json: its lines, bullets indented)."""
+    ok = v["counters"]["equal"] and v["timings"]["comparable"]
+    out, bullets = [], []
+    for line in [*v["text"], ""]:
+        if line.startswith("  - "):
+            bullets.append(f"<li>{html.escape(line[4:])}</li>")
+            continue
+        if bullets:
+            out.append(f"<ul>{''.join(bullets)}</ul>")
+            bullets = []
+        if line.startswith("  "):
+            out.append(f"<p>{html.escape(line.strip())}</p>")
+        elif line:
+            out.append(f"<p><b>{html.escape(line)}</b></p>")
+    return f"<div class='verdict {'ok' if ok else 'no'}'>{''.join(out)}</div>"
+
+
+def _provenance(prov: Mapping[str, Any]) -> str:
+    """Where the profile came from: its held-out errors and machine when it has them, a sentence when not."""
+    cal = prov["calibrated_by"]
+    holdout = (_table(["table", "held-out median |err|", "max |err|"],
+                      [[html.escape(k), _pct(v["median_abs_rel_error"]).lstrip("+"), _pct(v["max_abs_rel_error"]).lstrip("+")]
+                       for k, v in cal["holdout"].items()])
+               if cal["holdout"] else "<p>No held-out errors: the profile records no calibration by validate.calibrate.</p>")
+    env = cal["environment"]
+    machine = (_table(["machine", ""], [[html.escape(str(k)), html.escape(str(v))] for k, v in env.items()])
+               if env else "<p>No machine recorded: the profile was not measured on one.</p>")
+    tables = html.escape(", ".join(cal["tables"])) if cal["tables"] else "none (roofline figures only)"
+    return (f"<h2>Provenance (hold-out)</h2><p><b>Calibrated by</b> {html.escape(cal['method'])}: profile "
+            f"<code>{html.escape(cal['profile'])}</code>, tables {tables}. <b>Validated by</b> "
+            f"{html.escape(', '.join(prov['validated_by']))}. Given to the simulator: "
+            f"{html.escape(prov['given_to_simulator'])}; never: {html.escape(prov['never_given_to_simulator'])}.</p>"
+            f"{machine}{holdout}")
+
+
+def counters_table(rows: list[dict[str, Any]]) -> str:
+    """Per run: what was measured and the work counters, for a comparison whose timings are not comparable."""
+    body = []
+    for r in rows:
+        counters = "; ".join((f"<b style='color:#c00'>{k}: {v['measured']} vs {v['simulated']}</b>"
+                              if v["measured"] != v["simulated"] else f"{k}: {v['measured']}")
+                             for k, v in r["counters"].items())
+        share = "-" if r.get("cpu_share") is None else f"{r['cpu_share']:.2f}"
+        body.append([html.escape(r["run"]), f"{r['measured_tokens_per_s']:.2f}", share, counters])
+    return _table(["run", "measured tok/s", "CPU share", "work counters (measured vs simulated)"], body,
+                  {i for i, r in enumerate(rows) if r["counter_mismatch"]})
+
+
+_STYLE = """<style>body{font-family:sans-serif;margin:2em} table{border-collapse:collapse;font-size:13px;margin:1em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;text-align:left} .warn{color:#c00} tr.miss{background:#fde8e8}
+.verdict{border:2px solid;padding:0.5em 1em;margin:1em 0} .verdict.ok{border-color:#2ca02c;background:#eef8ee}
+.verdict.no{border-color:#d62728;background:#fdf0f0} .verdict p{margin:0.3em 0}</style>"""
+
+
 def render(result: Mapping[str, Any], series: Mapping[str, tuple[np.ndarray, ...]]) -> str:
     rows, summary, prov = result["runs"], result["summary"], result["provenance"]
-    cal = prov["calibrated_by"]
-    ho = _table(["table", "held-out median |err|", "max |err|"],
-                [[k, _pct(v["median_abs_rel_error"]).lstrip("+"), _pct(v["max_abs_rel_error"]).lstrip("+")]
-                 for k, v in cal["holdout"].items()])
+    verdict = result["verdict"]
+    warn = "".join(f"<p class=warn>warning: {html.escape(w)}</p>" for w in result.get("warnings", []))
+    bug = ("<p class=warn><b>BUG: the work counters differ for " + html.escape(", ".join(summary["counter_mismatches"]))
+           + ": the runtime and the simulator did not do the same work.</b></p>") if summary["counter_mismatches"] else ""
+    head = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>tide-moe validation</title>"""
+    title = f"<h1>Simulated vs measured: {html.escape(result['profile'])}</h1>{_verdict(verdict)}{bug}{warn}"
+    if not verdict["timings"]["comparable"]:  # no figure, no timing table: plotly.js is not even embedded
+        return (f"{head}{_STYLE}</head><body>{title}<h2>Runs</h2><p>The timings are not compared (above); "
+                f"what each run measured and its work counters:</p>{counters_table(rows)}{_provenance(prov)}"
+                f"</body></html>")
     ranks = [(k, v) for k, v in summary["rankings"].items()]
     ranks += [(f"{k} (per CPU second)", v) for k, v in summary.get("rankings_cpu", {}).items()]
-    rank = _table(["group", "Kendall tau", "best measured", "best simulated", "measured order", "simulated order"],
-                  [[html.escape(k), "-" if v["kendall_tau"] is None else f"{v['kendall_tau']:.2f}",
-                    html.escape(v["best_measured"]), html.escape(v["best_simulated"]),
-                    html.escape(" > ".join(v["measured_order"])), html.escape(" > ".join(v["simulated_order"]))]
-                   for k, v in ranks])
+    rank = (_table(["group", "Kendall tau", "best measured", "best simulated", "measured order", "simulated order"],
+                   [[html.escape(k), "-" if v["kendall_tau"] is None else f"{v['kendall_tau']:.2f}",
+                     html.escape(v["best_measured"]), html.escape(v["best_simulated"]),
+                     html.escape(" > ".join(v["measured_order"])), html.escape(" > ".join(v["simulated_order"]))]
+                    for k, v in ranks])
+            if ranks else "<p>No ranking: no two runs differ in policy alone (same mode, budget and device).</p>")
     targets = ", ".join(f"{k}: {'met' if v else ('-' if v is None else '<b>missed</b>')}" for k, v in summary["targets"].items())
     o = summary["overall"]
     figs = [throughput_figure(rows), error_figure(rows, summary["by_step_kind"]), steps_figure(series),
             breakdown_figure(rows)]
     cpu_note = (f"; per CPU second (contention-free, device=cpu): median {100 * o['median_abs_tps_error_cpu']:.1f}%, "
                 f"max {100 * o['max_abs_tps_error_cpu']:.1f}%" if "median_abs_tps_error_cpu" in o else "")
-    warn = "".join(f"<p class=warn>warning: {html.escape(w)}</p>" for w in result.get("warnings", []))
-    bug = ("<p class=warn><b>BUG: the work counters differ for " + html.escape(", ".join(summary["counter_mismatches"]))
-           + ": the runtime and the simulator did not do the same work.</b></p>") if summary["counter_mismatches"] else ""
-    return f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>tide-moe validation</title>
+    return f"""{head}
 <script type="text/javascript">{plotly.offline.get_plotlyjs()}</script>
-<style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:13px;margin:1em 0}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:left}} .warn{{color:#c00}} tr.miss{{background:#fde8e8}} pre{{background:#f6f6f6;padding:1em}}</style>
-</head><body><h1>Simulated vs measured: {html.escape(result['profile'])}</h1>{bug}{warn}
-<h2>Provenance (hold-out)</h2><p><b>Calibrated by</b> {html.escape(cal['method'])}: profile
-<code>{html.escape(cal['profile'])}</code>, tables {html.escape(', '.join(cal['tables']))}.
-<b>Validated by</b> {html.escape(', '.join(prov['validated_by']))}. Given to the simulator:
-{html.escape(prov['given_to_simulator'])}; never: {html.escape(prov['never_given_to_simulator'])}.</p>
-<pre>{html.escape(json.dumps(cal['environment'], indent=1))}</pre>{ho}
+{_STYLE}
+</head><body>{title}
+{_provenance(prov)}
 <h2>Summary</h2><p>|tokens/s error| median {100 * o['median_abs_tps_error']:.1f}%, max {100 * o['max_abs_tps_error']:.1f}%
 over {o['runs']} runs{cpu_note}. Targets: {targets}.</p>{rank}
 {''.join(_div(f) for f in figs)}

@@ -12,6 +12,8 @@ Each run is the runtime's :class:`~offload.results.RunRecord` with the trace it 
   cpu_s        = the process's CPU time over the generation (when recorded), and per step; on a shared CPU
                  (device=cpu, one torch thread) cpu_s < wall_s is time other processes took, and
                  tokens / cpu_s is the contention-free throughput (validate.stats)
+  cpu_share    = the share of the CPU the run got (offload.cpu_share; :attr:`Run.cpu_share`): below
+                 STARVED_BELOW the run was starved and validate.compare compares none of the timings
 What the simulator is given from a run: its trace (routing counts and step shapes), policy name + parameters,
 budget, and the dtype (for byte sizes). Nothing timed.
 """
@@ -53,6 +55,17 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.record.label} [{self.record.mode}]"
+
+    @property
+    def cpu_share(self) -> float | None:
+        """The CPU share the run got (offload.cpu_share): as recorded; for a device=cpu record written before it
+        was, cpu_s / (wall_s x threads); otherwise unknown (None, not taken as starved)."""
+        rec = self.record
+        if rec.cpu_share is not None:
+            return rec.cpu_share
+        if rec.device == "cpu" and rec.cpu_s is not None and rec.wall_s > 0:
+            return min(1.0, rec.cpu_s / (rec.wall_s * max(1, self.threads or 1)))
+        return None
 
 
 def _json(path: Path) -> Any:

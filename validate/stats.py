@@ -4,8 +4,9 @@ Per run (signed relative errors, simulated against measured):
   tps_error      = (tps_sim - tps_meas) / tps_meas
   step_error     = (mean step_sim - mean step_meas) / mean step_meas       (mean over the run's steps)
   step_mape      = median over steps of |step_sim[s] - step_meas[s]| / step_meas[s]
-  cpu_share      = cpu_s / wall_s of the run (device=cpu with one torch thread: the share of the wall time
-                   the runtime actually ran; other processes took the rest)
+  cpu_share      = the share of the CPU the run got (offload.cpu_share; for older device=cpu records
+                   cpu_s / (wall_s x threads)): with one torch thread, the share of the wall time the runtime
+                   actually ran; other processes took the rest
   tps_error_cpu  = the same error against tokens / cpu_s, the contention-free throughput (device=cpu, one
                    thread only: there the process CPU time is the time the serial device worked); the simulated
                    profile comes from medians of short samples, which preemption rarely hits
@@ -65,7 +66,7 @@ def run_row(rep: Replay) -> dict[str, Any]:
         "measured_wall_s": rec.wall_s, "simulated_time_s": res.sim_time_s,
         "measured_step_mean_s": float(meas.mean()), "simulated_step_mean_s": float(sim.mean()),
         "step_error": _rel(float(sim.mean()), float(meas.mean())), "step_mape": float(np.median(per_step)),
-        "cpu_share": rec.cpu_s / rec.wall_s if rec.cpu_s is not None and rec.wall_s > 0 else None,
+        "cpu_share": run.cpu_share,
         "measured_cpu_tokens_per_s": cpu_tps,
         "tps_error_cpu": None if cpu_tps is None else _rel(res.tokens_per_s, cpu_tps),
         "step_error_cpu": None if cpu_steps is None else _rel(float(sim.mean()), float(cpu_steps.mean())),

@@ -33,10 +33,36 @@ def test_explore_generate_compare(tmp_path):
     assert m["model"] == "llada2-tiny" and m["budget"] == choice["budget"]["experts_per_layer"]
     assert m["mode"] == choice["mode"] and m["policy"] == choice["policy"]
     p = _run("validate.compare", "M.json", "T.npz", "--out", "C", cwd=tmp_path)
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "not a validation of this machine" in p.stdout  # no calibrated profile: said, not hidden
-    rows = json.loads((tmp_path / "C" / "compare.json").read_text())["runs"]
+    assert p.returncode == 0, p.stdout + p.stderr  # timings not comparable is stated, not an error
+    # issue 17: the verdict leads; a CPU run against the GPU preset it was priced with compares counters only
+    lines = p.stdout.splitlines()
+    assert lines[0] == "counters: equal (1 run)" and lines[1].startswith("timings: not comparable")
+    assert "is for a GPU machine" in p.stdout and "a preset of datasheet figures" in p.stdout
+    assert "validate.calibrate --device cpu" in p.stdout
+    for shown in (p.stdout, (tmp_path / "C" / "table.md").read_text()):
+        assert "MISSED" not in shown.upper() and "Kendall" not in shown and "sim tok/s" not in shown
+        assert "tokens/s error" not in shown and "error (wall)" not in shown
+        assert "{}" not in shown
+    md = (tmp_path / "C" / "table.md").read_text()
+    assert md.startswith("**counters: equal (1 run)**") and "timings: not comparable" in md.splitlines()[1]
+    report = (tmp_path / "C" / "report.html").read_text()
+    assert_no_empty_table_nor_raw_json(report)
+    assert "timings: not comparable" in report and "plotly" not in report  # no figure of timings
+    res = json.loads((tmp_path / "C" / "compare.json").read_text())
+    rows = res["runs"]
     assert len(rows) == 1 and not rows[0]["counter_mismatch"]
+    assert res["verdict"]["counters"]["equal"] and not res["verdict"]["timings"]["comparable"]
+    assert res["summary"] == {"counter_mismatches": [], "targets": {"exact_counters": True}}  # nothing timed scored
+
+
+def assert_no_empty_table_nor_raw_json(report: str) -> None:
+    """No table without rows and no ``{}`` outside the embedded scripts (issue 17)."""
+    import re
+
+    text = re.sub(r"<script.*?</script>", "", report, flags=re.S)
+    assert "{}" not in text and "[]" not in text
+    for table in re.findall(r"<table>.*?</table>", text, flags=re.S):
+        assert table.count("<tr") >= 2, table  # a header row and at least one row
 
 
 def test_a_policy_file_for_another_model_is_refused(tmp_path):
