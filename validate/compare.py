@@ -71,7 +71,8 @@ def _profile_path(a: argparse.Namespace, runs: Sequence[Run]) -> tuple[str, str 
         raise TideError(f"the runs were priced with different hardware profiles ({', '.join(sorted(priced))}): "
                         f"pass --hardware")
     source = priced.pop() or FALLBACK_PRESET
-    return source, (f"no --hardware, no {guess}: {'the profile the runs decided with' if source != FALLBACK_PRESET else 'the simulator default'}")
+    return source, (f"no --hardware and no {guess}, so "
+                    + ("the profile the runs were priced with" if source != FALLBACK_PRESET else "the simulator's default"))
 
 
 @dataclass(frozen=True)
