@@ -37,6 +37,7 @@ from offload.cpu_share import STARVED_BELOW, starved
 from offload.errors import TideError, run_cli
 from offload.hardware import HARDWARE_PRESETS, HardwareProfile
 from offload.model_spec import ModelSpec
+from offload import provenance as results_page
 from offload.atomic_io import atomic_write_text
 from validate.replay import replay
 from validate.runs import RESULTS, Run, load_runs
@@ -49,6 +50,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--hardware", default=None, help="calibrated profile (default: profile.json beside the first run)")
     p.add_argument("--model", default=None, help="model preset or config.json (default: the profile's model record)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<time>)")
+    p.add_argument("--publish", default=None, metavar="PAGE.md",
+                   help="also write table.md as a results page with its provenance: command, date, commit, "
+                        "machine, load (offload/provenance.py; the pages under docs/results/)")
     return p.parse_args(argv)
 
 
@@ -295,6 +299,7 @@ def counters_only(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    began = results_page.start("python -m validate.compare", argv)
     a = parse_args(argv)
     runs = load_runs(a.runs)
     source, chosen = _profile_path(a, runs)
@@ -318,6 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_report(out / "report.html", result, series)
     print_console(verdict, rows, summary, warnings)
     print(f"wrote {out / 'compare.json'}, {out / 'table.md'} and {out / 'report.html'}")
+    if a.publish:
+        note = (f"The runtime's runs in {', '.join(f'`{r}`' for r in a.runs)} replayed in the simulator under the "
+                f"profile `{source}` ({profile.name}). The runs' own machine and CPU share are in their records; the "
+                "load below is the comparison's.")
+        results_page.write_page(a.publish, "The simulator against the runtime", markdown(verdict, rows, summary),
+                                began, note)
+        print(f"wrote {a.publish}")
     return 1 if summary["counter_mismatches"] else 0
 
 
