@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from offload.cli import DEFAULT_PROMPT_LENGTH  # noqa: E402
 from offload.cost import RooflineCostModel  # noqa: E402
 from offload.errors import run_cli  # noqa: E402
 from offload.hardware import HardwareProfile  # noqa: E402
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=int, default=128)
     p.add_argument("--mode", default="prefix-recompute")
     p.add_argument("--gen-length", type=int, default=1024)
-    p.add_argument("--prompt-length", type=int, default=128)
+    p.add_argument("--prompt-length", type=int, default=DEFAULT_PROMPT_LENGTH)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dram-gbps", type=float, default=None, help="bound host DRAM too (GB/s); the engine may not")
     a = p.parse_args(argv)

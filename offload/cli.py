@@ -6,8 +6,12 @@
   --gpu-experts-per-layer B | --gpu-memory-gb G      the GPU expert budget (``offload.budget``)
   --policy SPEC / --policies SPEC...                 ``name`` or ``name(k=v, ...)`` (``offload.policies.spec``)
   --mode / --modes, --gen-length, --block-length, --prompt-length, --steps, --seed   generation
+  --out PATH                  where a command writes: its output directory, or the one file it writes
 
-and the rule that a CLI refuses an option it would ignore: :func:`given_options` tells which options the
+and one default prompt length, DEFAULT_PROMPT_LENGTH, for every command and generator that has one (the
+runtime's random prompts, the simulator's synthetic traces, the benchmarks),
+
+the rule that a CLI refuses an option it would ignore: :func:`given_options` tells which options the
 command line set, :func:`refuse` ends with one line naming those a run would not use. :class:`Parser` makes
 argparse's own errors (unknown option, bad value) one line too, like every other bad input.
 """
@@ -24,6 +28,12 @@ from offload.executor import DEFAULT_EXECUTOR, EXECUTOR_PRESETS
 from offload.hardware import HARDWARE_PRESETS
 from offload.model_spec import MODEL_PRESETS, ModelSpec
 from offload.trace import DIFFUSION_MODES, MODES
+
+# Prompt tokens when a command makes up the prompt: 128, the prompt of the synthetic traces the simulator's
+# predictions are made on (traces.synthetic), so that runtime.generate and runtime.bench run, with their defaults,
+# the workload sim.explore predicts with its defaults; and whole blocks of the default block length 32
+# (block-cache prefills four complete blocks, the first generated block holds no prompt token).
+DEFAULT_PROMPT_LENGTH = 128
 
 
 class Parser(argparse.ArgumentParser):
@@ -75,7 +85,7 @@ def budget_from(a: argparse.Namespace, model: ModelSpec, default: int | None, hw
     return resolve_budget(model, hw, experts_per_layer=per_layer, gpu_memory_gb=a.gpu_memory_gb)
 
 
-def add_generation(p: argparse.ArgumentParser, *, gen_length: int | None, prompt_length: int, steps: bool = True,
+def add_generation(p: argparse.ArgumentParser, *, gen_length: int | None, steps: bool = True,
                    modes: str = "one", seed_help: str = "seed", gen_length_default: str | None = None) -> None:
     """Generation options; ``modes``: "one" (--mode), "many" (--modes ...) or "none"."""
     if modes == "one":
@@ -87,8 +97,8 @@ def add_generation(p: argparse.ArgumentParser, *, gen_length: int | None, prompt
     p.add_argument("--gen-length", type=int, default=gen_length, help="tokens to generate"
                    + (f" (default {gen_length_default or gen_length})" if (gen_length_default or gen_length) else ""))
     p.add_argument("--block-length", type=int, default=32, help="tokens per block (default 32)")
-    p.add_argument("--prompt-length", type=int, default=prompt_length,
-                   help=f"prompt tokens (default {prompt_length})")
+    p.add_argument("--prompt-length", type=int, default=DEFAULT_PROMPT_LENGTH,
+                   help=f"prompt tokens (default {DEFAULT_PROMPT_LENGTH})")
     if steps:
         p.add_argument("--steps", type=int, default=32, help="denoising steps per block (default 32)")
     p.add_argument("--seed", type=int, default=0, help=f"{seed_help} (default 0)")

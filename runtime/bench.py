@@ -3,7 +3,7 @@
 CPU (default): random-weight ``llada2-tiny``. On a GPU, with torch and numpy only (a LLaDA2.0-mini shape with
 random weights, 4 MoE layers, 128 of 256 experts per layer resident):
 
-    python -m runtime.bench --device cuda --model llada2.0-mini --num-layers 5 --gpu-experts-per-layer 128 --out-dir OUT
+    python -m runtime.bench --device cuda --model llada2.0-mini --num-layers 5 --gpu-experts-per-layer 128 --out OUT
 
 The weights are built once (:class:`runtime.session.Session`); each (policy, mode) runs a warm-up block, then
 the timed generation, each on a fresh policy and store. Printed tokens/s count committed tokens per second of
@@ -11,7 +11,7 @@ wall time (what the simulator predicts); column cpu is the CPU share the timed r
 0.8 the machine was busy, a warning on stderr says so, and validate.compare will not compare its timings). On CUDA the environment record adds pinned and pageable copy rates
 in both directions (GB/s, 256 MiB copies: ``runtime.copy_rates``).
 
---out-dir receives, rewritten after every run (a run cut short keeps the finished ones), ``runtime_results.json``
+--out receives, rewritten after every run (a run cut short keeps the finished ones), ``runtime_results.json``
 (environment, settings, one :class:`offload.results.RunRecord` per run) and ``runtime_traces.tar`` (each
 timed run's routing trace, ``MODE__LABEL.npz``): what ``validate.compare`` reads.
 """
@@ -36,9 +36,10 @@ from offload.policies import policy_from_text
 from offload.results import RunRecord, to_json
 from offload.trace import Trace
 from offload.trace_io import write_trace
-from runtime.diffusion import GenerationSettings
+from runtime.config import RuntimeConfig
+from runtime.diffusion import GenerationSettings, check_positions
 from runtime.environment import environment
-from runtime.session import Session, add_session_arguments, cost_model, random_prompt
+from runtime.session import Session, add_session_arguments, check_prompt_length, cost_model, random_prompt
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -48,11 +49,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--policies", nargs="+", default=["all-gpu", "cpu-route", "fetch-lru", "tide(tau=1)", "tide(tau=4)"],
                    help="name or name(k=v, ...) each, e.g. tide(tau=2) riptide(prefetch=false)")
     add_hardware(p, what=": prices cost-aware policies (tide-opt, riptide) as the simulator's replay will")
-    p.add_argument("--out-dir", default=None)
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory: runtime_results.json and "
+                   "runtime_traces.tar, rewritten after every run (default: none written)")
     a = p.parse_args(argv)
     policies = [policy_from_text(text) for text in a.policies]  # a bad spec fails now, not after the build
     if a.hardware is not None and not any(p.uses_cost for p in policies):
         raise TideError("no policy here decides from a cost model: --hardware would be ignored")
+    # settings and positions fail now too, before the weights are built
+    check_prompt_length(a.prompt_length)
+    cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
+    for mode in a.modes:
+        s = GenerationSettings(gen_length=a.gen_length, block_length=a.block_length, steps=a.steps, mode=mode)
+        s.check()
+        check_positions(cfg, a.prompt_length, s)
     return a
 
 
@@ -96,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warning = busy_warning(rec.cpu_share, f"{rec.label} [{mode}]")
             if warning:
                 print(warning, file=sys.stderr, flush=True)
-            if a.out_dir:
-                _write(Path(a.out_dir), env, a, spec.summary(), runs, traces)
-    if a.out_dir:
-        print(f"wrote {Path(a.out_dir) / 'runtime_results.json'} and {Path(a.out_dir) / 'runtime_traces.tar'}")
+            if a.out:
+                _write(Path(a.out), env, a, spec.summary(), runs, traces)
+    if a.out:
+        print(f"wrote {Path(a.out) / 'runtime_results.json'} and {Path(a.out) / 'runtime_traces.tar'}")
     busy = [f"{r.label} [{r.mode}]" for r in runs if starved(r.cpu_share)]
     if busy:
         print(f"warning: {len(busy)} of {len(runs)} runs got less than {STARVED_BELOW:.0%} of the CPU (column cpu): "
@@ -109,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _write(od: Path, env: dict, a: argparse.Namespace, model: dict, runs: list, traces: dict[str, Trace]) -> None:
-    out = {"environment": env, "settings": {k: v for k, v in vars(a).items() if k != "out_dir"},
+    out = {"environment": env, "settings": {k: v for k, v in vars(a).items() if k != "out"},
            "model": model, "runs": [to_json(r) for r in runs]}
     od.mkdir(parents=True, exist_ok=True)
     # the traces first: a results file never names a run whose trace is missing

@@ -123,6 +123,22 @@ class GenerationSettings:
 MAX_GEN_LENGTH = 1 << 17
 
 
+def positions(prompt_length: int, settings: GenerationSettings) -> int:
+    """Positions the sequence holds: the prompt and gen_length, padded to whole blocks (the reference's layout)."""
+    return -(-(prompt_length + settings.gen_length) // settings.block_length) * settings.block_length
+
+
+def check_positions(cfg: RuntimeConfig, prompt_length: int, settings: GenerationSettings) -> None:
+    """One-line TideError, before any work, when the sequence would hold more positions than the model's
+    max_position_embeddings (the KV cache of block-cache and the attention mask of prefix-recompute grow with
+    them, the work with their square)."""
+    total = positions(prompt_length, settings)
+    if total > cfg.max_positions:
+        raise TideError(f"prompt {prompt_length} + gen length {settings.gen_length} tokens, padded to whole blocks of "
+                        f"{settings.block_length}, take {total} positions; {cfg.spec.name} has "
+                        f"{cfg.max_positions} (max_position_embeddings): lower --gen-length or the prompt's length")
+
+
 @dataclass(frozen=True, eq=False)
 class GenerationResult:
     tokens: list[int]             # the output: generated ids up to and including the first EOS, at most gen_length
@@ -237,6 +253,7 @@ def generate(model: Any, store: Any, cfg: RuntimeConfig, prompt: torch.Tensor, s
              origin: dict[str, Any] | None = None) -> GenerationResult:
     """Run block diffusion with ``model`` (runtime.model) whose routed experts live in ``store``."""
     settings.check()
+    check_positions(cfg, int(prompt.numel()), settings)
     device = prompt.device
     # after a forward the host waits for the compute stream only: prefetch copies the store queued on its copy
     # stream run on into the next step, as the simulator lets them (a device-wide synchronize would wait for them)

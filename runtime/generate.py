@@ -24,9 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from runtime.config import RuntimeConfig
-from runtime.diffusion import GenerationSettings
+from runtime.diffusion import GenerationSettings, check_positions
 from runtime.environment import environment
-from runtime.session import Session, add_session_arguments, cost_model, random_prompt
+from runtime.session import (Session, add_session_arguments, check_prompt_length, cost_model, is_checkpoint,
+                             random_prompt)
 from offload.cli import add_budget, add_hardware, budget_from, given_options, Parser, refuse
 from offload.cpu_share import busy_warning
 from offload.errors import TideError, run_cli
@@ -95,10 +96,26 @@ def _prompt_ids(a: argparse.Namespace, cfg: RuntimeConfig, tok: Any, device: tor
     return torch.tensor(list(ids), dtype=torch.long, device=device)
 
 
+def _settings(a: argparse.Namespace, file_mode: str | None) -> GenerationSettings:
+    """The generation settings, checked; with a random prompt (its length known now) the prompt and generated
+    blocks must fit the model's max_position_embeddings (a text prompt is checked once tokenized)."""
+    gen_length = a.gen_length if a.gen_length is not None else (1024 if is_checkpoint(a.model) else 128)
+    settings = GenerationSettings(gen_length=gen_length, block_length=a.block_length, steps=a.steps,
+                                  threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
+                                  temperature=a.temperature, do_sample=a.do_sample, top_k=a.top_k, top_p=a.top_p,
+                                  minimal_topk=a.minimal_topk, eos_early_stop=a.eos_early_stop, seed=a.seed)
+    settings.check()
+    if a.prompt is None:
+        check_prompt_length(a.prompt_length)
+        check_positions(RuntimeConfig.load(a.model, num_layers=a.num_layers), a.prompt_length, settings)
+    return settings
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     """Build everything from parsed arguments, generate, and return the run's RunRecord as JSON (+ ``text``)."""
     policy, choice = _policy(a)
     file_budget, file_mode = (choice.experts_per_layer, choice.mode) if choice else (None, None)
+    settings = _settings(a, file_mode)  # checked, positions included, before any weight is built
     session = Session.from_args(a)
     spec, device, dtype = session.cfg.spec, session.device, session.dtype
     if choice is not None:
@@ -114,12 +131,6 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         refuse(a.given, ("prompt_length",), "--prompt gives the prompt")
     budget = None if not policy.needs_budget else budget_from(a, spec, default=max(1, spec.num_experts // 2),
                                                               experts_per_layer=file_budget)
-    gen_length = a.gen_length if a.gen_length is not None else (1024 if session.real else 128)
-    settings = GenerationSettings(gen_length=gen_length, block_length=a.block_length, steps=a.steps,
-                                  threshold=a.threshold, mode=a.mode or file_mode or "prefix-recompute",
-                                  temperature=a.temperature, do_sample=a.do_sample, top_k=a.top_k, top_p=a.top_p,
-                                  minimal_topk=a.minimal_topk, eos_early_stop=a.eos_early_stop, seed=a.seed)
-    settings.check()
     # cost-aware policies price this machine with the same cost model the simulator would
     cost = None if a.hardware is None else cost_model(session.cfg, a.hardware, dtype)
     prompt = _prompt_ids(a, session.cfg, session.tokenizer, device)

@@ -142,6 +142,17 @@ def random_state(cfg: RuntimeConfig, seed: int, experts: bool = True, threads: i
     return state
 
 
+def check_memory(cfg: RuntimeConfig, dtype: torch.dtype, device: torch.device) -> None:
+    """One-line TideError, before anything is allocated, when ``cfg``'s weights in ``dtype`` would not fit: the
+    routed experts (and on the CPU every other weight) in the host's available memory, the other weights in the
+    GPU's free memory (:meth:`RuntimeConfig.check_memory`)."""
+    gpu_free = None
+    if device.type == "cuda" and torch.cuda.is_available():
+        gpu_free = int(torch.cuda.mem_get_info(device)[0])
+    cfg.check_memory(torch.empty(0, dtype=dtype).element_size(), str(dtype).replace("torch.", ""),
+                     device.type == "cuda", gpu_free)
+
+
 def random_weights(cfg: RuntimeConfig, seed: int, device=None, dtype: torch.dtype = torch.float32,
                    pin: bool | None = None, threads: int | None = None
                    ) -> tuple[dict[str, torch.Tensor], ExpertWeights]:
@@ -153,6 +164,7 @@ def random_weights(cfg: RuntimeConfig, seed: int, device=None, dtype: torch.dtyp
     to ``device``. No full-size float32 copy of the experts is ever made: for a LLaDA2.0-mini shape that would
     be 3 GiB per MoE layer. ``pin`` defaults to "device is CUDA", as for a loaded checkpoint."""
     device = torch.device(device if device is not None else "cpu")
+    check_memory(cfg, dtype, device)  # a config of a billion experts ends here, in one line
     host = {n: torch.empty(shape, dtype=dtype)
             for n, shape in non_expert_shapes(cfg).items()}
     experts = ExpertWeights.allocate(cfg, dtype, device.type == "cuda" if pin is None else pin)

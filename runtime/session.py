@@ -26,7 +26,7 @@ from runtime.config import RuntimeConfig
 from runtime.diffusion import GenerationResult, GenerationSettings, generate
 from runtime.expert_store import ExpertStore
 from runtime.model import LLaDA2MoE
-from runtime.random_weights import random_weights
+from runtime.random_weights import check_memory, random_weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -43,7 +43,7 @@ def add_session_arguments(p: argparse.ArgumentParser, gen_length: int | None, mo
     p.add_argument("--strict", action="store_true", help="refuse a checkpoint with tensors the model does not use "
                    "(default: list them in a warning and skip them)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (the CPU's experts run on them)")
-    add_generation(p, gen_length=gen_length, prompt_length=32, modes=modes,
+    add_generation(p, gen_length=gen_length, modes=modes,
                    seed_help="of the random weights, the random prompt and sampling",
                    gen_length_default=None if gen_length else "1024 with a checkpoint, 128 with random weights")
 
@@ -55,11 +55,21 @@ def cost_model(cfg: RuntimeConfig, profile: str, dtype: torch.dtype) -> Roofline
     return RooflineCostModel(spec, HardwareProfile.load(profile))
 
 
+def check_prompt_length(length: int) -> None:
+    if length < 1:
+        raise TideError(f"--prompt-length must be >= 1, got {length}")
+
+
+def is_checkpoint(model: str) -> bool:
+    """Whether ``--model`` names a checkpoint directory (its weights are loaded; otherwise random ones)."""
+    path = Path(model)
+    return path.is_dir() and any(path.glob("*.safetensors"))
+
+
 def random_prompt(cfg: RuntimeConfig, length: int, seed: int, device: torch.device) -> torch.Tensor:
     """``length`` random token ids for a model without a tokenizer; mask, EOS and pad ids are replaced by 0 (a
     mask id in the prompt would be denoised, an EOS one would end generation)."""
-    if length < 1:
-        raise TideError("--prompt-length must be >= 1")
+    check_prompt_length(length)
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, cfg.spec.vocab_size, (length,), generator=g)
     special = torch.tensor(sorted({cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id}))
@@ -112,8 +122,9 @@ class Session:
         device = torch.device(a.device)
         dtype = DTYPES[a.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
         path = Path(a.model)
-        real = path.is_dir() and any(path.glob("*.safetensors"))
+        real = is_checkpoint(a.model)
         cfg = RuntimeConfig.load(a.model, num_layers=a.num_layers)
+        check_memory(cfg, dtype, device)  # before a checkpoint's or random weights' buffers are allocated
         if real:
             state, experts = load_checkpoint(path, cfg, device=device, dtype=dtype, strict=a.strict)
         else:

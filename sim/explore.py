@@ -35,6 +35,7 @@ from offload.policies import BASELINES, POLICIES, RUNNABLE, TAU_POLICIES, make_p
 from offload.policies.policy_file import PolicyChoice, write_policy_file
 from offload.results import SimRecord, to_json
 from sim import spread
+from sim.study_spec import MAX_SEEDS, check_seeds
 from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload import provenance
 from offload.atomic_io import atomic_write_text
@@ -69,13 +70,14 @@ def _parser() -> argparse.ArgumentParser:
                    "the first one's header gives the model (a preset) and the budget (a runtime run's) unless "
                    "--model or a budget option is given")
     g = p.add_argument_group("synthetic traces")
-    add_generation(g, gen_length=1024, prompt_length=128, steps=False, modes="many", seed_help="synthetic traces: seed")
+    add_generation(g, gen_length=1024, steps=False, modes="many", seed_help="synthetic traces: seed")
     g.add_argument("--tokens-per-forward", type=float, default=None, help="synthetic traces: mean tokens committed "
                    "per denoising step (default: the model's published figure)")
     g.add_argument("--seeds", type=int, default=3, help="synthetic trace draws per mode: draw 0 the calibrated "
                    "generator with --seed, draw i seed + i with the generator's uncertain parameters drawn within "
                    "their tolerance; results as medians with their [min-max] over draws, and the recommendation's "
-                   "share of wins (default 3; a study's own default: its file's seeds)")
+                   f"share of wins (default 3, at most {MAX_SEEDS}: each draw replays every policy; a study's own "
+                   "default: its file's seeds)")
     p.add_argument("--policies", nargs="+", default=list(POLICIES), help=f"policies to run: name or name(k=v, ...), "
                    f"e.g. tide(tau=4) riptide(prefetch=false) ({', '.join(POLICIES)}; default: all of them); a tide "
                    f"without tau is swept over --tau; the oracle is simulated, never recommended")
@@ -123,8 +125,7 @@ def _check_args(a: argparse.Namespace) -> None:
                         f"oracle reads future routing); add one of {', '.join(RUNNABLE)}")
     if a.gen_length < 1 or a.block_length < 1 or a.prompt_length < 0:
         raise TideError("gen length and block length must be >= 1, prompt length >= 0")
-    if a.seeds < 1:
-        raise TideError(f"--seeds must be >= 1, got {a.seeds}")
+    check_seeds(a.seeds)
     if a.jobs is not None and a.jobs < 1:
         raise TideError("--jobs must be >= 1")
     if a.study and a.sensitivity:
@@ -339,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     budget = budget_from(a, model, default=default_budget(model), hw=hw, experts_per_layer=header_budget)
     out = Path(a.out or f"runs/explore-{time.strftime('%Y%m%d-%H%M%S')}")
     t0 = time.perf_counter()
+    if not a.trace:  # about half a second each for LLaDA2.0-mini at 1024 tokens: say so before the silence
+        modes = list(dict.fromkeys(a.modes))
+        print(f"drawing {len(modes) * a.seeds} synthetic traces ({' '.join(modes)} x {a.seeds} draws)", flush=True)
     traces, draws = _traces(a, model, out)
     tasks = _tasks(a, traces, draws, model, hw, budget)
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)

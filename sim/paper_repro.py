@@ -31,6 +31,7 @@ from offload.cli import Parser
 from offload.errors import TideError, run_cli
 from offload.results import SimRecord, from_json
 from sim.spread import draw_of
+from sim.study_spec import MAX_SEEDS, check_seeds
 
 EXECUTORS = ("tide-reference", "tide-moe")
 PAPER = {"llada2.0-mini": 1.4, "llada2.0-flash": 1.5}  # TIDE's reported speedups (arXiv 2605.20179, summary)
@@ -96,15 +97,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = Parser(prog="python -m sim.paper_repro", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/paper-repro", help="parent of the two run directories (default "
                     "runs/paper-repro)")
-    ap.add_argument("--seeds", type=int, default=None, help="synthetic prompts per model (default: the study's 5)")
+    ap.add_argument("--seeds", type=int, default=None, help="synthetic prompts per model (default: the study's 5; at most "
+                    f"{MAX_SEEDS})")
     ap.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
     ap.add_argument("--reuse", action="store_true", help="only print the table from the run directories there")
     ap.add_argument("--publish", default=None, metavar="PAGE.md",
                     help="also write the table as a results page with its provenance (offload/provenance.py)")
     a = ap.parse_args(argv)
     began = provenance.start("python -m sim.paper_repro", argv)
-    if a.seeds is not None and a.seeds < 1:
-        raise TideError(f"--seeds must be >= 1, got {a.seeds}")
+    if a.seeds is not None:
+        check_seeds(a.seeds)
     if a.jobs is not None and a.jobs < 1:
         raise TideError(f"--jobs must be >= 1, got {a.jobs}")
     out = Path(a.out)

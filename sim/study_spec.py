@@ -2,16 +2,22 @@
 their tau sweep, the synthetic traces (gen_length, seed), the memory reserve and which points are the paper's
 setting. ``sim/studies/<name>.json`` are the packaged ones (``--study paper``); ``--study FILE.json`` runs any.
 
-Fields (all required but ``description``, ``reserve_gib`` (4 GiB), ``seeds`` (1) and ``paper_setting``):
-  models, hardware       presets or files, as ``--model`` / ``--hardware`` take them
-  fractions              GPU budgets as fractions of the routed experts per layer, each in (0, 1]
-  modes                  prefix-recompute, block-cache and/or autoregressive (token-by-token decode)
-  policies               policy specs (``name`` or ``name(k=v, ...)``); a tide without tau is swept over ``tau``
-  tau                    refresh intervals (integers >= 1)
-  gen_length, seed       synthetic traces: generated tokens, seed
-  seeds                  synthetic trace draws per model and mode (default 1; ``sim.spread``): draw 0 the
-                         calibrated generator with ``seed``, draw i seed + i with its uncertain parameters drawn
-  paper_setting          {"mode": M, "budget": {model: B or "largest"}}: the grid points marked as the paper's
+Fields (all required but ``description``, ``reserve_gib`` (4 GiB), ``seeds`` (1) and ``paper_setting``), each of
+the type given; a field of another type is a one-line error naming it:
+  name, description      strings (name non-empty)
+  models, hardware       non-empty lists of strings: presets or files, as ``--model`` / ``--hardware`` take them
+  fractions              a list of numbers: GPU budgets as fractions of the routed experts per layer, each in (0, 1]
+  modes                  a list of prefix-recompute, block-cache and/or autoregressive (token-by-token decode)
+  policies               a list of policy specs (``name`` or ``name(k=v, ...)``); a tide without tau is swept over
+                         ``tau``
+  tau                    a list of refresh intervals (integers >= 1)
+  gen_length, seed       integers: synthetic traces' generated tokens (>= 1), seed (>= 0)
+  seeds                  an integer in [1, MAX_SEEDS = 64]: synthetic trace draws per model and mode (default 1;
+                         ``sim.spread``): draw 0 the calibrated generator with ``seed``, draw i seed + i with its
+                         uncertain parameters drawn
+  reserve_gib            a number >= 0: GiB of GPU memory kept free
+  paper_setting          an object {"mode": M, "budget": {model: B or "largest"}}: the grid points marked as the
+                         paper's
 """
 from __future__ import annotations
 
@@ -26,7 +32,10 @@ from offload.policies import policy_from_text
 from offload.trace import MODES
 
 PACKAGED = ("paper", "paper-repro")
-MAX_SEEDS = 1000  # draws per model and mode: each is a full replay of the grid
+# trace draws per model and mode, here and in sim.explore's --seeds: each draw is a full replay of the grid (the
+# default explore on llada2.0-mini: 64 draws x 2 modes x ~20 policy runs is an hour or more on 2 cores), and a
+# median over more than 64 draws moves by less than the spread between the draws themselves
+MAX_SEEDS = 64
 _REQUIRED = ("name", "models", "hardware", "fractions", "modes", "policies", "tau", "gen_length", "seed")
 
 
@@ -54,11 +63,45 @@ class StudySpec:
                 "paper_setting": dict(self.paper_setting)}
 
 
-def _list(d: Mapping[str, Any], key: str, kind: type, origin: str) -> tuple:
+_KIND_NAMES = {str: "strings", int: "integers", float: "numbers"}
+
+
+def _list(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...], origin: str) -> tuple:
     v = d[key]
     if not isinstance(v, list) or not v or not all(isinstance(x, kind) and not isinstance(x, bool) for x in v):
-        raise TideError(f"study {origin}: {key} must be a non-empty list of {kind.__name__}s")
+        what = _KIND_NAMES[float if kind == (int, float) else kind]  # type: ignore[index]
+        raise TideError(f"study {origin}: {key} must be a non-empty list of {what}, got {_show(v)}")
     return tuple(v)
+
+
+def _show(v: Any) -> str:
+    """A field's value for an error message: short, one line."""
+    text = " ".join(json.dumps(v).split()) if isinstance(v, (list, dict, str, int, float, bool, type(None))) else repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _paper_setting(v: Any, modes: tuple[str, ...], models: tuple[str, ...], origin: str) -> dict[str, Any]:
+    """{"mode": M, "budget": {model: B or "largest"}} (or empty / null: no point is marked)."""
+    if v is None or v == {}:
+        return {}
+    bad = f"study {origin}: paper_setting must be an object {{\"mode\": M, \"budget\": {{model: B or \"largest\"}}}}"
+    if not isinstance(v, dict) or set(v) - {"mode", "budget"}:
+        raise TideError(f"{bad}, got {_show(v)}")
+    if v.get("mode") not in modes:
+        raise TideError(f"{bad}: its mode must be one of the study's modes ({', '.join(modes)}), got {_show(v.get('mode'))}")
+    budget = v.get("budget", {})
+    if not isinstance(budget, dict) or not all(
+            isinstance(m, str) and (b == "largest" or (_is_int(b) and b >= 1)) for m, b in budget.items()):
+        raise TideError(f"{bad}: budget maps models to experts per layer (an integer >= 1) or \"largest\", "
+                        f"got {_show(budget)}")
+    unknown = [m for m in budget if m not in models]
+    if unknown:
+        raise TideError(f"{bad}: budget names {', '.join(unknown)}, not among the study's models")
+    return dict(v)
 
 
 def study_from_dict(d: Any, origin: str) -> StudySpec:
@@ -70,6 +113,10 @@ def study_from_dict(d: Any, origin: str) -> StudySpec:
     if missing or unknown:
         raise TideError(f"study {origin}: " + (f"missing {', '.join(missing)}" if missing else
                                                f"unknown field {', '.join(unknown)}"))
+    if not isinstance(d["name"], str) or not d["name"]:
+        raise TideError(f"study {origin}: name must be a non-empty string, got {_show(d['name'])}")
+    if not isinstance(d.get("description", ""), str):
+        raise TideError(f"study {origin}: description must be a string, got {_show(d['description'])}")
     fractions = tuple(float(f) for f in _list(d, "fractions", (int, float), origin))
     if not all(0.0 < f <= 1.0 for f in fractions):
         raise TideError(f"study {origin}: fractions must be in (0, 1]")
@@ -83,19 +130,26 @@ def study_from_dict(d: Any, origin: str) -> StudySpec:
     for text in policies:
         policy_from_text(text)
     for key in ("gen_length", "seed"):
-        if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < (1 if key == "gen_length" else 0):
-            raise TideError(f"study {origin}: {key} must be an integer >= {1 if key == 'gen_length' else 0}")
+        if not _is_int(d[key]) or d[key] < (1 if key == "gen_length" else 0):
+            raise TideError(f"study {origin}: {key} must be an integer >= {1 if key == 'gen_length' else 0}, "
+                            f"got {_show(d[key])}")
     seeds = d.get("seeds", 1)
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
-        raise TideError(f"study {origin}: seeds must be an integer in [1, {MAX_SEEDS}], got {seeds!r}")
+    check_seeds(seeds, f"study {origin}: seeds")
     reserve = d.get("reserve_gib", 4.0)
-    if not isinstance(reserve, (int, float)) or reserve < 0:
-        raise TideError(f"study {origin}: reserve_gib must be a number >= 0")
-    return StudySpec(name=str(d["name"]), models=_list(d, "models", str, origin),
+    if not isinstance(reserve, (int, float)) or isinstance(reserve, bool) or not 0 <= reserve < float("inf"):
+        raise TideError(f"study {origin}: reserve_gib must be a number >= 0, got {_show(reserve)}")
+    models = _list(d, "models", str, origin)
+    return StudySpec(name=d["name"], models=models,
                      hardware=_list(d, "hardware", str, origin), fractions=fractions, modes=modes,
                      policies=policies, tau=tau, gen_length=d["gen_length"], seed=d["seed"], seeds=seeds,
-                     reserve_gib=float(reserve), description=str(d.get("description", "")),
-                     paper_setting=dict(d.get("paper_setting") or {}))
+                     reserve_gib=float(reserve), description=d.get("description", ""),
+                     paper_setting=_paper_setting(d.get("paper_setting"), modes, models, origin))
+
+
+def check_seeds(seeds: Any, what: str = "--seeds") -> None:
+    """One-line TideError unless ``seeds`` (trace draws per model and mode) is an integer in [1, MAX_SEEDS]."""
+    if not _is_int(seeds) or not 1 <= seeds <= MAX_SEEDS:
+        raise TideError(f"{what} must be an integer in [1, {MAX_SEEDS}], got {_show(seeds)}")
 
 
 def load_study(name_or_path: str) -> StudySpec:

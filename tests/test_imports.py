@@ -21,7 +21,7 @@ def test_runtime_runs_with_torch_only(tmp_path, import_blocker):
         import offload.policies, offload.model_spec, offload.hardware, offload.cost, offload.budget, offload.trace_io, offload.trace_check
         sys.argv = ["runtime.bench", "--threads", "1", "--gen-length", "8", "--block-length", "8",
                     "--prompt-length", "8", "--policies", "all-gpu", "tide(tau=2)", "--modes", "block-cache",
-                    "--out-dir", {str(tmp_path)!r}]
+                    "--out", {str(tmp_path)!r}]
         import runpy
         runpy.run_module("runtime.bench", run_name="__main__")
     """)

@@ -15,7 +15,7 @@ from typing import Sequence
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
 from offload.trace_io import write_trace
-from offload.cli import add_model, Parser
+from offload.cli import DEFAULT_PROMPT_LENGTH, add_model, Parser
 from offload.trace import DIFFUSION_MODES
 from traces.synthetic import generate
 from traces.synthetic_draws import synthetic_draw
@@ -23,7 +23,7 @@ from traces.synthetic_draws import synthetic_draw
 # option name -> (SyntheticConfig field, type, help)
 _OPTIONS = {
     "--gen-length": ("gen_length", int, "generated tokens, a multiple of the block length (default 1024)"),
-    "--prompt-length": ("prompt_length", int, "prompt tokens (default 128)"),
+    "--prompt-length": ("prompt_length", int, f"prompt tokens (default {DEFAULT_PROMPT_LENGTH})"),
     "--block-length": ("block_length", int, "tokens per block (default 32)"),
     "--steps": ("steps", int, "step budget per block; minimum commits per step = block length / steps (32)"),
     "--tokens-per-forward": ("tokens_per_forward", float,

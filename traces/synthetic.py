@@ -117,6 +117,7 @@ from scipy.optimize import brentq
 from scipy.special import logsumexp
 from scipy.stats import poisson
 
+from offload.cli import DEFAULT_PROMPT_LENGTH
 from offload.errors import TideError
 from offload.trace import (DIFFUSION_MODES, KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS,
                            Trace, model_header)
@@ -171,7 +172,7 @@ class SyntheticConfig:
     mode: str = "prefix-recompute"
     gen_length: int = 1024
     block_length: int = 32
-    prompt_length: int = 128
+    prompt_length: int = DEFAULT_PROMPT_LENGTH
     steps: int = 32
     tokens_per_forward: float | None = None
     threshold: float = 0.95

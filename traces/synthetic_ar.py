@@ -44,11 +44,11 @@ k experts used together; hit rate = share of a token's experts already cached):
       ->  s 0.3, sigma 0.2, phi 0.995, a 0.6 (at that shape, 3 seeds: 0.114, 0.192 / 0.325). Its locality is
       short-range: a flat popularity (s 0.4, sigma 0.6, a 0) with the same reuse gives LRU 0.20 / 0.375.
   other families: Qwen3's values (the only model with a measured LRU curve); pass overrides to change them.
-Measured (``calibration``: seeds 0-3, prompt 64, gen_length 1024, B = 1; ``python -m traces.synthetic_ar --model M``):
+Measured (``calibration``: seeds 0-3, prompt 128, gen_length 1024, B = 1; ``python -m traces.synthetic_ar --model M``):
   qwen3-30b-a3b      reuse 0.430 (seeds 0.425-0.439), LRU 0.430 / 0.637 / 0.826 at 8 / 16 / 32 (published 0.42 /
                      0.65 / 0.81)
-  mixtral-8x7b       reuse 0.387 (0.381-0.393), LRU 0.676 at 4
-  qwen1.5-moe-a2.7b  reuse 0.114 (0.113-0.115), LRU 0.194 / 0.333 at 8 / 16
+  mixtral-8x7b       reuse 0.387 (0.382-0.393), LRU 0.675 at 4
+  qwen1.5-moe-a2.7b  reuse 0.113 (0.112-0.115), LRU 0.192 / 0.332 at 8 / 16
   (olmoe-1b-7b with Qwen3's values: reuse 0.53, chance 0.125 - unpublished, so uncalibrated)
 The drift's correlation time (200 tokens) is long against one trace, so one seed's figures scatter by about
 +-0.02; average seeds when comparing.
@@ -64,6 +64,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.signal import lfilter
 
+from offload.cli import DEFAULT_PROMPT_LENGTH
 from offload.errors import TideError
 from offload.trace import KIND_DECODE, KIND_PREFILL, Trace, model_header
 from offload.trace_check import make_trace
@@ -100,7 +101,7 @@ class ARConfig:
     keep_topk          keep per-token expert ids in the trace (topk_ids)
     """
 
-    prompt_length: int = 64
+    prompt_length: int = DEFAULT_PROMPT_LENGTH
     gen_length: int = 256
     batch: int = 1
     popularity_skew: float = 0.9
@@ -285,8 +286,8 @@ class ARCalibration:
 def calibration(model: Any, cfg: ARConfig | None = None, seeds: Sequence[int] = (0, 1, 2, 3),
                 capacities: Sequence[int] | None = None) -> ARCalibration:
     """Measure next-token reuse and per-layer LRU hit rates of ``model``'s synthetic AR routing (``cfg`` None:
-    the calibrated defaults with prompt 64 and gen_length 1024), for comparison with :data:`PUBLISHED`.
-    ``capacities`` None: k, 2k and 4k (capped at E)."""
+    the calibrated defaults with prompt DEFAULT_PROMPT_LENGTH (128) and gen_length 1024), for comparison with
+    :data:`PUBLISHED`. ``capacities`` None: k, 2k and 4k (capped at E)."""
     cfg = default_ar_config(model, gen_length=1024) if cfg is None else cfg
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
     caps = sorted({min(c, E) for c in (capacities or (k, 2 * k, 4 * k))})
@@ -332,7 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_model(ap, default="qwen3-30b-a3b")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3], help="seeds to measure (default 0-3)")
     ap.add_argument("--gen-length", type=int, default=1024, help="tokens generated per sequence (default 1024)")
-    ap.add_argument("--prompt-length", type=int, default=64, help="prompt tokens (default 64)")
+    ap.add_argument("--prompt-length", type=int, default=DEFAULT_PROMPT_LENGTH,
+                    help=f"prompt tokens (default {DEFAULT_PROMPT_LENGTH})")
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     ap.add_argument("--out", default=None, help="also write the first seed's trace here (.npz)")
     a = ap.parse_args(argv)

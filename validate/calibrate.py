@@ -320,8 +320,11 @@ def calibrate(a: argparse.Namespace, on_save: Callable[[str, Path], None] | None
     if a.block_length < 1:
         raise TideError("--block-length must be >= 1")
     deadline = getattr(a, "deadline_seconds", None)
-    if deadline is not None and deadline <= 0:
-        raise TideError("--deadline-seconds must be > 0")
+    if deadline is not None and not 0 < deadline < float("inf"):
+        raise TideError(f"--deadline-seconds must be a number of seconds > 0, got {deadline}")
+    max_seconds = getattr(a, "max_seconds", None)
+    if max_seconds is not None and not 0 < max_seconds < float("inf"):
+        raise TideError(f"--max-seconds must be a number of seconds > 0, got {max_seconds}")
     device = torch.device(a.device)
     dtype = DTYPES[a.dtype or ("bfloat16" if a.device == "cuda" else "float32")]
     model = a.model or ("llada2.0-mini" if a.device == "cuda" else "llada2-tiny")

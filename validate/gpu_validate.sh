@@ -138,7 +138,7 @@ fi
 phase runtime "$RUN_TIMEOUT" "$PY" -m runtime.bench --device "$DEVICE" --model "$MODEL" \
   --num-layers "$NUM_LAYERS" --gpu-experts-per-layer "$BUDGET" --gen-length "$GEN_LENGTH" --prompt-length "$PROMPT_LENGTH" \
   --block-length "$BLOCK_LENGTH" --steps "$STEPS" --policies "${policies[@]}" \
-  --modes prefix-recompute block-cache --out-dir "$OUT" ${extra[@]+"${extra[@]}"} "${profile[@]}"
+  --modes prefix-recompute block-cache --out "$OUT" ${extra[@]+"${extra[@]}"} "${profile[@]}"
 run=$?
 
 echo "total: $(($(date +%s) - start)) s of a $DEADLINE s deadline" | tee -a "$OUT/env.txt"

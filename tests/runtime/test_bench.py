@@ -16,7 +16,7 @@ def out(tmp_path_factory):
     od = tmp_path_factory.mktemp("bench")
     args = ["--threads", "1", "--gen-length", "16", "--block-length", "8", "--steps", "4", "--prompt-length", "8",
             "--gpu-experts-per-layer", "8", "--policies", "all-gpu", "tide(tau=2)", "--modes", "prefix-recompute", "block-cache",
-            "--out-dir", str(od)]
+            "--out", str(od)]
     assert bench.main(args) == 0
     return od
 
@@ -42,5 +42,5 @@ def test_every_run_has_its_trace_and_the_requested_budget(out, tmp_path):
 
 def test_settings_are_recorded_for_the_replay(out):
     d = json.loads((out / "runtime_results.json").read_text())
-    assert d["settings"]["device"] == "cpu" and d["settings"]["threads"] == 1 and "out_dir" not in d["settings"]
+    assert d["settings"]["device"] == "cpu" and d["settings"]["threads"] == 1 and "out" not in d["settings"]
     assert d["model"]["name"] == "llada2-tiny" and d["environment"]["threads"] == 1

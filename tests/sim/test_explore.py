@@ -133,7 +133,7 @@ def test_seeds_give_medians_ranges_and_a_share_of_wins(tmp_path, capsys):
 
 
 def test_seeds_must_be_positive_and_are_synthetic_only(tmp_path):
-    with pytest.raises(TideError, match="--seeds must be >= 1"):
+    with pytest.raises(TideError, match=r"--seeds must be an integer in \[1, 64\]"):
         main(["--seeds", "0", "--quiet"])
     with pytest.raises(TideError, match="--seeds would be ignored"):
         main(["--trace", str(tmp_path / "t.npz"), "--seeds", "2"])

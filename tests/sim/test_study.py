@@ -100,7 +100,7 @@ def test_a_study_is_a_file(tmp_path):
     ({"fractions": [0]}, r"fractions must be in \(0, 1\]"), ({"modes": ["decode"]}, "modes must be among"),
     ({"tau": []}, "tau must be a non-empty list"), ({"policies": ["tide(tua=1)"]}, "no parameter tua"),
     ({"gen_length": 0}, "gen_length must be an integer >= 1"), ({"extra": 1}, "unknown field extra"),
-    ({"seeds": 0}, r"seeds must be an integer in \[1, 1000\], got 0"), ({"seeds": 2.5}, "seeds must be an integer"),
+    ({"seeds": 0}, r"seeds must be an integer in \[1, 64\], got 0"), ({"seeds": 2.5}, "seeds must be an integer"),
 ])
 def test_bad_study_files_are_one_line_errors(tmp_path, edit, match):
     spec = {**json.loads(json.dumps(load_study("paper").to_dict())), **edit}
