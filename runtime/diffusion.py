@@ -136,7 +136,7 @@ def check_positions(cfg: RuntimeConfig, prompt_length: int, settings: Generation
     if total > cfg.max_positions:
         raise TideError(f"prompt {prompt_length} + gen length {settings.gen_length} tokens, padded to whole blocks of "
                         f"{settings.block_length}, take {total} positions; {cfg.spec.name} has "
-                        f"{cfg.max_positions} (max_position_embeddings): lower --gen-length or the prompt's length")
+                        f"{cfg.max_positions} (max_position_embeddings): shorten --gen-length, the prompt or --block-length")
 
 
 @dataclass(frozen=True, eq=False)
