@@ -102,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
                         "baseline or tide-opt / best baseline by more than 10%% (sensitivity.json, a tornado chart "
                         "in the report); on the draw-0 trace of each mode, causal policies only: at most 2 x figures "
                         "x those runs extra (the H100 preset: 12 figures, 24 x 18 = 432 runs on the default run with --seeds 1 "
-                        "--tau 1 2 4 8, 20-40 s on 2 cores); not with --study")
+                        "--tau 1 2 4 8; timed in docs/results/first-hour.md); not with --study")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--publish", default=None, metavar="PAGE.md",
                    help="also write the printed table as a results page with its provenance: command, date, "
