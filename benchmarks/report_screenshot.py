@@ -11,6 +11,7 @@ TIDE_CHROMEDRIVER name others) and selenium
 Chromium runs headless, sandbox-less (root, containers) and with its background networking off (the report is
 self-contained: nothing is fetched).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,20 @@ from typing import Any, Iterator
 CHROMIUM = os.environ.get("TIDE_CHROMIUM", "/usr/bin/chromium")  # Debian's; the variables name another build
 CHROMEDRIVER = os.environ.get("TIDE_CHROMEDRIVER", "/usr/bin/chromedriver")
 VIEWPORT = (1400, 900)
-_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-          "--disable-default-apps", "--disable-extensions", "--hide-scrollbars", "--force-device-scale-factor=1")
+_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--hide-scrollbars",
+    "--force-device-scale-factor=1",
+)
 
 
 def missing() -> str | None:
@@ -70,8 +82,10 @@ def browser(width: int = VIEWPORT[0], height: int = VIEWPORT[1]) -> Iterator[Any
 def set_viewport(driver: Any, width: int, height: int) -> None:
     """The page's viewport exactly ``width`` x ``height`` (the window's size includes no chrome when headless,
     but set it through DevTools so it holds whatever the window manager did)."""
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
-                           {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+    )
 
 
 # Every console call and uncaught error of the page, kept in window.__tideConsole: plotly.js writes its warnings
@@ -152,8 +166,9 @@ def console(driver: Any) -> list[dict[str, str]]:
     return out + [{"level": str(e["level"]), "message": str(e["message"])} for e in hooked]
 
 
-def screenshot(report: str | Path, png: str | Path, width: int = VIEWPORT[0], height: int = VIEWPORT[1],
-               full_page: bool = False) -> Path:
+def screenshot(
+    report: str | Path, png: str | Path, width: int = VIEWPORT[0], height: int = VIEWPORT[1], full_page: bool = False
+) -> Path:
     """Render ``report`` at ``width`` x ``height`` and save the first screen (or the whole page) as ``png``."""
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)

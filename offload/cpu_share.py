@@ -17,6 +17,7 @@ are not comparable with a simulation or another run (issue 17: an all-gpu bench 
 74-102 on reruns). The CLIs print :func:`busy_warning` on stderr; ``validate.compare`` declares such a run's
 timings not comparable.
 """
+
 from __future__ import annotations
 
 import os
@@ -102,5 +103,7 @@ def busy_warning(share: float | None, what: str = "") -> str | None:
     """The one-line warning for a starved measurement (``what`` names it), or None when it is not starved."""
     if not starved(share):
         return None
-    return (f"warning: {what + ': ' if what else ''}the machine was busy: these timings are not comparable "
-            f"(CPU share {share:.2f} < {STARVED_BELOW}: other processes took the CPU; rerun on an idle machine)")
+    return (
+        f"warning: {what + ': ' if what else ''}the machine was busy: these timings are not comparable "
+        f"(CPU share {share:.2f} < {STARVED_BELOW}: other processes took the CPU; rerun on an idle machine)"
+    )

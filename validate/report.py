@@ -198,7 +198,7 @@ def render(result: Mapping[str, Any], series: Mapping[str, tuple[np.ndarray, ...
     warn = "".join(f"<p class=warn>warning: {html.escape(w)}</p>" for w in result.get("warnings", []))
     bug = ("<p class=warn><b>BUG: the work counters differ for " + html.escape(", ".join(summary["counter_mismatches"]))
            + ": the runtime and the simulator did not do the same work.</b></p>") if summary["counter_mismatches"] else ""
-    head = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>tide-moe validation</title>"""
+    head = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>tide-moe validation</title>"""
     title = f"<h1>Simulated vs measured: {html.escape(result['profile'])}</h1>{_verdict(verdict)}{bug}{warn}"
     if not verdict["timings"]["comparable"]:  # no figure, no timing table: plotly.js is not even embedded
         return (f"{head}{_STYLE}</head><body>{title}<h2>Runs</h2><p>The timings are not compared (above); "

@@ -3,6 +3,7 @@
 
 A starved run is made deterministic by replacing the sampler with one whose clocks say the process ran a quarter
 of the time it was runnable; no test here asserts on a timing."""
+
 from __future__ import annotations
 
 import itertools
@@ -109,8 +110,23 @@ def test_bench_flags_every_starved_run(starving, tmp_path, capsys):
     from runtime import bench
 
     od = tmp_path / "bench"
-    assert bench.main([*TINY, "--gpu-experts-per-layer", "8", "--policies", "all-gpu", "tide(tau=2)", "--modes",
-                       "block-cache", "--out", str(od)]) == 0
+    assert (
+        bench.main(
+            [
+                *TINY,
+                "--gpu-experts-per-layer",
+                "8",
+                "--policies",
+                "all-gpu",
+                "tide(tau=2)",
+                "--modes",
+                "block-cache",
+                "--out",
+                str(od),
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     header = next(line for line in out.splitlines() if line.startswith("policy"))
     assert header.split()[-1] == "cpu"

@@ -2,6 +2,7 @@
 model/modeling_llada2_moe.py, generate: the loop over blocks and steps, the eos_early_stop return at its lines
 1659-1663, the final cut at 1673-1684), for prompts that hold an EOS: the reference's early stop finds the
 prompt's EOS first and returns an empty output (issue 17 item 5). And no output ever holds the mask id."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,18 @@ from test_generation_semantics import ForceEos
 EOS, MASK = CFG.eos_token_id, CFG.mask_token_id
 
 
-def reference_generate(model, store, prompt: torch.Tensor, *, gen_length: int, block_length: int, steps: int,
-                       threshold: float, eos_early_stop: bool, minimal_topk: int = 1) -> list[int]:
+def reference_generate(
+    model,
+    store,
+    prompt: torch.Tensor,
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    threshold: float,
+    eos_early_stop: bool,
+    minimal_topk: int = 1,
+) -> list[int]:
     """The reference's generate() with temperature 0, no top-k / top-p, do_sample off (argmax), batch 1,
     transcribed over this project's model (whose forward takes a block-causal bool mask and the logits rows)."""
     steps = min(steps, gen_length // minimal_topk)
@@ -41,8 +52,9 @@ def reference_generate(model, store, prompt: torch.Tensor, *, gen_length: int, b
             active_tokens = int(active.sum())
             if not active_tokens:
                 break
-            store.begin_step(StepInfo(index=fwd, block=num_block, step_in_block=step, kind=KIND_DENOISE,
-                                      tokens_forwarded=end))
+            store.begin_step(
+                StepInfo(index=fwd, block=num_block, step_in_block=step, kind=KIND_DENOISE, tokens_forwarded=end)
+            )
             fwd += 1
             with torch.inference_mode():
                 logits = model(cur_x, position_ids[:end], mask[:end, :end], logits_rows=slice(end - block_length, end))
@@ -64,13 +76,13 @@ def reference_generate(model, store, prompt: torch.Tensor, *, gen_length: int, b
                 if len(eos_pos) > 0:
                     eos_pos = int(eos_pos[0, 0])
                     if (cur_x[P:eos_pos] != MASK).all():
-                        return x[:eos_pos + 1][P:].tolist()
+                        return x[: eos_pos + 1][P:].tolist()
         if (x[P:end] == EOS).any():
             break
-    answer = x[:P + gen_length]
+    answer = x[: P + gen_length]
     eos = (answer[P:] == EOS).nonzero()
     first = int(eos[0, 0]) if len(eos) else gen_length
-    return answer[P:P + first + 1].tolist()
+    return answer[P : P + first + 1].tolist()
 
 
 def with_eos(at: int) -> torch.Tensor:
@@ -95,8 +107,13 @@ def test_prompt_holding_eos_gives_the_reference_output(prompt_name, eos_at, earl
         assert want == []  # the reference's early stop finds the prompt's EOS first: an empty output
     for mode in ("prefix-recompute", "block-cache"):
         model, store = build("all-gpu", {}, block_length=8, mode=mode)
-        res = generate(model if eos_at is None else ForceEos(model, eos_at), store, CFG, prompt,
-                       GenerationSettings(mode=mode, **kw))
+        res = generate(
+            model if eos_at is None else ForceEos(model, eos_at),
+            store,
+            CFG,
+            prompt,
+            GenerationSettings(mode=mode, **kw),
+        )
         assert res.tokens == want, mode
         assert MASK not in res.tokens
         assert res.trace.header["generation"]["output_tokens"] == len(want) == res.trace.generated_tokens
@@ -138,8 +155,16 @@ def test_a_model_that_picks_the_mask_id_never_outputs_it(mode, sample):
     """The reference would commit the mask id, leaving the position masked to the end (its output would hold
     it); here the position takes the best other token (or a draw without the mask id)."""
     P = PROMPT.numel()
-    kw = dict(gen_length=24, block_length=8, steps=4, mode=mode, stop_at_eos=False, do_sample=sample,
-              temperature=1.0 if sample else 0.0, seed=5)
+    kw = dict(
+        gen_length=24,
+        block_length=8,
+        steps=4,
+        mode=mode,
+        stop_at_eos=False,
+        do_sample=sample,
+        temperature=1.0 if sample else 0.0,
+        seed=5,
+    )
     model, store = build("all-gpu", {}, block_length=8, mode=mode)
     plain = generate(model, store, CFG, PROMPT, GenerationSettings(**kw))
     model, store = build("all-gpu", {}, block_length=8, mode=mode)
@@ -147,6 +172,14 @@ def test_a_model_that_picks_the_mask_id_never_outputs_it(mode, sample):
     assert MASK not in forced.tokens and len(forced.tokens) == len(plain.tokens) == 24
     if not sample:  # what the reference returns there: the mask id, left at that position
         model, store = build("all-gpu", {}, block_length=8)
-        want = reference_generate(ForceMask(model, P + 2), store, PROMPT, gen_length=24, block_length=8, steps=4,
-                                  threshold=0.95, eos_early_stop=False)
+        want = reference_generate(
+            ForceMask(model, P + 2),
+            store,
+            PROMPT,
+            gen_length=24,
+            block_length=8,
+            steps=4,
+            threshold=0.95,
+            eos_early_stop=False,
+        )
         assert want[2] == MASK and MASK not in want[:2] + want[3:]

@@ -1,6 +1,7 @@
 """Bad inputs to the runtime end in one line and exit status 2 within seconds, the work bounded before it is
 allocated (issue 17 item 6): positions against max_position_embeddings, weights against memory; and the CLIs'
 shared spellings (--out for an output directory, one default prompt length)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,10 @@ def assert_one_line_error(p: subprocess.CompletedProcess, needle: str) -> None:
     assert err.startswith("error:") and "\n" not in err and needle in err, err
 
 
-@pytest.mark.parametrize("module,mode", [("runtime.generate", "block-cache"), ("runtime.generate", "prefix-recompute"),
-                                         ("runtime.bench", None)])
+@pytest.mark.parametrize(
+    "module,mode",
+    [("runtime.generate", "block-cache"), ("runtime.generate", "prefix-recompute"), ("runtime.bench", None)],
+)
 def test_more_positions_than_the_model_has_is_refused_at_once(module, mode):
     """`--gen-length 65536 --mode block-cache` on llada2-tiny (4096 positions) ran without bound."""
     args = ["--gen-length", "65536"] + (["--mode", mode] if mode else [])
@@ -127,6 +130,10 @@ def test_one_default_prompt_length_across_the_clis():
 
 def test_no_cli_spells_the_output_directory_out_dir():
     """One spelling per concept: --out names where a command writes, in every CLI and script of the project."""
-    sources = [f for d in ("offload", "traces", "runtime", "sim", "validate", "benchmarks") for f in (ROOT / d).rglob("*")
-               if f.suffix in (".py", ".sh")]
+    sources = [
+        f
+        for d in ("offload", "traces", "runtime", "sim", "validate", "benchmarks")
+        for f in (ROOT / d).rglob("*")
+        if f.suffix in (".py", ".sh")
+    ]
     assert sources and not [str(f) for f in sources if "--out-dir" in f.read_text()]

@@ -10,6 +10,7 @@ every title inside its chart; the charts'
 sections in reading order; the "Run it" line's policy file an absolute path that exists. Skipped, with the
 reason, where Chromium, chromedriver or selenium is missing (.ci/run installs them).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,12 +49,43 @@ def reports(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("browser")
     explore = base / "explore"
-    assert main(["--model", "llada2-tiny", "--gen-length", "32", "--prompt-length", "16", "--seeds", "2",
-                 "--tau", "1", "4", "--sensitivity", "--quiet", "--jobs", "1", "--out", str(explore)]) == 0
-    spec = {"name": "browser", "models": ["llada2-tiny"], "hardware": ["h100-pcie5"], "fractions": [0.25, 0.5],
-            "modes": ["block-cache", "prefix-recompute"], "tau": [1, 4], "gen_length": 32, "seed": 1, "seeds": 1,
-            "policies": ["cpu-route", "static", "fetch-lru", "tide", "tide-opt", "riptide", "oracle", "all-gpu"],
-            "paper_setting": {"mode": "block-cache", "budget": {"llada2-tiny": 16}}}
+    assert (
+        main(
+            [
+                "--model",
+                "llada2-tiny",
+                "--gen-length",
+                "32",
+                "--prompt-length",
+                "16",
+                "--seeds",
+                "2",
+                "--tau",
+                "1",
+                "4",
+                "--sensitivity",
+                "--quiet",
+                "--jobs",
+                "1",
+                "--out",
+                str(explore),
+            ]
+        )
+        == 0
+    )
+    spec = {
+        "name": "browser",
+        "models": ["llada2-tiny"],
+        "hardware": ["h100-pcie5"],
+        "fractions": [0.25, 0.5],
+        "modes": ["block-cache", "prefix-recompute"],
+        "tau": [1, 4],
+        "gen_length": 32,
+        "seed": 1,
+        "seeds": 1,
+        "policies": ["cpu-route", "static", "fetch-lru", "tide", "tide-opt", "riptide", "oracle", "all-gpu"],
+        "paper_setting": {"mode": "block-cache", "budget": {"llada2-tiny": 16}},
+    }
     (base / "study.json").write_text(json.dumps(spec))
     study = base / "study"
     assert main(["--study", str(base / "study.json"), "--quiet", "--jobs", "1", "--out", str(study)]) == 0
@@ -68,13 +100,19 @@ def driver():
 
 def _intersects(a: dict[str, float], b: dict[str, float], tol: float = 0.5) -> bool:
     """Whether two boxes overlap by more than ``tol`` CSS pixels both across and down (touching edges do not)."""
-    return (min(a["right"], b["right"]) - max(a["left"], b["left"]) > tol
-            and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > tol)
+    return (
+        min(a["right"], b["right"]) - max(a["left"], b["left"]) > tol
+        and min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) > tol
+    )
 
 
 def _inside(inner: dict[str, float], outer: dict[str, float], tol: float = 1.0) -> bool:
-    return (inner["left"] >= outer["left"] - tol and inner["right"] <= outer["right"] + tol
-            and inner["top"] >= outer["top"] - tol and inner["bottom"] <= outer["bottom"] + tol)
+    return (
+        inner["left"] >= outer["left"] - tol
+        and inner["right"] <= outer["right"] + tol
+        and inner["top"] >= outer["top"] - tol
+        and inner["bottom"] <= outer["bottom"] + tol
+    )
 
 
 def layout_problems(page: dict[str, Any]) -> list[str]:
@@ -95,19 +133,29 @@ def layout_problems(page: dict[str, Any]) -> list[str]:
             if not _inside(leg, c["box"]):
                 out.append(f"{c['id']}: legend reaches out of the chart")
             out += [f"{c['id']}: legend over the title {t['text']!r}" for t in c["titles"] if _intersects(leg, t)]
-            out += [f"{c['id']}: legend over the chart {o['id']}" for o in charts
-                    if o is not c and _intersects(leg, o["box"])]
+            out += [
+                f"{c['id']}: legend over the chart {o['id']}"
+                for o in charts
+                if o is not c and _intersects(leg, o["box"])
+            ]
         notes = c["annotations"]
-        out += [f"{c['id']}: label {a['text']!r} over label {b['text']!r}" for i, a in enumerate(notes)
-                for b in notes[i + 1:] if _intersects(a, b)]
+        out += [
+            f"{c['id']}: label {a['text']!r} over label {b['text']!r}"
+            for i, a in enumerate(notes)
+            for b in notes[i + 1 :]
+            if _intersects(a, b)
+        ]
     return out
 
 
 def console_problems(messages: list[dict[str, str]]) -> list[str]:
     """The console messages at warning level or above (the browser log's SEVERE and WARNING; the page's
     console.warn, console.error, console.trace (plotly.js's warnings), failed console.assert and uncaught errors)."""
-    return [f"{m['level']}: {m['message'][:200]}" for m in messages
-            if m["level"] in BAD_LEVELS or m["message"].startswith("WARN:")]
+    return [
+        f"{m['level']}: {m['message'][:200]}"
+        for m in messages
+        if m["level"] in BAD_LEVELS or m["message"].startswith("WARN:")
+    ]
 
 
 @pytest.mark.parametrize("which", ["explore", "study"])
@@ -138,7 +186,8 @@ def test_sections_in_reading_order_and_run_it_works_from_anywhere(reports, drive
     page = rs.measure(driver)
     assert page["sections"][:2] == ["answer", "speedup"] and page["sections"][-2:] == ["summary", "config"]
     letters = driver.execute_script(
-        "return Array.from(document.querySelectorAll('section > h2')).map(h => h.textContent)")
+        "return Array.from(document.querySelectorAll('section > h2')).map(h => h.textContent)"
+    )
     letters = [m.group(1) for h in letters if (m := re.match(r"\((\w)\) ", h))]
     assert letters == sorted(letters) and letters[:2] == ["a", "b"], letters
     # the chart titles carry the same letters as their headings
@@ -150,9 +199,11 @@ def test_sections_in_reading_order_and_run_it_works_from_anywhere(reports, drive
     policy = Path(argv[4])
     assert policy.is_absolute() and policy.is_file() and policy == reports["explore"].parent.resolve() / policy.name
     # the bound says what it bounds where it is drawn, and all-gpu is marked as outside the budget
-    labels = driver.execute_script("return Array.from(document.querySelectorAll('#fig-speedup .annotation-text'))"
-                                   ".map(t => t.textContent)")
+    labels = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#fig-speedup .annotation-text')).map(t => t.textContent)"
+    )
     assert any("bound" in t and "within the budget" in t for t in labels), labels
-    ticks = driver.execute_script("return Array.from(document.querySelectorAll('#fig-speedup .ytick text'))"
-                                  ".map(t => t.textContent)")
+    ticks = driver.execute_script(
+        "return Array.from(document.querySelectorAll('#fig-speedup .ytick text')).map(t => t.textContent)"
+    )
     assert any(t.startswith("all-gpu") and "outside the budget" in t for t in ticks), ticks

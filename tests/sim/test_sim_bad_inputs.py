@@ -1,5 +1,6 @@
 """Bad inputs to the simulator's CLIs and study files end in one line and exit status 2 at once (issue 17 item 6):
 --seeds bounded, every study field of the wrong type named; one default prompt length."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ PAPER = json.loads((Path(__file__).resolve().parents[2] / "sim" / "studies" / "p
 
 def cli(*args: str, cwd: Path) -> tuple[subprocess.CompletedProcess, float]:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "sim.explore", *args], capture_output=True, text=True, timeout=120,
-                       cwd=cwd)
+    p = subprocess.run(
+        [sys.executable, "-m", "sim.explore", *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
     return p, time.perf_counter() - t0
 
 
@@ -54,31 +56,34 @@ def test_a_study_file_with_fractions_half(tmp_path):
     assert took < 60
 
 
-@pytest.mark.parametrize("key,value,needle", [
-    ("fractions", "half", "fractions must be a non-empty list of numbers"),
-    ("fractions", [0.5, "x"], "fractions must be a non-empty list of numbers"),
-    ("fractions", [True], "fractions must be a non-empty list of numbers"),
-    ("models", "llada2.0-mini", "models must be a non-empty list of strings"),
-    ("hardware", [1], "hardware must be a non-empty list of strings"),
-    ("modes", {"a": 1}, "modes must be a non-empty list of strings"),
-    ("policies", [], "policies must be a non-empty list of strings"),
-    ("tau", [1.5], "tau must be a non-empty list of integers"),
-    ("tau", "1", "tau must be a non-empty list of integers"),
-    ("gen_length", "1024", "gen_length must be an integer >= 1"),
-    ("seed", 1.0, "seed must be an integer >= 0"),
-    ("seeds", 65, "seeds must be an integer in [1, 64]"),
-    ("seeds", "3", "seeds must be an integer in [1, 64]"),
-    ("reserve_gib", "4", "reserve_gib must be a number >= 0"),
-    ("reserve_gib", True, "reserve_gib must be a number >= 0"),
-    ("name", 7, "name must be a non-empty string"),
-    ("name", "", "name must be a non-empty string"),
-    ("description", ["x"], "description must be a string"),
-    ("paper_setting", "prefix-recompute", "paper_setting must be an object"),
-    ("paper_setting", {"mode": "autoregressive", "budget": {}}, "its mode must be one of the study's modes"),
-    ("paper_setting", {"mode": "block-cache", "budget": {"llada2.0-mini": "most"}}, "budget maps models"),
-    ("paper_setting", {"mode": "block-cache", "budget": {"other": 8}}, "budget names other"),
-    ("paper_setting", {"mode": "block-cache", "width": 3}, "paper_setting must be an object"),
-])
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("fractions", "half", "fractions must be a non-empty list of numbers"),
+        ("fractions", [0.5, "x"], "fractions must be a non-empty list of numbers"),
+        ("fractions", [True], "fractions must be a non-empty list of numbers"),
+        ("models", "llada2.0-mini", "models must be a non-empty list of strings"),
+        ("hardware", [1], "hardware must be a non-empty list of strings"),
+        ("modes", {"a": 1}, "modes must be a non-empty list of strings"),
+        ("policies", [], "policies must be a non-empty list of strings"),
+        ("tau", [1.5], "tau must be a non-empty list of integers"),
+        ("tau", "1", "tau must be a non-empty list of integers"),
+        ("gen_length", "1024", "gen_length must be an integer >= 1"),
+        ("seed", 1.0, "seed must be an integer >= 0"),
+        ("seeds", 65, "seeds must be an integer in [1, 64]"),
+        ("seeds", "3", "seeds must be an integer in [1, 64]"),
+        ("reserve_gib", "4", "reserve_gib must be a number >= 0"),
+        ("reserve_gib", True, "reserve_gib must be a number >= 0"),
+        ("name", 7, "name must be a non-empty string"),
+        ("name", "", "name must be a non-empty string"),
+        ("description", ["x"], "description must be a string"),
+        ("paper_setting", "prefix-recompute", "paper_setting must be an object"),
+        ("paper_setting", {"mode": "autoregressive", "budget": {}}, "its mode must be one of the study's modes"),
+        ("paper_setting", {"mode": "block-cache", "budget": {"llada2.0-mini": "most"}}, "budget maps models"),
+        ("paper_setting", {"mode": "block-cache", "budget": {"other": 8}}, "budget names other"),
+        ("paper_setting", {"mode": "block-cache", "width": 3}, "paper_setting must be an object"),
+    ],
+)
 def test_every_study_field_has_its_type_checked(key, value, needle):
     with pytest.raises(TideError) as exc:
         study_from_dict({**PAPER, key: value}, "s.json")

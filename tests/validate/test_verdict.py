@@ -2,6 +2,7 @@
 
 The runs are real (runtime.generate, and gpu_validate.sh's bench in its CPU dry run); their CPU share is then set
 in the record, so that "starved" and "not starved" do not depend on what else this machine is running."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,9 +34,30 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
     """One runtime.generate run on the CPU (one torch thread): its metrics and trace."""
     d = tmp_path_factory.mktemp("pair")
     m, t = d / "m.json", d / "t.npz"
-    assert runtime_generate.main(["--device", "cpu", "--threads", "1", "--policy", "tide(tau=2)", "--gen-length",
-                                  "32", "--steps", "8", "--mode", "block-cache", "--quiet", "--metrics-out", str(m),
-                                  "--trace-out", str(t)]) == 0
+    assert (
+        runtime_generate.main(
+            [
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--policy",
+                "tide(tau=2)",
+                "--gen-length",
+                "32",
+                "--steps",
+                "8",
+                "--mode",
+                "block-cache",
+                "--quiet",
+                "--metrics-out",
+                str(m),
+                "--trace-out",
+                str(t),
+            ]
+        )
+        == 0
+    )
     return m, t
 
 
@@ -65,11 +87,14 @@ def _no_empty_table_nor_raw_json(html: str) -> None:
 def test_a_run_against_a_calibrated_cpu_profile_is_compared(gpu_script_cpu, pair, tmp_path, capsys):
     m, t = pair
     prof = _idle_profile(gpu_script_cpu, tmp_path / "profile.json")
-    code, out, res = _compare([str(_with(m, tmp_path / "m.json", cpu_share=0.95)), str(t), "--hardware", str(prof)],
-                              tmp_path / "c", capsys)
+    code, out, res = _compare(
+        [str(_with(m, tmp_path / "m.json", cpu_share=0.95)), str(t), "--hardware", str(prof)], tmp_path / "c", capsys
+    )
     assert code == 0
-    assert out.startswith(f"counters: equal (1 run)\ntimings: compared (simulated with {prof}, a validate.calibrate "
-                          "profile of the runs' machine; every run got at least 80% of the CPU)\n")
+    assert out.startswith(
+        f"counters: equal (1 run)\ntimings: compared (simulated with {prof}, a validate.calibrate "
+        "profile of the runs' machine; every run got at least 80% of the CPU)\n"
+    )
     assert "sim tok/s" in out and "targets (GPU)" in out
     assert res["verdict"]["timings"]["comparable"] and "overall" in res["summary"]
     html = (tmp_path / "c" / "report.html").read_text()
@@ -80,13 +105,16 @@ def test_a_run_against_a_calibrated_cpu_profile_is_compared(gpu_script_cpu, pair
 def test_a_starved_run_is_flagged_and_its_timings_not_compared(gpu_script_cpu, pair, tmp_path, capsys):
     m, t = pair
     prof = _idle_profile(gpu_script_cpu, tmp_path / "profile.json")
-    code, out, res = _compare([str(_with(m, tmp_path / "m.json", cpu_share=0.3)), str(t), "--hardware", str(prof)],
-                              tmp_path / "c", capsys)
+    code, out, res = _compare(
+        [str(_with(m, tmp_path / "m.json", cpu_share=0.3)), str(t), "--hardware", str(prof)], tmp_path / "c", capsys
+    )
     assert code == 0  # not comparable is stated, not an error
     lines = out.splitlines()
     assert lines[0] == "counters: equal (1 run)"
-    assert lines[1] == ("timings: not comparable \u2014 the machine was busy during tide(tau=2) [block-cache] (CPU share "
-                        "0.30): below 0.8 the measured times hold other processes' work; rerun on an idle machine")
+    assert lines[1] == (
+        "timings: not comparable \u2014 the machine was busy during tide(tau=2) [block-cache] (CPU share "
+        "0.30): below 0.8 the measured times hold other processes' work; rerun on an idle machine"
+    )
     for absent in ("sim tok/s", "MISSED", "targets", "Kendall", "tokens/s error"):
         assert absent not in out, absent
     assert res["summary"] == {"counter_mismatches": [], "targets": {"exact_counters": True}}
@@ -116,11 +144,14 @@ def test_one_starved_run_of_a_bench_stops_the_ranking(gpu_script_cpu, tmp_path, 
 def test_a_starved_calibration_is_not_compared_against(gpu_script_cpu, pair, tmp_path, capsys):
     m, t = pair
     prof = _idle_profile(gpu_script_cpu, tmp_path / "profile.json", gpu_expert=0.5)
-    code, out, res = _compare([str(_with(m, tmp_path / "m.json", cpu_share=1.0)), str(t), "--hardware", str(prof)],
-                              tmp_path / "c", capsys)
+    code, out, res = _compare(
+        [str(_with(m, tmp_path / "m.json", cpu_share=1.0)), str(t), "--hardware", str(prof)], tmp_path / "c", capsys
+    )
     assert code == 0
-    assert out.splitlines()[1] == ("timings: not comparable \u2014 the profile's calibration was starved (gpu_expert got "
-                                   "less than 80% of the CPU): recalibrate on an idle machine")
+    assert out.splitlines()[1] == (
+        "timings: not comparable \u2014 the profile's calibration was starved (gpu_expert got "
+        "less than 80% of the CPU): recalibrate on an idle machine"
+    )
 
 
 def test_a_record_from_before_the_cpu_share_takes_cpu_over_wall(gpu_script_cpu, pair, tmp_path, capsys):
