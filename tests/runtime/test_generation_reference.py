@@ -13,7 +13,7 @@ from offload.trace import KIND_DENOISE
 from runtime.diffusion import GenerationSettings, generate
 from runtime.model import block_causal_mask
 from test_generate import CFG, PROMPT, build
-from test_generation_semantics import ForceEos
+from test_generation_semantics import ForceEos, ForceToken
 
 EOS, MASK = CFG.eos_token_id, CFG.mask_token_id
 
@@ -130,25 +130,6 @@ def test_prompt_without_eos_matches_the_reference_too(early):
         assert generate(ForceEos(model, 21), store, CFG, PROMPT, GenerationSettings(mode=mode, **kw)).tokens == want
 
 
-class ForceMask:
-    """The model, with the logits of absolute position ``at`` pushed towards the mask id (confidence ~1)."""
-
-    def __init__(self, model, at: int) -> None:
-        self.model, self.at = model, at
-
-    def __call__(self, ids, pos, mask=None, *, cache=None, write_cache=False, logits_rows=None):
-        out = self.model(ids, pos, mask, cache=cache, write_cache=write_cache, logits_rows=logits_rows)
-        rows = pos[logits_rows] if isinstance(logits_rows, slice) else pos
-        hit = (rows == self.at).nonzero()
-        if hit.numel():
-            out = out.clone()
-            out[int(hit[0, 0]), MASK] += 1e4
-        return out
-
-    def new_cache(self, **kw):
-        return self.model.new_cache(**kw)
-
-
 @pytest.mark.parametrize("mode", ["prefix-recompute", "block-cache"])
 @pytest.mark.parametrize("sample", [False, True])
 def test_a_model_that_picks_the_mask_id_never_outputs_it(mode, sample):
@@ -168,12 +149,12 @@ def test_a_model_that_picks_the_mask_id_never_outputs_it(mode, sample):
     model, store = build("all-gpu", {}, block_length=8, mode=mode)
     plain = generate(model, store, CFG, PROMPT, GenerationSettings(**kw))
     model, store = build("all-gpu", {}, block_length=8, mode=mode)
-    forced = generate(ForceMask(model, P + 2), store, CFG, PROMPT, GenerationSettings(**kw))
+    forced = generate(ForceToken(model, P + 2, MASK), store, CFG, PROMPT, GenerationSettings(**kw))
     assert MASK not in forced.tokens and len(forced.tokens) == len(plain.tokens) == 24
     if not sample:  # what the reference returns there: the mask id, left at that position
         model, store = build("all-gpu", {}, block_length=8)
         want = reference_generate(
-            ForceMask(model, P + 2),
+            ForceToken(model, P + 2, MASK),
             store,
             PROMPT,
             gen_length=24,

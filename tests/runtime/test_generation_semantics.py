@@ -17,11 +17,11 @@ from test_generate import CFG, PROMPT, build
 EOS = CFG.eos_token_id
 
 
-class ForceEos:
-    """The model, with the logits of absolute position ``at`` pushed towards EOS (confidence ~1)."""
+class ForceToken:
+    """The model, with the logits of absolute position ``at`` pushed towards ``token`` (confidence ~1)."""
 
-    def __init__(self, model, at: int) -> None:
-        self.model, self.at = model, at
+    def __init__(self, model, at: int, token: int = EOS) -> None:
+        self.model, self.at, self.token = model, at, token
 
     def __call__(self, ids, pos, mask=None, *, cache=None, write_cache=False, logits_rows=None):
         out = self.model(ids, pos, mask, cache=cache, write_cache=write_cache, logits_rows=logits_rows)
@@ -29,11 +29,14 @@ class ForceEos:
         hit = (rows == self.at).nonzero()
         if hit.numel():
             out = out.clone()
-            out[int(hit[0, 0]), EOS] += 1e4
+            out[int(hit[0, 0]), self.token] += 1e4
         return out
 
     def new_cache(self, **kw):
         return self.model.new_cache(**kw)
+
+
+ForceEos = ForceToken  # pushes towards EOS unless told another token
 
 
 def gen(settings: GenerationSettings, eos_at: int | None = None, name: str = "all-gpu"):
