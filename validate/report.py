@@ -120,17 +120,24 @@ def _pct(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{100 * v:+.1f}%"
 
 
+def _counters(r: Mapping[str, Any]) -> str:
+    """A run's work counters, a differing one in red with both values."""
+    return "; ".join((f"<b style='color:#c00'>{k}: {v['measured']} vs {v['simulated']}</b>"
+                      if v["measured"] != v["simulated"] else f"{k}: {v['measured']}") for k, v in r["counters"].items())
+
+
+def _share(r: Mapping[str, Any]) -> str:
+    return "-" if r.get("cpu_share") is None else f"{r['cpu_share']:.2f}"
+
+
 def run_table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
-        counters = "; ".join((f"<b style='color:#c00'>{k}: {v['measured']} vs {v['simulated']}</b>"
-                              if v["measured"] != v["simulated"] else f"{k}: {v['measured']}")
-                             for k, v in r["counters"].items())
         busy = ", ".join(f"{k} {v:.3f}" for k, v in r["simulated_busy_s"].items())
-        share = "-" if r.get("cpu_share") is None else f"{r['cpu_share']:.2f}"
         body.append([html.escape(r["run"]), f"{r['measured_tokens_per_s']:.2f}", f"{r['simulated_tokens_per_s']:.2f}",
                      _pct(r["tps_error"]), f"{1e3 * r['measured_step_mean_s']:.3f}", f"{1e3 * r['simulated_step_mean_s']:.3f}",
-                     _pct(r["step_error"]), f"{100 * r['step_mape']:.1f}%", share, _pct(r.get("tps_error_cpu")), busy, counters])
+                     _pct(r["step_error"]), f"{100 * r['step_mape']:.1f}%", _share(r), _pct(r.get("tps_error_cpu")), busy,
+                     _counters(r)])
     missed = {i for i, r in enumerate(rows) if abs(r["tps_error"]) > 0.10}  # beyond the GPU target's maximum
     return _table(["run", "meas tok/s", "sim tok/s", "error", "meas ms/step", "sim ms/step", "error", "median step |err|",
                    "CPU share", "error per CPU second", "simulated busy s", "work counters (measured vs simulated)"], body,
@@ -177,11 +184,7 @@ def counters_table(rows: list[dict[str, Any]]) -> str:
     """Per run: what was measured and the work counters, for a comparison whose timings are not comparable."""
     body = []
     for r in rows:
-        counters = "; ".join((f"<b style='color:#c00'>{k}: {v['measured']} vs {v['simulated']}</b>"
-                              if v["measured"] != v["simulated"] else f"{k}: {v['measured']}")
-                             for k, v in r["counters"].items())
-        share = "-" if r.get("cpu_share") is None else f"{r['cpu_share']:.2f}"
-        body.append([html.escape(r["run"]), f"{r['measured_tokens_per_s']:.2f}", share, counters])
+        body.append([html.escape(r["run"]), f"{r['measured_tokens_per_s']:.2f}", _share(r), _counters(r)])
     return _table(["run", "measured tok/s", "CPU share", "work counters (measured vs simulated)"], body,
                   {i for i, r in enumerate(rows) if r["counter_mismatch"]})
 
