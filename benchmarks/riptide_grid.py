@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor as WorkerPool  # "executor" names the executor profile only
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = check_args(a)
     jobs = [(MODELS[m], h, b, mode, a.ablate, a.tau, a.hetero) for m in a.models for h in a.hardware for b in budgets
             for mode in a.modes]
-    with ProcessPoolExecutor(max_workers=a.jobs) as pool:
+    with WorkerPool(max_workers=a.jobs) as pool:
         rows = list(pool.map(run_setting, jobs))
     cols = ["riptide", "tide_best", "tide-opt", "cpu-route", "fetch-lru"]
     print(f"{'model':<15}{'hardware':<12}{'B':>4} {'mode':<17}" + "".join(f"{c:>11}" for c in cols)

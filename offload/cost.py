@@ -1,6 +1,6 @@
 """Cost models: seconds for each piece of work the engine schedules (no simpy here).
 
-The engine asks a cost model for six kinds of time, all in seconds and vectorised with numpy:
+The engine asks a cost model (:class:`CostModel`) for these kinds of time, all in seconds and vectorised with numpy:
 
   step_fixed(n, c, m)  GPU work of one forward outside the MoE layers: per-step overhead, the dense layers
                        (attention + dense MLP) and lm_head over m tokens. n tokens forwarded, c context keys
@@ -29,9 +29,9 @@ With measured tables (``offload.hardware``; L_d dense layers, all times per call
 Each missing table falls back to the roofline term (embed: 0; moe_overhead: the profile's scalar
 moe_layer_overhead_us, default 0). A profile measured for another model layer shape is refused (TideError).
 
-``single_device`` profiles (runtime ``--device cpu``): the "GPU" and the CPU are one host and activations never
-cross a link, so :meth:`RooflineCostModel.act_d2h` / ``act_h2d`` are 0 and ``serial`` is True; the engine then
-runs every item one after the other (``sim.engine``'s serial mode, its default for such a cost model).
+``single_device`` profiles (runtime ``--device cpu``): the "GPU" and the CPU are one host, so ``serial`` is True;
+the engine then runs every item one after the other and moves no activations (``sim.engine``'s serial mode, its
+default for such a cost model).
 
 Host memory (the profile's optional ``host`` section, ``offload.hardware.HostSpec``; f = pageable_fraction, 0.5
 by default):
@@ -40,7 +40,6 @@ by default):
   logits_cast(m)  = m V (b + 4) / BW_hbm + launch    float32 cast of m logit rows (0 for m = 0)
   dram_bytes_per_s = host.dram_gbps x 1e9 (None: not given);  pinned_bytes = host.pinned_gib x 2^30 (inf: not given)
   cpu_dram_bytes_per_s = cpu.dram_gbps x 1e9   the CPU experts' own read rate (their peak DRAM demand)
-  decide_s(policy) = decide_us[policy] x 1e-6   one measured decide() of policy (None: the profile has no figure)
 
 :class:`ExecutorCost` prices one layer's pieces as an executor (``offload.executor``) carries them out: weight
 copies per batch, per expert or per projection, from pinned or pageable memory, in closed form (n blocking
@@ -68,17 +67,27 @@ _LAUNCH = {"attention": 8, "router": 4, "shared": 3, "dense_mlp": 3, "experts": 
 
 
 class CostModel(Protocol):
+    """Every member the engine, :class:`ExecutorCost`, ``sim.bound`` and the cost-aware policies call."""
+
     expert_bytes: int
     token_bytes: int
     serial: bool         # one device runs everything, one item after another (sim.engine's serial mode)
     shared_duplex: bool  # one copy engine serves both directions of the host link
+    dram_bytes_per_s: float | None      # host DRAM shared by copies and CPU experts (None: not modelled)
+    pinned_bytes: float                 # page-locked host memory for expert weights (inf: all of them)
+    cpu_dram_bytes_per_s: float | None  # the CPU experts' own DRAM read rate (None: no cap of their own)
 
     def step_fixed(self, n: Any, c: Any, m: Any, seqs: Any = 1) -> np.ndarray: ...
     def moe_pre(self, n: Any, c: Any, seqs: Any = 1) -> np.ndarray: ...
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
     def cpu_experts(self, counts: np.ndarray) -> np.ndarray: ...
+    def gpu_expert_each(self, n: Any) -> np.ndarray: ...  # one expert of n tokens, the per-call term left out
+    def cpu_expert_each(self, n: Any) -> np.ndarray: ...
     def h2d(self, nbytes: Any) -> np.ndarray: ...
     def d2h(self, nbytes: Any) -> np.ndarray: ...
+    def h2d_pageable(self, nbytes: Any) -> np.ndarray: ...
+    def d2h_pageable(self, nbytes: Any) -> np.ndarray: ...
+    def logits_cast(self, m: Any) -> np.ndarray: ...  # float32 cast of m logit rows (lm_head_fp32 executors)
 
 
 def _roofline(cost: OpCost, tflops: float, gbps: float) -> np.ndarray:
@@ -250,20 +259,6 @@ class RooflineCostModel:
         """The rate the CPU experts read their weights at (the profile's cpu.dram_gbps)."""
         return self.hw.cpu.dram_gbps * 1e9
 
-    def decide_s(self, policy: str) -> float | None:
-        """Seconds of one decide() of ``policy`` as the profile measured it (its ``decide_us`` table, written by
-        validate.calibrate); None where the profile has no figure for it (presets: none at all)."""
-        us = self.hw.decide_us.get(policy)
-        return None if us is None else float(us) * 1e-6
-
-    def act_d2h(self, nbytes: Any) -> np.ndarray:
-        """Activations to the CPU experts: none move on a single-device profile."""
-        return np.zeros(np.shape(nbytes)) if self.serial else self.d2h(nbytes)
-
-    def act_h2d(self, nbytes: Any) -> np.ndarray:
-        """Results of the CPU experts back: none move on a single-device profile."""
-        return np.zeros(np.shape(nbytes)) if self.serial else self.h2d(nbytes)
-
 
 @dataclass(frozen=True)
 class ConstantCostModel:
@@ -300,6 +295,12 @@ class ConstantCostModel:
     def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
         return (np.asarray(counts) > 0).sum(axis=-1) * self.cpu_expert_s
 
+    def gpu_expert_each(self, n: Any) -> np.ndarray:
+        return np.where(np.asarray(n) > 0, self.gpu_expert_s, 0.0)
+
+    def cpu_expert_each(self, n: Any) -> np.ndarray:
+        return np.where(np.asarray(n) > 0, self.cpu_expert_s, 0.0)
+
     def h2d(self, nbytes: Any) -> np.ndarray:
         return np.asarray(nbytes, dtype=np.float64) * self.h2d_per_byte_s
 
@@ -316,26 +317,20 @@ class ConstantCostModel:
         return np.zeros(np.shape(m))
 
 
-def _pageable(cost: Any, direction: str, nbytes: Any) -> np.ndarray:
-    # a cost model without a pageable rate (a test's own) pays the pinned one
-    fn = getattr(cost, f"{direction}_pageable", None)
-    return np.asarray(fn(nbytes) if fn is not None else getattr(cost, direction)(nbytes), dtype=np.float64)
-
-
 @dataclass(frozen=True, eq=False)
 class ExecutorCost:
     """A cost model priced as an executor carries the plan out (``offload.executor``; equations in the module
     docstring of ``sim.engine``). ``pinned`` [L, E]: the experts whose host copy is page-locked."""
 
-    cost: Any
+    cost: CostModel
     executor: ExecutorProfile
     pinned: np.ndarray
 
     @classmethod
-    def of(cls, cost: Any, executor: ExecutorProfile, num_moe_layers: int, num_experts: int) -> "ExecutorCost":
+    def of(cls, cost: CostModel, executor: ExecutorProfile, num_moe_layers: int, num_experts: int) -> "ExecutorCost":
         """Pinned experts: none for a pageable executor, else the first floor(pinned_bytes / expert_bytes) in
         (layer, expert) order, as the store page-locks its stacks layer by layer."""
-        cap = 0.0 if executor.pageable else float(getattr(cost, "pinned_bytes", float("inf")))
+        cap = 0.0 if executor.pageable else float(cost.pinned_bytes)
         n = num_moe_layers * num_experts
         k = n if cap >= n * int(cost.expert_bytes) else int(cap // max(int(cost.expert_bytes), 1))
         pinned = (np.arange(n) < k).reshape(num_moe_layers, num_experts)
@@ -345,7 +340,7 @@ class ExecutorCost:
     @property
     def dram_bytes_per_s(self) -> float | None:
         """Shared host DRAM bandwidth when the executor models its contention, else None."""
-        return getattr(self.cost, "dram_bytes_per_s", None) if self.executor.shared_dram else None
+        return self.cost.dram_bytes_per_s if self.executor.shared_dram else None
 
     # ---- fixed work ---------------------------------------------------------------------------------
     def lm_rows(self, tokens_forwarded: Any, lm_tokens: Any) -> np.ndarray:
@@ -357,7 +352,7 @@ class ExecutorCost:
         m = self.lm_rows(n, m_block)
         t = np.asarray(self.cost.step_fixed(n, c, m, seqs), dtype=np.float64)
         if self.executor.lm_head_fp32:
-            t = t + np.asarray(getattr(self.cost, "logits_cast", lambda m: np.zeros(np.shape(m)))(m), dtype=np.float64)
+            t = t + np.asarray(self.cost.logits_cast(m), dtype=np.float64)
         return t
 
     # ---- experts ------------------------------------------------------------------------------------
@@ -385,14 +380,19 @@ class ExecutorCost:
         pin = int(self.pinned[layer, ids].sum())
         page = int(ids.size) - pin
         g = self.executor.copy_granularity
-        pinned_t = getattr(self.cost, direction)
+        pinned_t, pageable_t = self._copy_fns(direction)
         if g == "batched":  # one copy per memory kind (the pinned share and the pageable one)
-            t = float(pinned_t(pin * b)) + float(_pageable(self.cost, direction, page * b))
+            t = float(pinned_t(pin * b)) + float(pageable_t(page * b))
         else:  # n blocking copies of b / per bytes each: n x (latency + bytes / bandwidth) in closed form
             per = self.executor.copies_per_expert
-            t = per * (pin * float(pinned_t(b / per)) + page * float(_pageable(self.cost, direction, b / per)))
+            t = per * (pin * float(pinned_t(b / per)) + page * float(pageable_t(b / per)))
         # a pageable copy bounces through the driver's pinned buffer: read + write by the CPU, then the DMA read
         return t, float(pin * b + 3 * page * b)
+
+    def _copy_fns(self, direction: str) -> tuple[Any, Any]:
+        """(pinned, pageable) copy time of one direction ("h2d" or "d2h")."""
+        c = self.cost
+        return (c.h2d, c.h2d_pageable) if direction == "h2d" else (c.d2h, c.d2h_pageable)
 
     def weights_h2d(self, layer: int, ids: np.ndarray) -> tuple[float, float]:
         return self._weights("h2d", layer, np.asarray(ids, dtype=np.int64))
@@ -405,7 +405,7 @@ class ExecutorCost:
         tb = int(self.cost.token_bytes)
         counts = np.asarray(cpu_counts)
         pageable = self.executor.pageable
-        fn = (lambda x: _pageable(self.cost, direction, x)) if pageable else getattr(self.cost, direction)
+        fn = self._copy_fns(direction)[pageable]  # (pinned, pageable)[True]: the pageable rate
         total = float(counts.sum()) * tb
         if self.executor.act_copies == "batched":
             t = float(fn(total))

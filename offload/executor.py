@@ -28,8 +28,7 @@ File format (JSON object; units: microseconds for overheads)::
                                      # n staging slots in chunks of n // 2 (ping-pong halves; n // 1 if n = 1)
       "host_sync_us": x,             # per MoE layer: the host waits for the GPU (counts for the decision)
       "decide_us": {"policy": x, ...},   # per MoE layer: one decide() of that policy on the host thread
-      "decide_default_us": x,        # decide() of a policy neither this table nor the hardware profile's
-                                     # measured decide_us (``offload.hardware``) names
+      "decide_default_us": x,        # decide() of a policy the table does not name
       "shared_dram": bool,           # copies and CPU experts share host DRAM bandwidth (``sim.engine``)
       "sources": {"field": "where the figure comes from", ...},
       "ranges": {"field": [low, high], ...}    # plausible range of a figure that is a guess
@@ -38,10 +37,11 @@ File format (JSON object; units: microseconds for overheads)::
 Every field but name has a default: the defaults are the ``tide-moe`` executor, which prices a plan exactly as
 the engine did before executors existed (batched pinned copies, overlap, grouped GEMM; decision time and the
 host sync are part of the calibrated ``moe_overhead`` table, whose store runs the all-gpu policy: its decision
-is KEEP, about 0). A policy's own decision is charged from the hardware profile's measured ``decide_us`` table
-(``validate.bench_decide``) where the executor's ``decide_us`` does not name it (``decide_s``): ``tide-moe``
-names none, so a calibrated profile's figures apply and a preset profile (no table) charges 0. A bad value is a one-line TideError naming the
-field and its allowed range.
+is KEEP, about 0). decide() time lives here only (``decide_s``): the ``tide-moe`` preset charges 0, and
+``validate.calibrate`` writes ``tide-moe`` with the measured table (``validate.bench_decide``) beside the hardware
+profile it calibrates (:func:`beside`), which replays of calibrated runs use. Keys are not checked against the
+policy registry: a key naming no policy is never looked up (a misspelt one leaves its policy at
+``decide_default_us``). A bad value is a one-line TideError naming the field and its allowed range.
 """
 from __future__ import annotations
 
@@ -100,26 +100,16 @@ class ExecutorProfile:
 
     @property
     def stage_chunk(self) -> int:
-        """Streamed experts per staging chunk: the store's ``stream_slots // 2`` halves (``// 1`` with one slot)."""
+        """Streamed experts per staging chunk (``offload.step`` cuts streams by it): half the slots, ping-pong."""
         return self.staging_slots // (2 if self.staging_slots >= 2 else 1)
 
     @property
     def stage_buffers(self) -> int:
         return 2 if self.staging_slots >= 2 else 1
 
-    def decide_s(self, policy: str, measured_s: float | None = None) -> float:
-        """Seconds one decide() of ``policy`` takes on the host thread:
-
-          decide_us[policy]            where this executor names the policy (tide-reference: its own code's figures)
-          measured_s                   else the hardware profile's measured figure (``HardwareProfile.decide_us``,
-                                       given by the engine through its cost model), when there is one
-          decide_default_us            else
-        """
-        if policy in self.decide_us:
-            return float(self.decide_us[policy]) * 1e-6
-        if measured_s is not None:
-            return float(measured_s)
-        return self.decide_default_us * 1e-6
+    def decide_s(self, policy: str) -> float:
+        """Seconds one decide() of ``policy`` takes on the host thread: decide_us[policy], else decide_default_us."""
+        return float(self.decide_us.get(policy, self.decide_default_us)) * 1e-6
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
@@ -192,6 +182,20 @@ class ExecutorProfile:
         out["sources"] = dict(self.sources)
         out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
         return out
+
+
+def beside(hardware: str | Path) -> Path:
+    """The executor profile validate.calibrate writes beside a hardware profile: ``p.json`` -> ``p.executor.json``."""
+    return Path(hardware).with_suffix(".executor.json")
+
+
+def executor_for(hardware: str | Path, executor: str | None = None) -> str:
+    """The executor profile to price a run on ``hardware`` with: ``executor`` where one is named, else the one
+    calibrated with a hardware profile file (``beside`` it: that host's measured decide() times), else the default."""
+    if executor is not None:
+        return executor
+    mine = beside(hardware)
+    return str(mine) if Path(hardware).is_file() and mine.is_file() else DEFAULT_EXECUTOR
 
 
 def _micros(v: Any, what: str, origin: str) -> float:

@@ -42,10 +42,6 @@ File format (JSON object)::
                                              #   cpu): GPU, CPU and copies are one serial device; activations never move
       "model": {"name", "config_hash", "layer_shape_hash", "dtype_bytes", "config"},  # optional: shape the tables
                                              #   were measured for; a cost model refuses a model of another layer shape
-      "decide_us": {"tide": 14.0, ...},      # optional, measured: microseconds of one decide() of each policy per
-                                             #   (step, MoE layer) on this host (validate.bench_decide); the engine
-                                             #   charges it on its host thread where the executor has no figure of
-                                             #   its own (tide-moe); absent: nothing charged
       "calibration": {...},                  # optional, informational: grids, repeats, held-out errors
       "environment": {...}                   # optional: where a calibrated profile was measured
     }
@@ -62,6 +58,9 @@ measured in. Roofline-only profiles stay model-independent.
 half the pinned rate): experts beyond ``pinned_gib`` (in the order layer 0 expert 0, 0/1, ..., as the store pins
 layer by layer) live in pageable memory, and a pageable copy takes latency + B / (pageable_fraction x BW_link),
 or the ``copy_h2d_pageable`` / ``copy_d2h_pageable`` table where one was measured.
+
+A policy's decide() time is no hardware figure: it lives in the executor profile (``offload.executor``;
+validate.calibrate writes its measured table beside the profile), and a profile naming ``decide_us`` is refused.
 
 ``ranges`` (optional; calibrated profiles have none: their figures are measured): each named figure must exist
 in the profile, satisfy low <= value <= high (a value outside its own range is a typo), and both ends must be
@@ -81,7 +80,6 @@ from typing import Any, Mapping
 import numpy as np
 
 from offload.errors import TideError
-from offload.policies import POLICIES
 from offload.presets import preset_or_file
 
 FORMAT = "tide-moe-hardware/1"
@@ -240,7 +238,6 @@ class HardwareProfile:
     calibration: Mapping[str, Any] = field(default_factory=dict)
     host: HostSpec | None = None
     ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)  # figure path -> (low, high)
-    decide_us: Mapping[str, float] = field(default_factory=dict)  # policy -> us per decide() call (measured)
 
     @property
     def host_memory(self) -> HostSpec:
@@ -254,6 +251,9 @@ class HardwareProfile:
             raise TideError(f"{origin}: a hardware profile must be a JSON object")
         if d.get("format", FORMAT) != FORMAT:
             raise TideError(f"{origin}: unsupported hardware profile format {d.get('format')!r} (expected {FORMAT})")
+        if "decide_us" in d:
+            raise TideError(f"{origin}: decide_us now lives in an executor profile (offload.executor; validate."
+                            "calibrate writes <profile>.executor.json beside the profile): move the table there")
         try:
             gpu = GpuSpec(**d["gpu"])
             cpu = CpuSpec(**d["cpu"])
@@ -292,8 +292,7 @@ class HardwareProfile:
         out = cls(name=str(d.get("name", origin)), gpu=gpu, cpu=cpu, link=link, step_overhead_us=step,
                   description=str(d.get("description", "")), sources=tuple(sources), tables=tables,
                   environment=sections["environment"], moe_layer_overhead_us=moe_over, single_device=single,
-                  model=model, calibration=sections["calibration"], host=host,
-                  decide_us=_parse_decide(d.get("decide_us"), origin))
+                  model=model, calibration=sections["calibration"], host=host)
         return replace(out, ranges=_parse_ranges(d.get("ranges"), out, origin))
 
     @classmethod
@@ -327,8 +326,6 @@ class HardwareProfile:
             out["host"] = asdict(self.host)
         if self.ranges:
             out["ranges"] = {k: list(v) for k, v in self.ranges.items()}
-        if self.decide_us:
-            out["decide_us"] = dict(self.decide_us)
         return out
 
     # ---- uncertain figures -------------------------------------------------------------------------------
@@ -397,22 +394,6 @@ def _parse_ranges(raw: Any, hw: HardwareProfile, origin: str) -> dict[str, tuple
         if not lo <= v <= hi:  # a figure outside its own stated range is a typo in one or the other
             raise TideError(f"{origin}: {path} = {v:g} lies outside its range [{lo:g}, {hi:g}]")
         out[path] = (lo, hi)
-    return out
-
-
-def _parse_decide(raw: Any, origin: str) -> dict[str, float]:
-    """The profile's ``decide_us``: known policy names -> non-negative finite microseconds (None: empty)."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, Mapping):
-        raise TideError(f"{origin}: decide_us must be an object of policy name -> microseconds")
-    out: dict[str, float] = {}
-    for name, v in raw.items():
-        if name not in POLICIES:
-            raise TideError(f"{origin}: decide_us names unknown policy {name!r} (known: {', '.join(POLICIES)})")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
-            raise TideError(f"{origin}: decide_us.{name} must be a non-negative number of microseconds, got {v!r}")
-        out[str(name)] = float(v)
     return out
 
 

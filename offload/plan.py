@@ -1,6 +1,6 @@
 """The layer-execution plan: what one MoE layer does in one forward, once its decision has been applied.
 
-Both executors run the same plan: ``sim.engine`` times it, ``runtime.expert_store`` carries it out, so their
+The engine and the store run the same plan: ``sim.engine`` times it, ``runtime.expert_store`` carries it out, so their
 counters agree by construction. :func:`plan_layer` is pure (numpy only); the decision is validated and applied
 beforehand by :meth:`offload.policies.residency.Residency.apply`, the one place that checks decisions.
 
@@ -16,7 +16,7 @@ and S the streamed experts:
   weight_h2d_bytes = (|promote| + |stream|) x expert_bytes                    blocking copies of this layer
   act_bytes = cpu_assignments x token_bytes              one hidden vector each way: D2H and again H2D
 
-Prefetches (``decision.prefetch``) are no part of the plan: an executor applies them only after the layer's
+Prefetches (``decision.prefetch``) are no part of the plan: engine and store apply them only after the layer's
 experts have been issued, so that no slot still being read is overwritten.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def plan_layer(resident: np.ndarray, demote: np.ndarray, promote: np.ndarray, st
     """The plan of one layer: ``resident`` [E] bool after the decision, (demote, promote, stream) as returned by
     ``Residency.apply``, ``counts`` [E] token-assignments; bytes per expert and per token vector."""
     active = counts > 0
-    on_gpu = resident.copy()  # resident is the executor's live row: never written here
+    on_gpu = resident.copy()  # resident is the engine's or store's live row: never written here
     on_gpu[stream] = True
     gpu_mask = active & on_gpu
     cpu_mask = active & ~on_gpu
@@ -66,7 +66,7 @@ def plan_layer(resident: np.ndarray, demote: np.ndarray, promote: np.ndarray, st
 
 @dataclass
 class PlanTotals:
-    """Running sums over the plans an executor carried out (the counters of ``offload.results``; the weight
+    """Running sums over the plans the engine or the store carried out (the counters of ``offload.results``; the weight
     bytes come from ``Residency.moves``, which also sees prefetches)."""
 
     gpu_assignments: int = 0

@@ -1,6 +1,6 @@
 """Records of runs, simulated and measured, and the one way they go to JSON and back (no simpy here).
 
-:class:`Counters` carry the same names on both executors. Definitions:
+:class:`Counters` carry the same names on both sides (the engine and the store). Definitions:
 
   tokens_per_s   = generated_tokens (positions committed, EOS or not: what traces record and the simulator
                    replays) / sim_time_s (completion of the last work item) or wall_s (measured runs)
@@ -12,7 +12,8 @@
 
 :func:`to_json` writes a record (:class:`SimRecord`: a row of ``sim.explore``'s results.json; :class:`RunRecord`:
 one of ``runtime.bench``'s runtime_results.json, ``runtime.generate --metrics-out``) as one flat object: nested
-records' keys and the REST dict's items inline, then the DERIVED properties; :func:`from_json` reads it back.
+records' keys and the REST dict's items inline, then the DERIVED properties; :func:`from_json` reads it back,
+dropping RETIRED keys (fields records no longer have, so that files written before still load).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class Record:
 
     DERIVED: ClassVar[tuple[str, ...]] = ()  # properties written with the fields (recomputed on reading)
     REST: ClassVar[str | None] = None        # a dict field written inline that takes the keys no field names
+    RETIRED: ClassVar[tuple[str, ...]] = ()  # keys older files carry and reading drops
 
 
 R = TypeVar("R", bound=Record)
@@ -65,7 +67,7 @@ def from_json(cls: type[R], d: Any) -> R:
     """The ``cls`` record :func:`to_json` wrote as ``d``; a missing, unknown or mistyped key is a TideError."""
     if not isinstance(d, dict):
         raise TideError(f"{cls.__name__}: expected a JSON object, got {type(d).__name__}")
-    rest = {k: v for k, v in d.items() if k not in cls.DERIVED}
+    rest = {k: v for k, v in d.items() if k not in cls.DERIVED + cls.RETIRED}
     args: dict[str, Any] = {}
     for f in fields(cls):  # type: ignore[arg-type]
         sub = vars(sys.modules[cls.__module__]).get(str(f.type))
@@ -115,7 +117,7 @@ class Counters(Record):
 
     @classmethod
     def of(cls, moves: MoveCounters, totals: PlanTotals, expert_bytes: int) -> Counters:
-        """An executor's counters from its residency's moves and the sums of the plans it carried out."""
+        """The engine's or store's counters from its residency's moves and the sums of the plans it carried out."""
         weight, act = int(moves.promotions) * int(expert_bytes), int(totals.act_bytes)  # promotions count streams too
         return cls(h2d_bytes=weight + act, d2h_bytes=act, h2d_weight_bytes=weight, promotions=int(moves.promotions),
                    demotions=int(moves.demotions), cpu_assignments=int(totals.cpu_assignments),
@@ -138,7 +140,6 @@ class SimRecord(Record):
     sim_time_s: float
     counters: Counters
     busy_s: dict[str, float]       # per resource (RESOURCES)
-    lower_bound_s: float           # the mandatory GPU work alone (dense layers, attention, router, lm_head)
     step_time_mean_s: float
     step_time_p50_s: float
     steps: int                     # forward passes
@@ -151,6 +152,7 @@ class SimRecord(Record):
     DERIVED: ClassVar[tuple[str, ...]] = ("label", "tokens_per_s", "bound_tokens_per_s", "utilisation",
                                           "events_per_s")
     REST: ClassVar[str | None] = "tags"
+    RETIRED: ClassVar[tuple[str, ...]] = ("lower_bound_s",)  # mandatory GPU work: sim.engine.mandatory_gpu_time
 
     @property
     def label(self) -> str:

@@ -93,10 +93,6 @@ class Trace:
         return int(self.tokens_committed.sum()) if out is None else int(out)
 
     @property
-    def is_commit(self) -> np.ndarray:
-        return self.kind == KIND_COMMIT
-
-    @property
     def lm_tokens(self) -> np.ndarray:
         """Tokens whose logits a step computes: the current block on denoise steps, every forwarded token on
         decode steps (one per sequence of a batch), none on commit and prefill forwards (their logits are never

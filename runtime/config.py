@@ -21,7 +21,7 @@ failed allocation of hundreds of GiB.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +87,6 @@ class RuntimeConfig:
             spec = ModelSpec.from_config({**spec.raw_config, "num_hidden_layers": int(num_layers)},
                                          name=f"{spec.name}-{num_layers}L")
         return cls.from_spec(spec)
-
-    def with_spec(self, spec: ModelSpec) -> "RuntimeConfig":
-        return replace(self, spec=spec)
 
     def weight_bytes(self, dtype_bytes: int) -> tuple[int, int]:
         """(routed experts, every other weight) in bytes, ``dtype_bytes`` per value: what loading or building the

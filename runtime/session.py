@@ -1,7 +1,7 @@
 """A model built once and generation runs on it: what ``runtime.generate`` and ``runtime.bench`` share.
 
 Each :meth:`Session.run` gives one policy, budget and mode a fresh :class:`~runtime.expert_store.ExpertStore`
-as the model's expert executor, generates, and returns the run's :class:`~offload.results.RunRecord`.
+as the model's routed experts, generates, and returns the run's :class:`~offload.results.RunRecord`.
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ class Session:
     """One model's weights, built once; :meth:`run` generates on them under one policy at a time."""
 
     cfg: RuntimeConfig
-    model: LLaDA2MoE                          # non-expert modules on ``device``; the executor is set per run
+    model: LLaDA2MoE                          # non-expert modules on ``device``; the routed experts are set per run
     host: list[dict[str, torch.Tensor]]       # per MoE layer: gate, up [E, i, h], down [E, h, i] on the host
     device: torch.device
     dtype: torch.dtype
@@ -140,7 +140,7 @@ class Session:
         returns the result and its record."""
         store = ExpertStore(self.cfg.spec, self.host, policy, budget, device=self.device, dtype=self.dtype,
                             cost=cost, block_length=settings.block_length, mode=settings.mode)
-        self.model.set_executor(store)
+        self.model.set_experts(store)
         # the CPU share of the generation (offload.cpu_share): every thread counts; without the scheduler's
         # counts, the busy threads are torch's on device=cpu and the issuing one on a GPU
         meter = CpuMeter(torch.get_num_threads() if self.device.type == "cpu" else 1)

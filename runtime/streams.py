@@ -1,4 +1,4 @@
-"""Streams and events for the expert store: one interface, three executors.
+"""Streams and events for the expert store: one interface, three stream back-ends.
 
 The store (``runtime.expert_store``) expresses all its device work as *launches* on three queues, ordered by
 *events*, exactly as CUDA executes it:
@@ -15,7 +15,7 @@ The store (``runtime.expert_store``) expresses all its device work as *launches*
 Every wait carries a name (:data:`WAITS`), so a test can drop one and prove that the store then computes wrong
 results: that is how CI checks the store's synchronisation without a GPU.
 
-Executors:
+Back-ends:
   :class:`HostStreams`    device=cpu: one serial device, the host itself; launches run at once, waits are no-ops.
   :class:`CudaStreams`    CUDA: torch streams and events. Optional injected delays: a ``torch.cuda._sleep``
                           spin kernel before each launch on a stream, so a missing wait shows on a real GPU too.
@@ -25,7 +25,7 @@ Executors:
                           of anything not yet written propagates. Waits named in ``skip`` are dropped.
 
 Memory lifetimes: on CUDA a tensor read on another stream than the one that allocated it is kept alive with
-``keep_alive`` (``record_stream``); the thread executor keeps tensors alive through the closures that use them.
+``keep_alive`` (``record_stream``); the thread back-end keeps tensors alive through the closures that use them.
 Page-locked staging (``pinned``) and ``to_device`` (a host array copied without blocking the host) avoid the
 pageable copies that make CUDA synchronise the host with the stream first.
 """
@@ -56,7 +56,7 @@ WAITS: Mapping[str, str] = {
     "host-after-d2h": "host computes CPU experts only after their rows arrived",
     "compute-after-h2d": "compute places CPU-expert results only after they arrived",
     "host-after-initial": "the store is ready only after the initial placement arrived",
-    "host-after-forward": "the thread executor's host reads a layer's output only after compute produced it",
+    "host-after-forward": "the thread back-end's host reads a layer's output only after compute produced it",
 }
 # A wait for timing semantics only (TIDE's serial CPU path), never for correctness: not in WAITS' tests.
 SERIAL_CPU = "serial-cpu"

@@ -49,11 +49,10 @@ and T >= DRAM. The bound is min T over 0 <= x <= 1 and u (a linear program).
 Why it stays valid
 ------------------
 - g, c: the batch costs of ``offload.cost`` are sum_e each(n_e) + [any n_e > 0] * call. The per-expert part is
-  exact (``*_expert_each`` when the model has it, else a batch of one expert minus the per-call term, that term
-  measured as 2 * T([1]) - T([1, 1])); :func:`lower_bound` checks on the trace's layer-steps that the model's
-  batches are never below the sum (TideError otherwise). The per-call terms are dropped outside serial mode: which resource
-  pays them depends on a 0/1 choice the relaxation does not make (a sound but lost ~3 kernel launches per
-  layer-step on the GPU for Roofline models).
+  exact (the model's ``*_expert_each``; the per-call term is a batch of one expert minus it); :func:`lower_bound`
+  checks on the trace's layer-steps that the model's batches are never below the sum (TideError otherwise). The
+  per-call terms are dropped outside serial mode: which resource pays them depends on a 0/1 choice the relaxation
+  does not make (a sound but lost ~3 kernel launches per layer-step on the GPU for Roofline models).
 - copies: a batch costs latency + bytes / bandwidth (or a measured table); w and a_* are the best per-unit
   price over every batch size an executor can issue, so per-batch latencies are counted only as far as they
   are certain (amortised over the largest possible batch).
@@ -177,14 +176,9 @@ def _expert_costs(cost: CostModel, which: str, n: np.ndarray) -> tuple[np.ndarra
     """(per-expert time at each count in n, the batch's per-call time) for the GPU or the CPU."""
     batch: Callable[[np.ndarray], Any] = cost.gpu_experts if which == "gpu" else cost.cpu_experts
     one = float(np.asarray(batch(np.array([[1]]))).reshape(-1)[0])
-    each = getattr(cost, f"{which}_expert_each", None)
-    if each is not None:
-        per = np.asarray(each(n), dtype=np.float64)
-        call = one - float(np.asarray(each(np.array([1]))).reshape(-1)[0])
-    else:
-        # batch of two minus two batches of one leaves minus the per-call term (0 for additive models)
-        call = 2.0 * one - float(np.asarray(batch(np.array([[1, 1]]))).reshape(-1)[0])
-        per = np.asarray(batch(n[:, None]), dtype=np.float64) - max(call, 0.0)
+    each = cost.gpu_expert_each if which == "gpu" else cost.cpu_expert_each
+    per = np.asarray(each(n), dtype=np.float64)
+    call = one - float(np.asarray(each(np.array([1]))).reshape(-1)[0])
     return np.maximum(per, 0.0), max(call, 0.0)
 
 

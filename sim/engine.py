@@ -16,10 +16,9 @@ One forward pass s (times from the cost model, see ``offload.cost``; X the execu
   for each MoE layer l:
     GPU: moe_pre(s)                                    attention, router, shared expert
     host: X.host_sync_us + decide(policy)               the GPU waits (the decision needs the layer's counts)
-      decide(policy) = X.decide_us[policy] where the executor names the policy (tide-reference), else the
-      hardware profile's measured decide_us[policy] (cost.decide_s: a calibrated profile, validate.bench_decide),
-      else X.decide_default_us. tide-moe names none: a calibrated profile's figure is charged in full (its
-      moe_overhead table holds all-gpu's decision, KEEP, ~0 us, so nothing is counted twice); presets: 0.
+      decide(policy) = X.decide_us[policy], else X.decide_default_us (X.decide_s). The tide-moe preset names
+      none: 0; the tide-moe that validate.calibrate writes beside a profile holds that host's measured figures (its
+      moe_overhead table holds all-gpu's decision, KEEP, ~0 us, so nothing is counted twice).
     policy.decide(view)  -> demote, (budget), promote, stream, prefetch, overlap_cpu
     D2H: demoted experts' weights, blocking            only with X.demote_d2h
     CPU path (if any active expert is not on the GPU): D2H activations -> CPU experts -> H2D results
@@ -36,7 +35,7 @@ One forward pass s (times from the cost model, see ``offload.cost``; X the execu
 
 Copies share the H2D engine in request order (FIFO): with overlap_cpu the CPU path's results queue behind this
 layer's weight copies, and every prefetch queues behind the work requested before it. What a layer moves and
-computes, and every counter, come from its plan (``offload.plan.plan_layer``), the one the runtime carries out;
+computes, and every counter, come from its step (``offload.step``: decision, plan, staging chunks), the runtime's;
 demotions copied back (X.demote_d2h) occupy the D2H engine but are no counter (the runtime copies none).
 
 Prices (``offload.cost.ExecutorCost``; b = expert bytes; n_p experts of the batch pinned, n_q pageable; T(B) the
@@ -68,18 +67,18 @@ step end times. Everything is deterministic: no randomness, FIFO resources.
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Any, Iterator
 
 import numpy as np
 import simpy
 
 from offload.cost import CostModel, ExecutorCost
-from offload.errors import TideError
 from offload.executor import ExecutorProfile
-from offload.plan import LayerPlan, PlanTotals, plan_layer
-from offload.policies.base import LayerView, Policy, PolicyContext, Prefetch, StepInfo
-from offload.policies.residency import Residency
+from offload.plan import LayerPlan
+from offload.policies.base import Policy, StepInfo
 from offload.results import RESOURCES, WHAT, Counters, EventLog, SimResult
+from offload.step import PlanLog, RunShape, Stepper, trace_steps
 from offload.trace import Trace
 from sim.host_dram import HostDram
 
@@ -103,51 +102,46 @@ def _exec_step_fixed(trace: Trace, cost: CostModel, executor: ExecutorProfile) -
     return xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens, trace.sequences)
 
 
+def _processed(ev: simpy.Event) -> bool:
+    return ev.processed
+
+
 def _moe_pre(trace: Trace, cost: CostModel) -> np.ndarray:
     return np.asarray(cost.moe_pre(trace.tokens_forwarded, trace.context_tokens, trace.sequences), dtype=np.float64)
 
 
 class _Run:
-    def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: np.ndarray, shared_duplex: bool,
-                 timeline: bool, serial: bool, executor: ExecutorProfile, act_free: bool) -> None:
+    def __init__(self, trace: Trace, policy: Policy, cost: CostModel, budget: Any, shared_duplex: bool,
+                 timeline: bool, serial: bool, executor: ExecutorProfile, act_free: bool, plans: PlanLog | None) -> None:
         self.trace, self.policy, self.cost = trace, policy, cost
         self.serial = serial      # nothing overlaps (one device, or an executor that overlaps nothing)
         self.act_free = act_free  # one device: activations never cross a link
         self.x = executor
         L, E = trace.num_moe_layers, trace.num_experts
         self.xc = ExecutorCost.of(cost, executor, L, E)
-        self.expert_bytes, self.token_bytes = int(cost.expert_bytes), int(cost.token_bytes)
-        self.budget = np.asarray(budget, dtype=np.int64)
+        self.expert_bytes = int(cost.expert_bytes)
+        shape = RunShape(L, E, trace.top_k, self.expert_bytes, int(cost.token_bytes),
+                         int(trace.header["generation"].get("block_length", 1)), trace.mode)
+        self.stepper: Stepper[simpy.Event] = Stepper(policy, budget, shape, cost=cost, trace=trace, executor=executor,
+                                                     log=plans)
+        self.residency, self.totals = self.stepper.residency, self.stepper.totals  # simulate's record reads them
         self.env = simpy.Environment()
         self.cpu = simpy.Resource(self.env, capacity=1)
         self.h2d = simpy.Resource(self.env, capacity=1)
         self.d2h = self.h2d if shared_duplex else simpy.Resource(self.env, capacity=1)
         bw = self.xc.dram_bytes_per_s
         self.dram = HostDram(self.env, bw) if bw is not None and not serial else None  # serial: never two jobs at once
-        self.cpu_peak = getattr(cost, "cpu_dram_bytes_per_s", None)  # the CPU experts' own read rate
-        # decide() per layer: the executor's own figure, else the profile's measured one (module docstring)
-        measured = getattr(cost, "decide_s", None)  # RooflineCostModel has it; hand-made test models may not
-        self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(
-            policy.name, measured(policy.name) if measured is not None else None)
+        self.cpu_peak = cost.cpu_dram_bytes_per_s  # the CPU experts' own read rate
+        self.host_s = executor.host_sync_us * 1e-6 + executor.decide_s(policy.name)  # per layer (module docstring)
         self.counts = trace.counts.view()
         self.counts.setflags(write=False)  # policies get views of it: they must not change the trace
         self.step_fixed = self.xc.step_fixed(trace.tokens_forwarded, trace.context_tokens, trace.lm_tokens,
                                              trace.sequences)
         self.pre = _moe_pre(trace, cost)
         self.busy = dict.fromkeys(RESOURCES, 0.0)
-        self.totals = PlanTotals()
         self.log: list[tuple[int, float, float, int, int, int]] | None = [] if timeline else None
         self.step_end = np.zeros(trace.num_steps)
         self.last_completion = 0.0
-        ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=trace.top_k, budget=self.budget.copy(),
-                            expert_bytes=self.expert_bytes,
-                            block_length=int(trace.header["generation"].get("block_length", 1)), mode=trace.mode,
-                            cost=cost, trace=None if policy.causal else trace)
-        self.residency = Residency(policy, policy.initial_placement(ctx), self.budget)
-        if self.residency.resident.shape != (L, E):
-            raise TideError(f"policy {policy.name}: initial placement has shape {self.residency.resident.shape}, expected {(L, E)}")
-        # in-flight prefetches per layer: (arrival event, bool mask of experts)
-        self.pending: list[list[tuple[simpy.Event, np.ndarray]]] = [[] for _ in range(L)]
 
     # ---- primitives -----------------------------------------------------------------------------------
     def _record(self, res: str, start: float, end: float, step: int, layer: int, what: str) -> None:
@@ -175,19 +169,11 @@ class _Run:
             self._record(name, start, self.env.now, step, layer, what)
 
     # ---- policy decisions -------------------------------------------------------------------------------
-    def _prefetch(self, step: int, prefetch: tuple[Prefetch, ...]) -> list[simpy.Process]:
-        """Issue the prefetch copies (asynchronous); returns their processes."""
-        procs = []
-        for pf in prefetch:
-            layer, demote, promote = self.residency.prefetch(pf)
-            if promote.size or (self.x.demote_d2h and demote.size):
-                mask = np.zeros(self.trace.num_experts, dtype=bool)
-                mask[promote] = True
-                proc = self.env.process(self._prefetch_copies(step, layer, demote, promote))
-                if promote.size:
-                    self.pending[layer].append((proc, mask))
-                procs.append(proc)
-        return procs
+    def _prefetch(self, step: int, layer: int, demote: np.ndarray, promote: np.ndarray) -> simpy.Process | None:
+        """Issue one prefetch's copies (asynchronous): the stepper's ``issue``."""
+        if promote.size or (self.x.demote_d2h and demote.size):
+            return self.env.process(self._prefetch_copies(step, layer, demote, promote))
+        return None
 
     def _prefetch_copies(self, step: int, layer: int, demote: np.ndarray, promote: np.ndarray) -> Iterator[Any]:
         if self.x.demote_d2h and demote.size:  # the slot's expert goes back before the new one comes in
@@ -196,17 +182,6 @@ class _Run:
         if promote.size:
             dt, vb = self.xc.weights_h2d(layer, promote)
             yield from self.use(self.h2d, "h2d", dt, step, layer, "prefetch_h2d", vb)
-
-    def _arrivals(self, layer: int, gpu_mask: np.ndarray) -> list[simpy.Event]:
-        waits, keep = [], []
-        for ev, mask in self.pending[layer]:
-            if ev.processed:
-                continue
-            keep.append((ev, mask))
-            if (mask & gpu_mask).any():
-                waits.append(ev)
-        self.pending[layer] = keep
-        return waits
 
     # ---- the CPU path of one layer ------------------------------------------------------------------------
     def cpu_path(self, p: LayerPlan, step: int, layer: int) -> Iterator[Any]:
@@ -223,9 +198,7 @@ class _Run:
     def main(self) -> Iterator[Any]:
         tr = self.trace
         L = tr.num_moe_layers
-        for s in range(tr.num_steps):
-            info = StepInfo(index=s, block=int(tr.block[s]), step_in_block=int(tr.step_in_block[s]),
-                            kind=int(tr.kind[s]), tokens_forwarded=int(tr.tokens_forwarded[s]))
+        for s, info in enumerate(trace_steps(tr)):
             yield self.gpu(float(self.step_fixed[s]), s, -1, "dense")
             for layer in range(L):
                 yield self.gpu(float(self.pre[s]), s, layer, "dense")
@@ -240,10 +213,8 @@ class _Run:
             self._record("host", t0, t0 + self.host_s, s, layer, "decide")
             yield self.env.timeout(self.host_s)
             self._record_wait(t0, s, layer)
-        dec = self.policy.decide(LayerView(step=info, layer=layer, counts=counts, resident=self.residency.view(layer)))
-        moved = self.residency.apply(layer, dec)
-        p = plan_layer(self.residency.resident[layer], *moved, counts, dec, self.expert_bytes, self.token_bytes)
-        self.totals.add(p)
+        st = self.stepper.step(info, layer, counts)
+        p = st.plan
         if self.x.demote_d2h and p.demote.size:  # expert.to("cpu"): blocking, before the promotions
             t0 = self.env.now
             dt, vb = self.xc.demote_d2h(layer, p.demote)
@@ -252,27 +223,27 @@ class _Run:
         cpu_proc = None
         if p.cpu_assignments and p.overlap_cpu and not self.serial:
             cpu_proc = self.env.process(self.cpu_path(p, s, layer))  # the CPU works while the weights are copied
-        staged = self.x.staging_slots > 0 and p.stream.size > 0
+        staged = bool(st.chunks)
         blocking = p.promote if staged else np.concatenate([p.promote, p.stream])
-        chunks = stage = None
+        stage = None
         if blocking.size:
             t0 = self.env.now
             dt, vb = self.xc.weights_h2d(layer, blocking)
             weights = self.use(self.h2d, "h2d", dt, s, layer, "weights_h2d", vb)
             if staged and not self.serial:  # the chunks queue on the copy engine right behind the promotions
-                chunks, stage = self._stage(p, s, layer)
+                stage = self._stage(st.chunks, s, layer)
             yield from weights
             self._record_wait(t0, s, layer)
         elif staged and not self.serial:
-            chunks, stage = self._stage(p, s, layer)
-        waits = self._arrivals(layer, p.gpu_mask)
+            stage = self._stage(st.chunks, s, layer)
+        waits = self.stepper.arrivals(layer, p, _processed)
         if waits:
             t0 = self.env.now
             yield self.env.all_of(waits)
             self._record_wait(t0, s, layer)
         if staged:
             yield self.gpu(self.xc.gpu_experts(np.where(p.resident_mask, p.gpu_counts, 0)), s, layer, "experts_gpu")
-            yield from self._staged_compute(p, s, layer, chunks, stage)
+            yield from self._staged_compute(p, s, layer, st.chunks, stage)
         else:
             yield self.gpu(self.xc.gpu_experts(p.gpu_counts), s, layer, "experts_gpu")
         t0 = self.env.now
@@ -282,22 +253,17 @@ class _Run:
         elif p.cpu_assignments:
             yield from self.cpu_path(p, s, layer)
         self._record_wait(t0, s, layer)
-        if dec.prefetch:  # issued once this layer's experts have run, so no slot in use is overwritten
-            procs = self._prefetch(s, dec.prefetch)
+        if st.decision.prefetch:  # issued once this layer's experts have run, so no slot in use is overwritten
+            procs = self.stepper.prefetch(st.decision.prefetch, partial(self._prefetch, s))
             if self.serial and procs:  # one device: the copies run now, before anything else
                 t0 = self.env.now
                 yield self.env.all_of(procs)
                 self._record_wait(t0, s, layer)
 
     # ---- streamed experts through the staging slots ---------------------------------------------------------
-    def _chunks(self, p: LayerPlan) -> list[np.ndarray]:
-        c = self.x.stage_chunk
-        return [p.stream[i:i + c] for i in range(0, p.stream.size, c)]
-
-    def _stage(self, p: LayerPlan, step: int, layer: int) -> tuple[list[np.ndarray], list[simpy.Event]]:
-        """Start the staged copies (one process for the chain); returns the chunks and, per chunk, [copied,
-        computed] events: the copy of chunk j waits for the compute of chunk j - halves (its half's last user)."""
-        chunks = self._chunks(p)
+    def _stage(self, chunks: tuple[np.ndarray, ...], step: int, layer: int) -> list[list[simpy.Event]]:
+        """Start the staged copies (one process for the chain); returns, per chunk, [copied, computed] events:
+        the copy of chunk j waits for the compute of chunk j - halves (its half's last user)."""
         ev = [[self.env.event(), self.env.event()] for _ in chunks]
         halves = self.x.stage_buffers
 
@@ -310,12 +276,12 @@ class _Run:
                 ev[j][0].succeed()
 
         self.env.process(chain())
-        return chunks, ev
+        return ev
 
-    def _staged_compute(self, p: LayerPlan, step: int, layer: int, chunks: list[np.ndarray] | None,
-                        ev: list[Any] | None) -> Iterator[Any]:
-        if chunks is None:  # serial: each chunk copied, then computed, one after the other
-            for ids in self._chunks(p):
+    def _staged_compute(self, p: LayerPlan, step: int, layer: int, chunks: tuple[np.ndarray, ...],
+                        ev: list[list[simpy.Event]] | None) -> Iterator[Any]:
+        if ev is None:  # serial: each chunk copied, then computed, one after the other
+            for ids in chunks:
                 t0 = self.env.now
                 dt, vb = self.xc.weights_h2d(layer, ids)
                 yield from self.use(self.h2d, "h2d", dt, step, layer, "weights_h2d", vb)
@@ -364,35 +330,29 @@ class _Run:
 
 def simulate(trace: Trace, policy: Policy, cost: CostModel, budget: Any = None, *, shared_duplex: bool | None = None,
              timeline: bool = False, trace_name: str = "trace", serial: bool | None = None,
-             executor: ExecutorProfile | str | None = None) -> SimResult:
+             executor: ExecutorProfile | str | None = None, plans: PlanLog | None = None) -> SimResult:
     """Replay ``trace`` under ``policy``; ``budget`` is experts per MoE layer (int or [L]; None: all experts);
     ``serial``: one device, nothing overlaps (module docstring); ``shared_duplex``: one copy engine (None: cost's);
-    ``executor``: how the plan is carried out (a profile, a preset name or file; None: ``tide-moe``)."""
-    L, E = trace.num_moe_layers, trace.num_experts
-    if budget is None or not policy.needs_budget:
-        budget_arr = np.full(L, E, dtype=np.int64)
-    else:
-        budget_arr = np.broadcast_to(np.asarray(budget, dtype=np.int64), (L,)).copy()
-        if budget_arr.min() < 1 or budget_arr.max() > E:
-            raise TideError(f"budget must be between 1 and {E} experts per layer")
+    ``executor``: how the plan is carried out (a profile, a preset name or file; None: ``tide-moe``); ``plans``: a
+    list to append (step, layer, LayerStep) of every layer to (``offload.step``)."""
     wall0 = time.perf_counter()
     x = executor if isinstance(executor, ExecutorProfile) else ExecutorProfile.load(executor)
     one_device = bool(cost.serial if serial is None else serial)
     shared_duplex = bool(cost.shared_duplex if shared_duplex is None else shared_duplex)
-    run = _Run(trace, policy, cost, budget_arr, shared_duplex, timeline, one_device or not x.overlap, x, one_device)
+    run = _Run(trace, policy, cost, budget, shared_duplex, timeline, one_device or not x.overlap, x, one_device, plans)
+    budget_arr = run.stepper.budget
     events = run.run()
     wall = time.perf_counter() - wall0
     # work still in flight after the last forward (a prefetch) belongs to the last step
     run.step_end[-1] = max(run.step_end[-1], run.last_completion)
     step_times = np.diff(np.concatenate([[0.0], run.step_end]))
     params, report = policy.params(), policy.report()
-    tau = params.get("tau", report.get("chosen_tau"))  # tide-opt reports the tau it chose (a list when per layer)
     return SimResult(
         policy=policy.name, params=params, trace=trace_name, mode=trace.mode,
-        tau=int(tau) if isinstance(tau, (int, np.integer)) else None, budget=int(budget_arr.max()),
+        tau=policy.refresh_interval, budget=int(budget_arr.max()),
         causal=policy.causal, policy_report=report, generated_tokens=trace.generated_tokens,
         sim_time_s=float(run.last_completion), counters=Counters.of(run.residency.moves, run.totals, run.expert_bytes),
-        busy_s=dict(run.busy), lower_bound_s=mandatory_gpu_time(trace, cost, x), step_time_mean_s=float(np.mean(step_times)),
+        busy_s=dict(run.busy), step_time_mean_s=float(np.mean(step_times)),
         step_time_p50_s=float(np.median(step_times)), steps=int(step_times.size), events=events, wall_s=wall,
         step_times_s=step_times, max_resident=run.residency.max_resident.copy(), layer_budget=budget_arr,
         timeline=run.timeline())

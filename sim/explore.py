@@ -1,11 +1,14 @@
 """``python -m sim.explore``: what-if studies over policies, refresh interval tau and GPU expert budget.
 
-With no arguments it runs the default study: LLaDA2.0-mini on the H100/PCIe 5 preset, 128 of 256 experts per
-layer resident, under the ``tide-moe`` executor, three synthetic trace draws of each of ``prefix-recompute`` and
-``block-cache`` (gen length 1024 with EOS stop, block 32; ``sim.spread``), every policy, tau from 1 to 16. It
+One runner (``sim.study``): a plain run is the one-point study its options describe, ``--study`` a grid of them
+(``sim.study_spec``: models, hardware, budgets, modes, generation lengths, executors, synthetic or recorded
+traces, and the table that sums it up). With no arguments it runs the default study: LLaDA2.0-mini on the H100/PCIe
+5 preset, 128 of 256 experts per layer resident, under the ``tide-moe`` executor, three synthetic trace draws of
+each of ``prefix-recompute`` and ``block-cache`` (gen length 1024 with EOS stop, block 32; ``sim.spread``), every
+policy, tau from 1 to 16. It
 prints the medians and [min-max] over draws with the bound (``sim.bound``) and writes a run directory:
 
-  config.json               the resolved configuration (model, hardware profile, executor, budget, traces, policies)
+  config.json               the resolved configuration (the run as a study, model, hardware profile, executor, budget)
   results.json              one row per (trace, policy, tau): counters, timing, utilisation, the bound
   report.html               self-contained plotly report, leading with the recommendation
   recommended-policy.json   the fastest policy the runtime can execute within the budget, with its parameters,
@@ -22,29 +25,30 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from offload.budget import fits
-from offload.errors import TideError, run_cli
-from offload.hardware import HardwareProfile
-from offload.model_spec import ModelSpec
-from offload.policies import BASELINES, POLICIES, RUNNABLE, TAU_POLICIES, make_policy, parse_policy, policy_from_text
-from offload.policies.policy_file import PolicyChoice, write_policy_file
-from offload.results import SimRecord, to_json
-from sim import spread
-from sim.study_spec import MAX_SEEDS, check_seeds
-from sim.sweep import Task, model_payload, run_task, run_tasks
 from offload import provenance
 from offload.atomic_io import atomic_write_text
-from offload.trace_io import read_trace, write_trace
-from offload.cli import add_budget, add_generation, add_hardware, add_model, budget_from, given_options, Parser, refuse
-from offload.cli import add_executor
-from offload.executor import ExecutorProfile
-
-
+from offload.budget import fits
+from offload.cli import Parser, add_budget, add_executor, add_generation, add_hardware, add_model, budget_from
+from offload.cli import given_options, refuse
+from offload.errors import TideError, run_cli
+from offload.executor import ExecutorProfile, executor_for
+from offload.hardware import HardwareProfile
+from offload.model_spec import ModelSpec
+from offload.policies import POLICIES, RUNNABLE, make_policy, policy_from_text, role_of, sweeps_tau
+from offload.policies.policy_file import PolicyChoice, write_policy_file
+from offload.results import SimRecord, from_json, to_json
+from offload.trace_io import read_trace
+from sim import spread
+from sim.study import (Point, Replay, TraceKey, grid_points, headline, make_traces, markdown_table, policy_grid,
+                       study_table, study_tasks)
+from sim.study_spec import MAX_SEEDS, TABLES, StudySpec, check_seeds, load_study
+from sim.sweep import run_task, run_tasks
 
 # options a run would not use: refused rather than silently ignored
 SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed", "seeds")
@@ -93,8 +97,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", default=None, metavar="NAME|FILE",
                    help="run a study instead: 'paper' (sim/studies/paper.json: mini and flash x A100/PCIe 4 and "
                         "H100/PCIe 5 x budgets 25/50/75%% x both modes x every policy), 'paper-repro' (TIDE's own "
-                        "setting, sim/studies/paper-repro.json) or a study JSON file; "
-                        "--policies, --tau, --gen-length, --seed and --seeds override the study's")
+                        "setting under both executors, sim/studies/paper-repro.json, with its own table) or a study "
+                        "JSON file; --policies, --tau, --gen-length, --seed, --seeds and --executor override the "
+                        "study's")
+    p.add_argument("--reuse", action="store_true", help="with --study and --out: print and publish the study's tables "
+                   "from that earlier run directory, without running it")
     p.add_argument("--no-report", action="store_true", help="skip the HTML report")
     p.add_argument("--sensitivity", action="store_true",
                    help="also set each uncertain figure of the hardware profile and executor (their 'ranges') to "
@@ -115,6 +122,8 @@ def _check_args(a: argparse.Namespace) -> None:
         refuse(a.given, NOT_IN_STUDY, f"--study {a.study} sets its own grid")
     elif a.trace:
         refuse(a.given, SYNTHETIC_FLAGS, "--trace replays recorded traces")
+    if a.reuse and not (a.study and a.out):
+        raise TideError("--reuse prints a study's tables from its earlier run: give --study and that run's --out")
     if a.executor is not None:
         ExecutorProfile.load(a.executor)  # an unknown name or a bad file ends here, in one line
     if any(t < 1 for t in a.tau):
@@ -133,117 +142,60 @@ def _check_args(a: argparse.Namespace) -> None:
                         "many: run it on one explore run (without --study)")
 
 
-def _traces(a: argparse.Namespace, model: ModelSpec, out: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Trace name -> file in the run directory (synthetic ones generated there), and trace name -> its draw
-    (``sim.spread``: draw 0 the calibrated generator with --seed, draw i its seed + i and drawn parameters)."""
-    tdir = out / "traces"
-    paths: dict[str, str] = {}
-    draws: dict[str, int] = {}
-    if a.trace:
-        for f in a.trace:
-            trace = read_trace(f, model=model)
-            name = Path(f).stem
-            if name in paths:
-                raise TideError(f"two traces named {name!r}; rename one")
-            paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
-        return paths, draws
-    from traces.synthetic_draws import draw_trace
-
-    for mode in dict.fromkeys(a.modes):
-        for draw in range(a.seeds):
-            overrides: dict[str, Any] = dict(gen_length=a.gen_length, block_length=a.block_length,
-                                             prompt_length=a.prompt_length)
-            if a.tokens_per_forward is not None:
-                overrides["tokens_per_forward"] = a.tokens_per_forward
-            trace = draw_trace(model, mode, a.seed, draw, **overrides)
-            name = mode if a.seeds == 1 else f"{mode}-draw{draw}"
-            paths[name] = str(write_trace(trace, tdir / f"{name}.npz"))
-            draws[name] = draw
-    return paths, draws
-
-
-def policy_grid(policies: Sequence[str], taus: Sequence[int]) -> list[tuple[str, dict[str, Any]]]:
-    """(policy, params) pairs from policy specs (``name`` or ``name(k=v, ...)``): a policy whose tau is a sweep
-    knob and not given runs once per tau, every other spec once, as written."""
-    grid: list[tuple[str, dict[str, Any]]] = []
-    for text in dict.fromkeys(policies):
-        name, params = parse_policy(text)
-        if name in TAU_POLICIES and "tau" not in params:
-            grid += [(name, {**params, "tau": t}) for t in sorted(set(taus))]
-        else:
-            grid.append((name, params))
-    unique = dict.fromkeys((n, tuple(sorted(p.items()))) for n, p in grid)  # a spec given twice runs once
-    return [(n, dict(p)) for n, p in unique]
-
-
-def _tasks(a: argparse.Namespace, traces: dict[str, str], draws: dict[str, int], model: ModelSpec,
-           hw: HardwareProfile, budget: np.ndarray) -> list[Task]:
-    m, h, b = model_payload(model), hw.to_dict(), int(budget.max())
-    x = None if a.executor is None else ExecutorProfile.load(a.executor).to_dict()  # None: the default executor
-    return [Task(path, name, m, h, b, p, params, {"draw": draws[name]} if name in draws else {}, executor=x)
-            for name, path in traces.items() for p, params in policy_grid(a.policies, a.tau)]
+def plain_study(a: argparse.Namespace, budget: int) -> StudySpec:
+    """The one-point study explore's options describe: one model, machine, budget and executor, every mode."""
+    return StudySpec(name="explore", models=(a.model,), hardware=(a.hardware,), fractions=(), budgets=(budget,),
+                     modes=() if a.trace else tuple(dict.fromkeys(a.modes)), policies=tuple(a.policies),
+                     tau=tuple(a.tau), gen_length=(a.gen_length,), seed=a.seed, seeds=a.seeds,
+                     traces=tuple(a.trace or ()), executors=(executor_for(a.hardware, a.executor),),
+                     block_length=a.block_length, prompt_length=a.prompt_length,
+                     tokens_per_forward=a.tokens_per_forward)
 
 
 def recommend(rows: list[SimRecord], all_gpu_allowed: bool) -> tuple[SimRecord, dict[str, float]]:
     """The policy with the highest median tokens/s over the trace draws (``sim.spread``) among those that keep to
-    the budget (all-gpu, the ceiling, only when the budget is every expert and they fit the GPU), as its most
-    frequent per-draw best row, with the predicted figures: median tokens/s, its range and the share of wins."""
-    # a non-causal policy (oracle) is a bound, not something the runtime can execute
-    best, share = spread.recommend(rows, lambda r: r.causal and (r.policy != "all-gpu" or all_gpu_allowed))
-    if best is None:
+    the budget (the ceiling only when the budget is every expert and they fit the GPU), as its most frequent
+    per-draw best row, with the predicted figures: median tokens/s, its range and the share of wins."""
+    found = spread.recommendation(rows, lambda r: spread.eligible(r, all_gpu_allowed))  # never the oracle
+    if found is None:
         raise TideError("nothing to recommend: every policy run was the oracle (clairvoyant) or all-gpu, which "
                         "does not keep to the budget; add a policy the runtime can execute, e.g. --policies tide")
-    labels = [r.label for r in best.rows]
-    row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
-    tps = best.tokens_per_s
-    return row, {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
-                 "tokens_per_s_max": float(tps.max()), "hit_ratio": row.counters.hit_ratio,
-                 "wins_share": share, "trace_draws": len(tps)}
+    return found
 
 
 def summary_table(rows: list[SimRecord]) -> str:
-    """Per trace: every non-tau policy, and each tau policy at its best tau (with the tau range seen)."""
+    """Per trace: every policy without a swept tau, and each with one at its best tau (with the tau range)."""
     lines = []
     for trace in dict.fromkeys(r.trace for r in rows):
         rs = [r for r in rows if r.trace == trace]
-        base = max((r.tokens_per_s for r in rs if r.policy in BASELINES), default=float("nan"))
+        base = getattr(spread.best_baseline(rs), "tokens_per_s", float("nan"))
         lines.append(f"\ntrace {trace} ({rs[0].mode}, {rs[0].generated_tokens} tokens, {rs[0].steps} forwards)")
         lines.append(f"  {'policy':<24}{'tokens/s':>10}{'vs base':>9}{'hit':>7}{'H2D GB':>9}{'D2H GB':>9}"
                      f"{'sim s':>9}{'gpu%':>6}{'cpu%':>6}{'h2d%':>6}")
         for pol in dict.fromkeys(r.policy for r in rs):  # each policy at its best (tau)
-            r = max((x for x in rs if x.policy == pol), key=lambda x: x.tokens_per_s)
-            label, u, c = r.label + (" best" if r.policy in TAU_POLICIES else ""), r.utilisation, r.counters
+            r = spread.best(rs, pol)
+            label, u, c = r.label + (" best" if sweeps_tau(pol) else ""), r.utilisation, r.counters
             lines.append(f"  {label:<24}{r.tokens_per_s:>10.1f}{r.tokens_per_s / base:>8.2f}x{c.hit_ratio:>7.3f}"
                          f"{c.h2d_bytes / 1e9:>9.2f}{c.d2h_bytes / 1e9:>9.2f}{r.sim_time_s:>9.2f}"
                          f"{100 * u['gpu']:>6.0f}{100 * u['cpu']:>6.0f}{100 * u['h2d']:>6.0f}")
-        bound = next((r.bound_tokens_per_s for r in rs if r.policy != "all-gpu" and r.bound_tokens_per_s), None)
+        bound = spread.bound_of(rs)
         if bound:
             lines.append(f"  {'bound (sim.bound)':<24}{bound:>10.1f}{bound / base:>8.2f}x  no policy within the budget "
                          f"is faster on this trace and machine (all-gpu holds every expert; the oracle is a "
                          f"clairvoyant heuristic)")
-        for pol in TAU_POLICIES:
+        for pol in (p for p in POLICIES if sweeps_tau(p)):
             sweep = sorted((r for r in rs if r.policy == pol), key=lambda r: r.tau)
             if len(sweep) > 1:
                 lines.append(f"  {pol} tokens/s by tau: " + " ".join(f"{r.tau}:{r.tokens_per_s:.1f}" for r in sweep))
     return "\n".join(lines)
 
 
-def _resolved_config(a: argparse.Namespace, model: ModelSpec, hw: HardwareProfile, budget: np.ndarray,
-                     traces: dict[str, str]) -> dict[str, Any]:
-    return {
-        "command": "python -m sim.explore " + " ".join(sys.argv[1:]),
-        "model": model.summary(), "hardware": hw.to_dict(),
-        "budget": {"experts_per_layer": int(budget.max()), "gib": float(budget.sum() * model.expert_bytes / 2**30),
-                   "fits_gpu": fits(model, hw, budget)},
-        "all_experts_fit_gpu": fits(model, hw, np.full(model.num_moe_layers, model.num_experts)),
-        "traces": {name: {"file": path} for name, path in traces.items()},
-        "synthetic": None if a.trace else {"modes": a.modes, "gen_length": a.gen_length, "block_length": a.block_length,
-                                           "prompt_length": a.prompt_length, "seed": a.seed, "seeds": a.seeds,
-                                           "tokens_per_forward": a.tokens_per_forward},
-        "policies": a.policies, "tau": sorted(set(a.tau)), "cost_model": "roofline (offload.cost.RooflineCostModel)",
-        "environment": {"python": platform.python_version(), "platform": platform.platform(),
-                        "numpy": np.__version__, "cores": os.cpu_count()},
-    }
+def _config(study: StudySpec, executor: ExecutorProfile, traces: dict[TraceKey, list[Replay]],
+            **extra: Any) -> dict[str, Any]:
+    """A run directory's config.json: the command, the study (a plain run's is its options), the executor, the
+    traces and ``extra``."""
+    return {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
+            "executor": executor.to_dict(), "traces": {r.name: r.path for rs in traces.values() for r in rs}, **extra}
 
 
 def default_budget(model: ModelSpec) -> int:
@@ -280,38 +232,45 @@ def _source(text: str) -> str:
     return str(Path(text).resolve()) if Path(text).exists() else text
 
 
-def run_study(a: argparse.Namespace, began: provenance.Start) -> int:
-    """``--study paper``: the grid of sim.study, one run directory, a headline table (markdown and HTML)."""
-    from dataclasses import replace
+def _rows_json(rows: Sequence[SimRecord]) -> str:
+    return json.dumps([to_json(r) for r in rows], indent=1) + "\n"
 
-    from sim.study import grid_points, headline, make_traces, markdown_table, study_tasks
-    from sim.study_spec import load_study
 
+def _load_rows(run_dir: Path) -> list[SimRecord]:
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise TideError(f"{run_dir}: no results.json (run the study first)")
+    return [from_json(SimRecord, d) for d in json.loads(path.read_text())]
+
+
+def _study(a: argparse.Namespace) -> StudySpec:
+    """The study named by --study with the options given on the command line in place of its own."""
     study = load_study(a.study)
+    if study.traces:
+        refuse(a.given, ("gen_length", "seed", "seeds"), f"study {study.name} replays trace files")
     overrides = {k: tuple(getattr(a, k)) if k in ("policies", "tau") else getattr(a, k)
-                 for k in ("policies", "tau", "gen_length", "seed", "seeds") if k in a.given}
-    study = replace(study, **overrides)
-    out = Path(a.out or f"runs/study-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+                 for k in ("policies", "tau", "seed", "seeds") if k in a.given}
+    overrides |= {"gen_length": (a.gen_length,)} if "gen_length" in a.given else {}
+    return replace(study, **overrides, **({"executors": (a.executor,)} if a.executor else {}))
+
+
+def _run_executor(a: argparse.Namespace, study: StudySpec, points: list[Point], traces: dict[TraceKey, list[Replay]],
+                  executor: ExecutorProfile, out: Path) -> list[SimRecord]:
+    """The study's grid under one executor, into run directory ``out``: its headline printed and written."""
     t0 = time.perf_counter()
-    points = grid_points(study)
-    traces = make_traces(study, out)
-    executor = ExecutorProfile.load(a.executor)  # the default (tide-moe) when not given
-    tasks = study_tasks(study, points, traces, policy_grid(study.policies, study.tau), executor.to_dict())
-    print(f"study {study.name} (executor {executor.name}): {len(points)} grid points x {study.seeds} trace draws x "
-          f"{len(tasks) // len(points) // study.seeds} policy runs = {len(tasks)} runs"
+    tasks = study_tasks(study, points, traces, executor.to_dict())
+    runs = len(policy_grid(study.policies, study.tau))
+    print(f"study {study.name} (executor {executor.name}): {len(points)} grid points x "
+          f"{len(tasks) // len(points) // runs} trace draws x {runs} policy runs = {len(tasks)} runs"
           + (f" on Ray ({a.ray})" if a.ray else ""))
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
     lines = headline(rows)
     table = markdown_table(lines)
-    config = {"command": "python -m sim.explore " + " ".join(sys.argv[1:]), "study": study.to_dict(),
-              "executor": executor.to_dict(), "points": [p.label for p in points],
-              "traces": {f"{m}/{mode}/draw{d}": p for (m, mode, d), p in traces.items()}}
+    config = _config(study, executor, traces, points=[p.label for p in points])
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
+    atomic_write_text(out / "results.json", _rows_json(rows))
     atomic_write_text(out / "headline.json", json.dumps(lines, indent=1) + "\n")
     atomic_write_text(out / "study.md", table)
-    if a.json:
-        atomic_write_text(a.json, json.dumps([to_json(r) for r in rows], indent=1) + "\n")
     if not a.no_report:
         from sim.report import write_report
         from sim.study_report import headline_html
@@ -321,21 +280,42 @@ def run_study(a: argparse.Namespace, began: provenance.Start) -> int:
     written = ["study.md", "headline.json", *(["report.html"] if not a.no_report else []), "results.json", "config.json"]
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
           + (f"; rows also in {a.json}" if a.json else ""))
+    return rows
+
+
+def run_study(a: argparse.Namespace, began: provenance.Start) -> int:
+    """``--study``: the grid (``sim.study``) under each of the study's executors, each in a run directory of its
+    own when there are several, its headline table (markdown and HTML); then the study's own table over them
+    (``TableSpec``), and the page ``--publish`` writes. ``--reuse``: the tables from the run directories."""
+    study = _study(a)
+    out = Path(a.out or f"runs/study-{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    traces = {} if a.reuse else make_traces(study, out)
+    points = grid_points(study, traces)
+    results: dict[str, list[SimRecord]] = {}
+    for x in map(ExecutorProfile.load, study.executors):
+        run_dir = out / x.name if len(study.executors) > 1 else out
+        results[x.name] = _load_rows(run_dir) if a.reuse else _run_executor(a, study, points, traces, x, run_dir)
+    if a.json and not a.reuse:
+        atomic_write_text(a.json, _rows_json([r for rows in results.values() for r in rows]))
+    spec = TABLES[study.table]
+    own = spec is not TABLES["headline"] or len(results) > 1  # a table of its own, over the executors
+    spec = spec if "executor" in spec.lead or len(results) == 1 else replace(spec, lead=("executor", *spec.lead))
+    text = study_table(results, spec)
+    if own:
+        atomic_write_text(out / f"{study.name}.md", text)
+    if own or a.reuse:  # else the run printed it already
+        print("\n" + (f"{spec.title}:\n" if spec.title else "") + text if own else text)
     if a.publish:
-        note = (f"Study `{study.name}` under the `{executor.name}` executor, {len(rows)} simulated runs: every figure "
-                "the median and [min-max] over trace draws, ratios taken within a draw; `bound` is `sim.bound`'s "
-                "(no policy within the budget is faster; all-gpu holds every expert, outside the budget).")
-        provenance.write_page(a.publish, f"Study: {study.name}", table, began, note)
+        note = spec.note.format(study=study.name, executor=", ".join(results),
+                                runs=sum(map(len, results.values())))
+        note += " Printed from earlier runs (`--reuse`): the date is the table's, not the runs'." if a.reuse else ""
+        provenance.write_page(a.publish, spec.page_title.format(study=study.name), text, began, note)
         print(f"wrote {a.publish}")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    a = parse_args(argv)
-    _check_args(a)
-    began = provenance.start("python -m sim.explore", argv)
-    if a.study:
-        return run_study(a, began)
+def run_setting(a: argparse.Namespace, began: provenance.Start) -> int:
+    """A plain run: the one-point study of the options, its per-trace table and the recommended policy."""
     model, header_budget = _model_and_budget(a)
     hw = HardwareProfile.load(a.hardware)
     budget = budget_from(a, model, default=default_budget(model), hw=hw, experts_per_layer=header_budget)
@@ -344,23 +324,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not a.trace:  # about half a second each for LLaDA2.0-mini at 1024 tokens: say so before the silence
         modes = list(dict.fromkeys(a.modes))
         print(f"drawing {len(modes) * a.seeds} synthetic traces ({' '.join(modes)} x {a.seeds} draws)", flush=True)
-    traces, draws = _traces(a, model, out)
-    tasks = _tasks(a, traces, draws, model, hw, budget)
+    study = plain_study(a, int(budget.max()))
+    traces = make_traces(study, out)
+    points = grid_points(study, traces)
+    x = None if a.executor is None else ExecutorProfile.load(a.executor).to_dict()  # None: the default executor
+    tasks = study_tasks(study, points, traces, x, per_trace=True)
     rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
-    config = _resolved_config(a, model, hw, budget, traces)
-    config["executor"] = ExecutorProfile.load(a.executor).to_dict()
-    all_fit = config["all_experts_fit_gpu"]
+    all_fit = fits(model, hw, np.full(model.num_moe_layers, model.num_experts))
+    config = _config(study, ExecutorProfile.load(a.executor), traces, model=model.summary(), hardware=hw.to_dict(),
+                     budget={"experts_per_layer": int(budget.max()), "fits_gpu": fits(model, hw, budget),
+                             "gib": float(budget.sum() * model.expert_bytes / 2**30)}, all_experts_fit_gpu=all_fit,
+                     cost_model="roofline (offload.cost.RooflineCostModel)",
+                     environment={"python": platform.python_version(), "platform": platform.platform(),
+                                  "numpy": np.__version__, "cores": os.cpu_count()})
     best, predicted = recommend(rows, all_fit and int(budget.min()) == model.num_experts)
     choice = PolicyChoice(policy=best.policy, params=best.params,
-                          experts_per_layer=None if best.policy == "all-gpu" else int(budget.max()),
+                          experts_per_layer=None if role_of(best.policy) == "ceiling" else int(budget.max()),
                           mode=best.mode, model=model.name, model_config_hash=model.config_hash, hardware=hw.name,
                           predicted=predicted, created_by=config["command"], model_source=_source(a.model),
                           hardware_source=_source(a.hardware))
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    atomic_write_text(out / "results.json", json.dumps([to_json(r) for r in rows], indent=1) + "\n")
+    atomic_write_text(out / "results.json", _rows_json(rows))
     write_policy_file(out / "recommended-policy.json", choice)
     if a.json:
-        atomic_write_text(a.json, json.dumps([to_json(r) for r in rows], indent=1) + "\n")
+        atomic_write_text(a.json, _rows_json(rows))
     if a.timeline:
         from sim.chrome_trace import write_chrome_trace
 
@@ -383,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setting = (f"{model.name} on {hw.name}: {int(budget.max())} of {model.num_experts} experts per layer resident "
                f"({config['budget']['gib']:.1f} GiB of routed experts; all experts {'fit' if all_fit else 'do not fit'} "
                "the GPU)")
-    table = summary_table(rows) if len(set(draws.values())) <= 1 else spread.spread_table(rows)
+    table = summary_table(rows) if a.trace or a.seeds == 1 else spread.spread_table(rows)
     spread_text = (f" (median of {predicted['trace_draws']} trace draws, range {predicted['tokens_per_s_min']:.1f}-"
                    f"{predicted['tokens_per_s_max']:.1f}; fastest in {100 * predicted['wins_share']:.0f}% of them)"
                    if predicted["trace_draws"] > 1 else "")
@@ -399,6 +386,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
           + (f"; rows also in {a.json}" if a.json else "") + (f"; page {a.publish}" if a.publish else ""))
     return 0
+
+
+def run(a: argparse.Namespace, began: provenance.Start) -> int:
+    """Run parsed options (``sim.paper_repro`` passes its own, with the provenance of its command line)."""
+    _check_args(a)
+    return run_study(a, began) if a.study else run_setting(a, began)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parse_args(argv), provenance.start("python -m sim.explore", argv))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ embedded (it opens offline in any browser), atomically. Each row is an :class:`o
 
   answer      the recommended policy (``sim.explore.recommend``: the fastest policy the runtime can execute, by
               median tokens/s over the trace draws) with its predicted tokens/s, [min-max] over draws and share
-              of draws won, its speedup over the best baseline (offload.policies.BASELINES), its share of the
+              of draws won, its speedup over the best baseline (a policy of a BASELINE_ROLES role), its share of the
               bound (``sim.bound``: no policy within the GPU expert budget is faster) and the command that runs it
               (the policy file by its absolute path); a one-line caveat when the hardware profile is an
               uncalibrated preset; and (a) the speedup chart: each policy at its best tau over the best baseline,
@@ -42,12 +42,12 @@ import plotly
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from offload.policies import BASELINES
+from offload.policies import BASELINE_ROLES, role_of, with_role
 from offload.errors import TideError
 from offload.results import RESOURCES, SimRecord
 from offload.atomic_io import atomic_write_text
 from sim import spread
-from sim.report_answer import (BOUND_LABEL, CEILING, ORACLE, ORACLE_LABEL, POLICY_FILE, Answer, Setting, answer,
+from sim.report_answer import (BOUND_LABEL, POLICY_FILE, Answer, Setting, answer, clairvoyant_label,
                                baseline_throughput, lead_html, settings, speedups)
 
 SECTION_TITLES = {
@@ -73,12 +73,11 @@ SECTION_NOTES = {
     "bytes": "Per policy, stacked: H2D weights + H2D activations + D2H activations, in GB (1e9 B).",
     "utilisation": "Busy time / simulated time of the GPU, CPU, H2D and D2H engines, in %.",
 }
-_POLICY_ORDER = {CEILING: 0, "cpu-route": 1, "static": 2, "fetch-lru": 3}
-_FIXED_COLOURS = {CEILING: "#222222", "cpu-route": "#d62728", "static": "#8c564b", "fetch-lru": "#ff7f0e"}
+_FIXED_COLOURS = ("#222222", "#d62728", "#8c564b", "#ff7f0e")  # the ceiling's, then the baselines' (_Layout)
 _PALETTE = ("#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 _BYTE_PARTS = (("H2D weights", "#1f77b4"), ("H2D activations", "#aec7e8"), ("D2H activations", "#ff9896"))
 _RESOURCE_COLOURS = {"gpu": "#2ca02c", "cpu": "#d62728", "h2d": "#1f77b4", "d2h": "#ff7f0e"}
-_BAR_COLOURS = {"recommended": "#1a9850", "oracle": "#bdbdbd", "baseline": "#fdae61", "ceiling": "#555555",
+_BAR_COLOURS = {"recommended": "#1a9850", "clairvoyant": "#bdbdbd", "baseline": "#fdae61", "ceiling": "#555555",
                 "other": "#74add1"}
 _GB = 1e9
 _PANEL_H = 380
@@ -107,8 +106,8 @@ def chose_tau(r: SimRecord) -> bool:
 
 
 def display_label(r: SimRecord) -> str:
-    """The row's label, the oracle's spelled out as a bound that cannot be executed."""
-    return ORACLE_LABEL if r.policy == ORACLE else r.label
+    """The row's label, a clairvoyant policy's (the oracle's) spelled out as not executable."""
+    return clairvoyant_label(r.label) if role_of(r.policy) == "clairvoyant" else r.label
 
 
 class _Layout:
@@ -117,16 +116,19 @@ class _Layout:
     def __init__(self, rows: list[SimRecord]) -> None:
         self.traces = list(dict.fromkeys(r.trace for r in rows))
         index = {t: i for i, t in enumerate(self.traces)}
-        self.rows = sorted(rows, key=lambda r: (index[r.trace], _POLICY_ORDER.get(r.policy, 3), r.policy, r.budget,
+        # the ceiling first, then the baselines (registry order), each with a colour of its own; the rest by name
+        fixed = with_role("ceiling") + with_role(*BASELINE_ROLES)
+        rank, fixed_colours = {p: i for i, p in enumerate(fixed)}, dict(zip(fixed, _FIXED_COLOURS))
+        self.rows = sorted(rows, key=lambda r: (index[r.trace], rank.get(r.policy, len(fixed) - 1), r.policy, r.budget,
                                                 -1 if r.tau is None else r.tau, r.label))
-        budgets = {r.budget for r in rows if r.policy != CEILING}
+        budgets = {r.budget for r in rows if role_of(r.policy) != "ceiling"}
         self.multi_budget = len(budgets) > 1
         self.taus = sorted({int(r.tau) for r in rows if swept(r)})  # the swept range only (not tide-opt's choice)
         self.colours: dict[str, str] = {}
         free = 0
         for name in dict.fromkeys(self.series(r) for r in self.rows):
-            if name in _FIXED_COLOURS:
-                self.colours[name] = _FIXED_COLOURS[name]
+            if name in fixed_colours:
+                self.colours[name] = fixed_colours[name]
             else:
                 self.colours[name] = _PALETTE[free % len(_PALETTE)]
                 free += 1
@@ -134,7 +136,7 @@ class _Layout:
         self.nrows = math.ceil(len(self.traces) / self.cols)
 
     def series(self, r: SimRecord) -> str:
-        return f"{r.policy} B={r.budget}" if self.multi_budget and r.policy != CEILING else r.policy
+        return f"{r.policy} B={r.budget}" if self.multi_budget and role_of(r.policy) != "ceiling" else r.policy
 
     def in_trace(self, trace: str) -> list[SimRecord]:
         return [r for r in self.rows if r.trace == trace]
@@ -224,7 +226,7 @@ def _hline(fig: go.Figure, lay: _Layout, i: int, r: SimRecord, y: float, name: s
         x=lay.tau_span(), y=[y, y], mode="lines+text" if chose_tau(r) else "lines", name=label, legendgroup=name,
         showlegend=label not in shown, text=["", label] if chose_tau(r) else [r.label] * 2,
         textposition="top left", line={"color": lay.colours[name], "width": 2,
-                                       "dash": "dot" if r.policy == CEILING else "dash"},
+                                       "dash": "dot" if role_of(r.policy) == "ceiling" else "dash"},
         hovertemplate=html.escape(label) + "<br>" + hover_fmt + "<extra>" + html.escape(trace) + "</extra>"),
         **lay.cell(i))
     shown.add(label)
@@ -274,14 +276,13 @@ def hit_ratio_figure(lay: _Layout) -> go.Figure:
 def _bar_kind(s: spread.Spread, ans: Answer | None, st: Setting) -> str:
     if ans is not None and st is ans.setting and s.policy == ans.spread.policy:
         return "recommended"
-    if s.policy == ORACLE:
-        return "oracle"
-    return "baseline" if s.policy in BASELINES else "ceiling" if s.policy == CEILING else "other"
+    role = role_of(s.policy)
+    return role if role in ("clairvoyant", "ceiling") else "baseline" if role in BASELINE_ROLES else "other"
 
 
 def _budget_of(st: Setting) -> int | None:
     """The setting's GPU expert budget (experts per layer), that of its policies other than the all-gpu ceiling."""
-    budgets = {r.budget for r in st.rows if r.policy != CEILING and r.budget is not None}
+    budgets = {r.budget for r in st.rows if role_of(r.policy) != "ceiling" and r.budget is not None}
     return next(iter(budgets)) if len(budgets) == 1 else None
 
 
@@ -290,7 +291,7 @@ def _bar_name(s: spread.Spread, kind: str, st: Setting | None = None) -> str:
         experts = max((r.budget for r in s.rows if r.budget is not None), default=None)
         every = f"all {experts} experts" if experts else "every expert"
         return f"{s.label} ({every}: outside the budget)"
-    return {"oracle": ORACLE_LABEL, "recommended": f"★ {s.label} (recommended)"}.get(kind, s.label)
+    return {"clairvoyant": clairvoyant_label(s.label), "recommended": f"★ {s.label} (recommended)"}.get(kind, s.label)
 
 
 def _axis_refs(fig: go.Figure, cell: dict[str, int]) -> tuple[str, str]:
@@ -316,7 +317,7 @@ def _speedup_panel(fig: go.Figure, st: Setting, ans: Answer | None, cell: dict[s
                "arrayminus": [m - float(min(s.vs_base))]}
         fig.add_trace(go.Bar(
             y=[name], x=[m], orientation="h", showlegend=False, name=name, error_x=err if whiskers else None,
-            marker={"color": _BAR_COLOURS[k], "pattern": {"shape": "/" if k == "oracle" else ""},
+            marker={"color": _BAR_COLOURS[k], "pattern": {"shape": "/" if k == "clairvoyant" else ""},
                     "line": {"color": "#000", "width": 2 if k == "recommended" else 0}},
             hovertext=f"{html.escape(s.label)}: {spread.median_range(s.vs_base, '.3f')}× the best baseline; "
                       f"{spread.median_range(s.tokens_per_s, '.1f')} tokens/s", hoverinfo="text"), **cell)
@@ -460,11 +461,8 @@ def _bold_rows(lay: _Layout, ans: Answer | None) -> set[int]:
     settings), each trace's fastest causal run other than the all-gpu ceiling."""
     if ans is not None:
         return {id(r) for r in ans.spread.rows}
-    best: dict[str, SimRecord] = {}
-    for r in lay.rows:
-        if r.causal and r.policy != CEILING and (r.trace not in best or r.tokens_per_s > best[r.trace].tokens_per_s):
-            best[r.trace] = r
-    return {id(r) for r in best.values()}
+    per_trace = [[r for r in lay.in_trace(t) if spread.eligible(r)] for t in lay.traces]
+    return {id(max(rs, key=lambda r: r.tokens_per_s)) for rs in per_trace if rs}
 
 
 def _row_cells(r: SimRecord, up: float | None) -> list[str]:
@@ -478,7 +476,7 @@ def _row_cells(r: SimRecord, up: float | None) -> list[str]:
 
 def _bound_row(rows: list[SimRecord], trace: str) -> str:
     """The trace's bound (``sim.bound``, on the budget's rows) as a labelled table row ("" when not computed)."""
-    r = next((r for r in rows if r.policy != CEILING and r.bound_tokens_per_s), None)
+    r = spread.bound_row(rows)
     if r is None:
         return ""
     base = baseline_throughput(rows, trace, r.budget)
@@ -499,7 +497,7 @@ def summary_table(lay: _Layout, ans: Answer | None = None) -> str:
     for trace in lay.traces:
         rows = lay.in_trace(trace)
         for r in rows:
-            cls = "best" if id(r) in bold else "oracle" if r.policy == ORACLE else ""
+            cls = "best" if id(r) in bold else "oracle" if role_of(r.policy) == "clairvoyant" else ""
             body.append(f'<tr class="{cls}">' if cls else "<tr>")
             body[-1] += "".join(f"<td>{c}</td>" for c in _row_cells(r, ups[id(r)])) + "</tr>"
         body.append(_bound_row(rows, trace))
@@ -599,4 +597,4 @@ def write_report(path: str | Path, rows: list[SimRecord], config: dict[str, Any]
 
 
 __all__ = ["write_report", "render_report", "figures", "speedups", "baseline_throughput", "settings", "answer",
-           "tau_axis", "SECTION_TITLES", "ORACLE_LABEL", "BOUND_LABEL"]
+           "tau_axis", "SECTION_TITLES", "BOUND_LABEL"]

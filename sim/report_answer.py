@@ -14,20 +14,22 @@ import numpy as np
 
 from offload.errors import TideError
 from offload.hardware import HARDWARE_PRESETS
-from offload.policies import BASELINES
+from offload.policies import BASELINE_ROLES, role_of
 from offload.results import SimRecord
 from sim import spread
 
-CEILING = "all-gpu"
-ORACLE = "oracle"
-ORACLE_LABEL = "oracle (clairvoyant heuristic, not executable)"
 BOUND_LABEL = "bound: no policy is faster"
 POLICY_FILE = "recommended-policy.json"  # sim.explore's, beside report.html
 
 
+def clairvoyant_label(label: str) -> str:
+    """A clairvoyant policy's label (the oracle's), spelled out as what the runtime cannot execute."""
+    return f"{label} (clairvoyant heuristic, not executable)"
+
+
 def baseline_throughput(rows: list[SimRecord], trace: str, budget: int | None) -> float | None:
     """The best baseline's tokens/s in ``trace`` at ``budget`` (falls back to the trace's only budget)."""
-    base = [r for r in rows if r.trace == trace and r.policy in BASELINES]
+    base = [r for r in rows if r.trace == trace and role_of(r.policy) in BASELINE_ROLES]
     same = [r for r in base if r.budget == budget]
     if not same and len({r.budget for r in base}) == 1:
         same = base
@@ -55,14 +57,14 @@ class Setting:
 
     def base_policy(self) -> str | None:
         """The baseline with the highest median tokens/s (None: no baseline among the rows)."""
-        base = [s for s in self.spreads if s.policy in BASELINES]
+        base = [s for s in self.spreads if role_of(s.policy) in BASELINE_ROLES]
         return max(base, key=lambda s: float(np.median(s.tokens_per_s))).policy if base else None
 
     def base_tokens_per_s(self) -> np.ndarray:
         """Each draw's best baseline tokens/s (nan where a draw has none)."""
         draws = sorted({spread.draw_of(r) for r in self.rows})
-        return np.array([max((r.tokens_per_s for r in self.rows if spread.draw_of(r) == d and r.policy in BASELINES),
-                             default=float("nan")) for d in draws])
+        bases = (spread.best_baseline(r for r in self.rows if spread.draw_of(r) == d) for d in draws)
+        return np.array([b.tokens_per_s if b else float("nan") for b in bases])
 
     def bound_vs_base(self) -> np.ndarray:
         base = self.base_tokens_per_s()
@@ -76,9 +78,9 @@ def settings(rows: Sequence[SimRecord]) -> list[Setting]:
     for point in dict.fromkeys(r.tags.get("point") for r in rows):
         for mode in dict.fromkeys(r.mode for r in rows if r.tags.get("point") == point):
             rs = [r for r in rows if r.tags.get("point") == point and r.mode == mode]
-            budgets = list(dict.fromkeys(r.budget for r in rs if r.policy != CEILING)) or [None]
+            budgets = list(dict.fromkeys(r.budget for r in rs if role_of(r.policy) != "ceiling")) or [None]
             for b in budgets:
-                grp = [r for r in rs if r.policy == CEILING or b is None or r.budget == b]
+                grp = [r for r in rs if role_of(r.policy) == "ceiling" or b is None or r.budget == b]
                 # a study's point label names its mode already
                 name = " · ".join(str(x) for x in (point, mode) if x is not None and (x == point or str(x) not in str(point)))
                 name += f" · B={b}" if len(budgets) > 1 else ""
@@ -104,12 +106,6 @@ class Answer:
         return self.spread.tokens_per_s / b if b.size == len(self.spread.rows) else np.array([])
 
 
-def _predicted(s: spread.Spread, wins: float) -> dict[str, float]:
-    tps = s.tokens_per_s
-    return {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
-            "tokens_per_s_max": float(tps.max()), "wins_share": wins, "trace_draws": len(tps)}
-
-
 def answer(all_settings: Sequence[Setting],
            recommended: tuple[SimRecord, Mapping[str, float]] | None = None) -> Answer | None:
     """The report's answer: ``recommended`` (a row and its predicted figures) placed in its setting, else, for
@@ -122,12 +118,10 @@ def answer(all_settings: Sequence[Setting],
         rows = list({id(r): r for st in all_settings for r in st.rows}.values())
         if len({r.tags.get("point") for r in rows}) != 1:
             return None
-        best, wins = spread.recommend(rows, lambda r: r.causal and r.policy != CEILING)
-        if best is None:
+        found = spread.recommendation(rows, spread.eligible)
+        if found is None:
             return None
-        labels = [r.label for r in best.rows]
-        row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
-        predicted = _predicted(best, wins)
+        row, predicted = found
     st = next((st for st in all_settings if any(r is row for r in st.rows)), None)
     st = st or next((st for st in all_settings if row in st.rows), None)
     if st is None:
@@ -214,10 +208,9 @@ def answer_html(ans: Answer, policy_file: str | Path | None = None) -> str:
     if st.bounds.size:
         facts.append(_ratio_text(ans.vs_bound(), f"the bound ({float(np.median(st.bounds)):.1f} tokens/s: no policy "
                                                   f"within the budget is faster)", pct=True))
-    oracle = next((s for s in st.spreads if s.policy == ORACLE), None)
-    if oracle is not None:
-        facts.append(f"the oracle's {float(np.median(oracle.tokens_per_s)):.1f} tokens/s reads future routing: a "
-                     f"clairvoyant heuristic the runtime cannot execute")
+    for s in (s for s in st.spreads if role_of(s.policy) == "clairvoyant"):
+        facts.append(f"the {html.escape(s.policy)}'s {float(np.median(s.tokens_per_s)):.1f} tokens/s reads future "
+                     f"routing: a clairvoyant heuristic the runtime cannot execute")
     return (f'<p class="answer">Recommended: <b class="recommended">{html.escape(ans.row.label)}</b> in '
             f"{html.escape(ans.row.mode)} mode — <b>{p['tokens_per_s']:.1f} tokens/s</b> predicted"
             f"{spread_text}.</p>\n"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -32,13 +32,13 @@ from offload.atomic_io import atomic_write_text
 from offload.errors import TideError
 from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
-from offload.policies import POLICIES
+from offload.policies import POLICIES, role_of, with_role
 from offload.results import SimRecord
 from sim import spread
 from sim.sweep import Task, run_tasks
 
 THRESHOLD = 0.10   # |relative change| of a ratio that flags a figure
-PAPER_POLICY = "tide-opt"
+PAPER_POLICY = with_role("paper")[0]  # the paper's method (tide-opt), whose ratio P is
 EXECUTOR_PREFIX = "executor."  # labels of executor figures, so they never collide with hardware paths
 
 
@@ -235,15 +235,10 @@ def _median(v: Sequence[float]) -> float:
     return float(np.median(v)) if v.size and np.all(np.isfinite(v)) else float("nan")
 
 
-def _eligible(all_gpu_allowed: bool) -> Callable[[SimRecord], bool]:
-    # the rule of sim.explore.recommend: the oracle is a bound, all-gpu only where the budget is every expert
-    return lambda r: r.causal and (r.policy != "all-gpu" or all_gpu_allowed)
-
-
 def _kept(task: Task, all_gpu_allowed: bool, draws: Sequence[int]) -> bool:
     """A task whose row can change R, P or the recommendation, on a kept draw."""
     cls = POLICIES.get(task.policy)
-    useful = cls is not None and cls.causal and (task.policy != "all-gpu" or all_gpu_allowed)
+    useful = cls is not None and cls.causal and (role_of(task.policy) != "ceiling" or all_gpu_allowed)
     return useful and int(task.tags.get("draw", 0)) in set(draws)
 
 
@@ -267,7 +262,7 @@ def sensitivity(tasks: Sequence[Task], all_gpu_allowed: bool, base_rows: Sequenc
             len({json.dumps(t.executor, sort_keys=True) for t in kept}) > 1:
         raise TideError("sensitivity: the tasks use more than one hardware profile or executor (a study grid); "
                         "run it on one explore run")
-    eligible = _eligible(all_gpu_allowed)
+    eligible = partial(spread.eligible, ceiling=all_gpu_allowed)  # as sim.explore.recommend's
     base_list = [r for _, r in pairs] if base_rows is not None else run_tasks(kept, workers, progress, ray_address)
     base = outcome(base_list, eligible)
     figures = uncertain_figures(kept[0].hardware, kept[0].executor)

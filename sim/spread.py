@@ -6,7 +6,7 @@ the generator's uncertain parameters drawn within their calibration tolerance (`
 row carries its draw in ``tags["draw"]``. Per mode and policy (tau policies at their best tau *per draw*):
 
   tokens/s            median over draws, and [min, max]
-  vs base             per draw: tokens/s / the best baseline's (offload.policies.BASELINES) of that draw;
+  vs base             per draw: tokens/s / the best baseline's (a policy of a BASELINE_ROLES role) of that draw;
                       median and [min, max] of those ratios
   wins                the share of draws in which this (policy, mode) is the fastest eligible run
 
@@ -16,11 +16,11 @@ file records its median, its range and its share of wins.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from offload.policies import BASELINES, TAU_POLICIES
+from offload.policies import BASELINE_ROLES, role_of, sweeps_tau, with_role
 from offload.results import SimRecord
 
 
@@ -47,25 +47,46 @@ def draw_of(r: SimRecord) -> int:
     return int(r.tags.get("draw", 0))
 
 
+def best(rows: Iterable[SimRecord], *policies: str) -> SimRecord | None:
+    """The fastest of ``rows`` run by one of ``policies`` (a tau policy at its best tau); None when none is."""
+    return max((r for r in rows if r.policy in policies), key=lambda r: r.tokens_per_s, default=None)
+
+
+def best_baseline(rows: Iterable[SimRecord]) -> SimRecord | None:
+    """The fastest row of a baseline (``offload.policies.BASELINE_ROLES``)."""
+    return best(rows, *with_role(*BASELINE_ROLES))
+
+
+def bound_row(rows: Iterable[SimRecord]) -> SimRecord | None:
+    """The first row that carries the bound of the rows' budget (``sim.bound``; the ceiling's row is bounded with
+    every expert resident, so it does not count)."""
+    return next((r for r in rows if role_of(r.policy) != "ceiling" and r.bound_tokens_per_s), None)
+
+
+def bound_of(rows: Iterable[SimRecord]) -> float | None:
+    """The bound of these rows' budget in tokens/s (None: not computed)."""
+    r = bound_row(rows)
+    return r.bound_tokens_per_s if r else None
+
+
 def spreads(rows: Sequence[SimRecord]) -> list[Spread]:
     """Per mode and policy, each draw's best row and its ratio to that draw's best baseline."""
     out = []
     for mode in dict.fromkeys(r.mode for r in rows):
         in_mode = [r for r in rows if r.mode == mode]
         draws = sorted({draw_of(r) for r in in_mode})
-        base = {d: max((r.tokens_per_s for r in in_mode if draw_of(r) == d and r.policy in BASELINES),
-                       default=float("nan")) for d in draws}
+        by_draw = {d: [r for r in in_mode if draw_of(r) == d] for d in draws}
+        base = {d: getattr(best_baseline(rs), "tokens_per_s", float("nan")) for d, rs in by_draw.items()}
         for policy in dict.fromkeys(r.policy for r in in_mode):
-            best = [max((r for r in in_mode if r.policy == policy and draw_of(r) == s), key=lambda r: r.tokens_per_s)
-                    for s in draws if any(r.policy == policy and draw_of(r) == s for r in in_mode)]
-            out.append(Spread(mode, policy, tuple(best), tuple(r.tokens_per_s / base[draw_of(r)] for r in best)))
+            top = [b for b in (best(by_draw[d], policy) for d in draws) if b is not None]
+            out.append(Spread(mode, policy, tuple(top), tuple(r.tokens_per_s / base[draw_of(r)] for r in top)))
     return out
 
 
 def bound_per_draw(rows: Sequence[SimRecord]) -> np.ndarray:
-    """Each draw's bound in tokens/s (``sim.bound``, on the budget's rows: all-gpu's keeps every expert)."""
-    by_draw = {draw_of(r): r.bound_tokens_per_s for r in rows if r.policy != "all-gpu" and r.bound_tokens_per_s}
-    return np.array([by_draw[d] for d in sorted(by_draw)], dtype=float)
+    """Each draw's bound in tokens/s (``sim.bound``, on the budget's rows), for the draws that have one."""
+    bounds = (bound_of([r for r in rows if draw_of(r) == d]) for d in sorted({draw_of(r) for r in rows}))
+    return np.array([b for b in bounds if b], dtype=float)
 
 
 def median_range(v: Sequence[float], fmt: str) -> str:
@@ -82,13 +103,34 @@ def recommend(rows: Sequence[SimRecord], eligible: Callable[[SimRecord], bool]) 
     cands = [s for s in every if all(eligible(r) for r in s.rows)]
     if not cands:
         return None, 0.0
-    best = max(cands, key=lambda s: float(np.median(s.tokens_per_s)))
+    winner = max(cands, key=lambda s: float(np.median(s.tokens_per_s)))
     draws = sorted({draw_of(r) for r in rows})
     wins = 0
     for d in draws:
         top = max(cands, key=lambda s: max((r.tokens_per_s for r in s.rows if draw_of(r) == d), default=-1.0))
-        wins += top is best
-    return best, wins / len(draws)
+        wins += top is winner
+    return winner, wins / len(draws)
+
+
+def recommendation(rows: Sequence[SimRecord], eligible: Callable[[SimRecord], bool]
+                   ) -> tuple[SimRecord, dict[str, float]] | None:
+    """The recommended run (``recommend``) as its most frequent per-draw best row, with the predicted figures:
+    its median tokens/s, their range, its hit ratio, its share of draws won and the draws; None: nothing eligible."""
+    best, wins = recommend(rows, eligible)
+    if best is None:
+        return None
+    labels = [r.label for r in best.rows]
+    row = next(r for r in best.rows if r.label == max(set(labels), key=labels.count))
+    tps = best.tokens_per_s
+    return row, {"tokens_per_s": float(np.median(tps)), "tokens_per_s_min": float(tps.min()),
+                 "tokens_per_s_max": float(tps.max()), "hit_ratio": row.counters.hit_ratio, "wins_share": wins,
+                 "trace_draws": len(tps)}
+
+
+def eligible(r: SimRecord, ceiling: bool = False) -> bool:
+    """Whether ``r`` may be recommended: the runtime can execute it (not clairvoyant), and the ceiling (which
+    keeps every expert) only where ``ceiling``: the budget is every expert and they fit the GPU."""
+    return r.causal and (ceiling or role_of(r.policy) != "ceiling")
 
 
 def spread_table(rows: Sequence[SimRecord]) -> str:
@@ -99,7 +141,7 @@ def spread_table(rows: Sequence[SimRecord]) -> str:
         lines.append(f"\n{mode}: median [min-max] over {n} trace draws (seed and generator parameters)")
         lines.append(f"  {'policy':<24}{'tokens/s':>24}{'vs best baseline':>26}{'hit':>7}")
         for s in (s for s in spreads(rows) if s.mode == mode):
-            taus = sorted({r.tau for r in s.rows}) if s.policy in TAU_POLICIES else []
+            taus = sorted({r.tau for r in s.rows}) if sweeps_tau(s.policy) else []
             label = s.label + (f" (tau {'/'.join(map(str, taus))})" if len(taus) > 1 else "")
             hit = float(np.median([r.counters.hit_ratio for r in s.rows]))
             lines.append(f"  {label:<24}{median_range(s.tokens_per_s, '.1f'):>24}{median_range(s.vs_base, '.2f'):>26}{hit:>7.3f}")

@@ -12,33 +12,19 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 
-POLICY_COLUMNS = (("baseline", "best baseline"), ("static", "static"), ("tide", "tide (best τ)"), ("tide-opt", "tide-opt"),
-                  ("riptide", "riptide"), ("oracle", "oracle (clairvoyant heuristic)"), ("bound", "bound (no policy faster)"),
-                  ("all-gpu", "all-gpu"))
-RATIO_COLUMNS = (("tide_opt_vs_base", "tide-opt / base"), ("tide_opt_vs_static", "tide-opt / static"),
-                 ("riptide_vs_tide_opt", "riptide / tide-opt"), ("riptide_vs_oracle", "riptide / oracle"),
-                 ("riptide_vs_bound", "riptide / bound"))
+from sim.study import columns
+from sim.study_spec import TABLES
 
 
 def _bars(fig: go.Figure, lines: Sequence[dict[str, Any]], labels: list[str]) -> None:
-    for key, name in POLICY_COLUMNS:
-        ys = [h.get(key) for h in lines]
-        if all(y is None for y in ys):
+    for name, key, _ in columns(TABLES["headline"]):
+        ys = [h.get(key) for h in lines] if key else []
+        if all(y is None for y in ys):  # not a figure, or no run of it
             continue
         lo = [(y - h[f"{key}_range"][0]) if y is not None and h.get(f"{key}_range") else 0.0 for y, h in zip(ys, lines)]
         hi = [(h[f"{key}_range"][1] - y) if y is not None and h.get(f"{key}_range") else 0.0 for y, h in zip(ys, lines)]
         fig.add_bar(name=name, x=labels, y=ys, error_y=dict(type="data", symmetric=False, array=hi, arrayminus=lo),
                     hovertemplate="%{x}<br>" + name + ": %{y:.1f} tokens/s (median over draws)<extra></extra>")
-
-
-def _cell(h: dict[str, Any], key: str, spec: str) -> str:
-    v, r = h.get(key), h.get(f"{key}_range")
-    if v is None:
-        return "–"
-    text = format(v, spec)
-    if r is not None and h.get("draws", 1) > 1:
-        text += f" [{format(r[0], spec)}–{format(r[1], spec)}]"
-    return html.escape(text)
 
 
 def headline_html(lines: Sequence[dict[str, Any]]) -> str:
@@ -52,18 +38,10 @@ def headline_html(lines: Sequence[dict[str, Any]]) -> str:
                                                        "x": 0.0, "xanchor": "left", "xref": "container",
                                                        "pad": {"l": 12}})
     div = fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False}, div_id="fig-study")
-    cols = ["setting", "B", "mode", *[n for _, n in POLICY_COLUMNS], "tide-opt τ", *[n for _, n in RATIO_COLUMNS],
-            "recommended (share of draws won)"]
-    rows = []
-    for h in lines:
-        taus = sorted({str(t) for t in h.get("tide_opt_tau") or [] if t is not None})
-        vals = [html.escape(("★ " if h["paper_setting"] else "") + f"{h['model']} {h['hardware']}"), str(h["budget"]),
-                html.escape(h["mode"]), *[_cell(h, k, ".1f") for k, _ in POLICY_COLUMNS],
-                html.escape("/".join(taus) or "–"), *[_cell(h, k, ".2f") for k, _ in RATIO_COLUMNS],
-                html.escape(f"{h['recommended']} ({100 * h['recommended_wins']:.0f}%)" if h["recommended"] else "–")]
-        rows.append("<tr>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>")
-    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr></thead><tbody>"
-             + "".join(rows) + "</tbody></table>")
+    cols = columns(TABLES["headline"])  # the markdown table's, the paper's setting starred
+    cells = [[html.escape(cell(h)).replace(" **paper**", " ★") for _, _, cell in cols] for h in lines]
+    table = ("<table><thead><tr>" + "".join(f"<th>{html.escape(c[0])}</th>" for c in cols) + "</tr></thead><tbody>"
+             + "".join("<tr>" + "".join(f"<td>{v}</td>" for v in row) + "</tr>" for row in cells) + "</tbody></table>")
     return (f'<section id="study"><h2>Study headline</h2><p>Each figure: the median over {draws} synthetic trace '
             f"draw(s) with its [min–max] (the chart's bars and whiskers, tokens/s on a log scale); ratios are taken "
             f"within a draw.</p>{div}\n{table}</section>")

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor as WorkerPool  # "executor" names the executor profile only
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -115,7 +115,7 @@ def run_tasks(tasks: Sequence[Task], workers: int | None = None, progress: bool 
                 rows.append(task_row(t))
                 bar.update()
             return rows
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with WorkerPool(max_workers=workers) as pool:
             rows = []
             for r in pool.map(task_row, tasks, chunksize=1):
                 rows.append(r)

@@ -54,7 +54,7 @@ def test_gpu_tests_collect_with_torch_only(import_blocker):
 
 
 def test_calibration_measures_decide_times_with_torch_only(import_blocker):
-    """validate.calibrate and its decide() step (validate.bench_decide, offload.policies.drive) import and run
+    """validate.calibrate and its decide() step (validate.bench_decide, offload.step) import and run
     without simpy or scipy: tide-opt then solves its tau on the grid."""
     code = import_blocker(BLOCKED) + textwrap.dedent("""
         import numpy as np
@@ -63,8 +63,7 @@ def test_calibration_measures_decide_times_with_torch_only(import_blocker):
         from offload.hardware import HardwareProfile
         from offload.model_spec import ModelSpec
         from offload.policies import make_policy
-        from offload.policies.base import PolicyContext
-        from offload.policies.drive import drive
+        from offload.step import RunShape, Stepper
         from validate.bench_decide import decide_table, routing
         spec = ModelSpec.load("llada2-tiny")
         cost = RooflineCostModel(spec, HardwareProfile.load("h100-pcie5"))
@@ -72,9 +71,9 @@ def test_calibration_measures_decide_times_with_torch_only(import_blocker):
         assert all(v > 0 for v in table.values()) and "tide-opt" in table, table
         counts, steps = routing(spec.num_moe_layers, spec.num_experts, spec.top_k)
         L, E = spec.num_moe_layers, spec.num_experts
-        ctx = PolicyContext(L, E, spec.top_k, np.full(L, E // 2), spec.expert_bytes, 32, "prefix-recompute", cost)
+        shape = RunShape(L, E, spec.top_k, spec.expert_bytes, spec.token_bytes, 32, "prefix-recompute")
         pol = make_policy("tide-opt")
-        drive(pol, counts, steps, E // 2, ctx)
+        Stepper(pol, E // 2, shape, cost=cost).run(counts, steps)
         print("solver", pol.report()["solver"])
         assert not any(m in sys.modules for m in ("simpy", "scipy"))
     """)

@@ -9,19 +9,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from offload.cli import Parser
 from offload.errors import run_cli
-from offload.model_spec import ModelSpec
-from traces.importers import add_import_options, import_jsonl, import_options, write_imported
+from traces.importers import import_jsonl, run_row_importer
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = Parser(prog="python -m traces.import_jsonl", description=__doc__.splitlines()[0])
-    ap.add_argument("log", help="JSONL routing log: rows {\"step\", \"layer\", \"experts\"}")
-    add_import_options(ap, "log")
-    a = ap.parse_args(argv)
-    write_imported(import_jsonl(a.log, ModelSpec.load(a.model), **import_options(a)), a.out)
-    return 0
+    return run_row_importer(argv, "traces.import_jsonl", __doc__, "log",
+                            'JSONL routing log: rows {"step", "layer", "experts"}', import_jsonl)
 
 
 if __name__ == "__main__":

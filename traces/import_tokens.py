@@ -33,9 +33,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from offload.errors import TideError
+from offload.errors import TideError, run_cli
 from offload.trace import Trace
-from traces.importers import RoutingRows, assemble_trace, check_topk_fits, is_int, json_objects
+from traces.core import check_topk_fits
+from traces.importers import (RoutingRows, assemble_trace, index_value, moe_layer, positions_in_group,
+                             run_row_importer, step_rows)
 
 _TYPES = (None, "token")
 
@@ -61,19 +63,9 @@ def import_tokens(path: str | Path, model: Any, *, layer_offset: int = 0, first_
     linenos: list[int] = []
     token_ids: list[int] = []
     ids: list[list[int]] = []
-    for lineno, row in json_objects(path):
-        if row.get("type") not in _TYPES:
-            continue
-        where = f"{path} line {lineno}"
-        for key in ("step", "token_id", "experts"):
-            if key not in row:
-                raise TideError(f"{where}: row lacks field {key!r}")
-        step, tok = row["step"], row["token_id"]
-        if not is_int(step) or not 0 <= step < 2**62:
-            raise TideError(f"{where}: field step must be an integer >= 0, got {step!r}")
-        if not is_int(tok) or not 0 <= tok < 2**62:
-            raise TideError(f"{where}: field token_id must be an integer >= 0, got {tok!r}")
-        experts, weights = row["experts"], row.get("weights")
+    for lineno, where, row, (step, tok, experts) in step_rows(path, _TYPES, ("step", "token_id", "experts")):
+        index_value(where, "token_id", tok)
+        weights = row.get("weights")
         if "layer" in row:  # one token, one layer
             per_layer, log_layers, w_layers = [experts], [row["layer"]], None if weights is None else [weights]
         else:  # one token, every layer
@@ -88,12 +80,7 @@ def import_tokens(path: str | Path, model: Any, *, layer_offset: int = 0, first_
                 raise TideError(f"{where}: field weights must hold one list per experts list ({len(experts)})")
             w_layers = weights
         for i, (lay, ex) in enumerate(zip(log_layers, per_layer)):
-            if not is_int(lay):
-                raise TideError(f"{where}: layer must be an integer, got {lay!r}")
-            m = lay - layer_offset
-            if not 0 <= m < L:
-                raise TideError(f"{where}: layer {lay} is MoE layer {m} after layer offset {layer_offset}, outside "
-                                f"model {model.name}'s {L} MoE layers 0..{L - 1}")
+            m = moe_layer(where, lay, layer_offset, model)
             if not _ids_ok(ex, k):
                 raise TideError(f"{where}: layer {lay}'s experts must be {k} integer expert ids (model "
                                 f"{model.name} uses top-{k}), got {ex!r}")
@@ -116,12 +103,7 @@ def _check_token_alignment(path: Path, steps: list[int], layers: list[int], toke
                            linenos: list[int], L: int) -> None:
     """Token j of a step must carry the same token_id in every layer that has a j-th row (vectorised)."""
     step = np.unique(np.asarray(steps, dtype=np.int64), return_inverse=True)[1]
-    group = step * L + np.asarray(layers, dtype=np.int64)
-    order = np.argsort(group, kind="stable")
-    sizes = np.bincount(group)
-    starts = np.cumsum(sizes) - sizes
-    pos = np.empty_like(order)
-    pos[order] = np.arange(order.size) - starts[group[order]]  # row's position within its (step, layer)
+    pos = positions_in_group(step * L + np.asarray(layers, dtype=np.int64))  # row's place in its (step, layer)
     # sort rows by (step, position); within one (step, position) every layer's token_id must agree
     key = step * (int(pos.max()) + 1) + pos
     o = np.argsort(key, kind="stable")
@@ -137,19 +119,9 @@ def _check_token_alignment(path: Path, steps: list[int], layers: list[int], toke
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from offload.cli import Parser
-    from offload.model_spec import ModelSpec
-    from traces.importers import add_import_options, import_options, write_imported
-
-    ap = Parser(prog="python -m traces.import_tokens", description=__doc__.splitlines()[0])
-    ap.add_argument("dump", help="per-token JSONL dump: rows {\"step\", \"token_id\", \"experts\", \"weights\"}")
-    add_import_options(ap, "dump")
-    a = ap.parse_args(argv)
-    write_imported(import_tokens(a.dump, ModelSpec.load(a.model), **import_options(a)), a.out)
-    return 0
+    return run_row_importer(argv, "traces.import_tokens", __doc__, "dump", 'per-token JSONL dump: rows '
+                            '{"step", "token_id", "experts", "weights"}', import_tokens)
 
 
 if __name__ == "__main__":
-    from offload.errors import run_cli
-
     run_cli(main)

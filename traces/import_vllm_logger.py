@@ -13,13 +13,13 @@ way the trace has one MoE layer per logged layer, so the simulator replays it on
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from typing import Any, Sequence
 
-from offload.cli import Parser, add_model
+from offload.cli import add_model
 from offload.errors import run_cli
 from offload.model_spec import ModelSpec
-from offload.trace_io import write_trace
-from traces.importers import trace_summary
+from offload.trace import Trace
+from traces.importers import run_importer
 from traces.vllm_logger import RouterShape, import_vllm_logger
 
 
@@ -31,13 +31,10 @@ def _layer_list(text: str) -> list[int]:
     return layers
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = Parser(prog="python -m traces.import_vllm_logger", description=__doc__.splitlines()[0])
-    ap.add_argument("logs", nargs="+", help="vLLM-MoE-Logger JSONL files, one or more logged layers each")
+def _options(ap: Any) -> None:
     add_model(ap, what=" (needs only its experts and top-k; or give --experts and --top-k)")
     ap.add_argument("--experts", type=int, default=None, help="routed experts per MoE layer (instead of --model)")
     ap.add_argument("--top-k", type=int, default=None, help="experts per token (instead of --model)")
-    ap.add_argument("--out", required=True, help="trace file to write (.npz)")
     ap.add_argument("--drop-incomplete", action="store_true",
                     help="drop the forward calls whose row counts differ between the logs instead of refusing")
     ap.add_argument("--skip-calls", type=int, default=None,
@@ -47,21 +44,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "(default: the logged layers, ascending)")
     ap.add_argument("--with-topk", action="store_true",
                     help="keep per-token expert ids (row r of a call in every log taken as one token)")
-    args = ap.parse_args(argv)
+
+
+def _read(args: Any, ap: Any) -> Trace:
     shape_given = args.experts is not None or args.top_k is not None
     if args.model is not None and shape_given:
         ap.error("give --model or --experts with --top-k, not both")
     if args.model is None and (args.experts is None or args.top_k is None):
         ap.error("give --model, or --experts and --top-k")
     model = ModelSpec.load(args.model) if args.model is not None else RouterShape(args.experts, args.top_k)
-    trace = import_vllm_logger(args.logs, model, skip_calls=args.skip_calls, drop_incomplete=args.drop_incomplete,
-                               layer_map=args.layer_map, keep_topk=args.with_topk)
-    out = write_trace(trace, args.out)
-    origin = trace.header["origin"]
-    print(f"wrote {out}: {trace_summary(trace)}; trace layers = logged layers "
-          f"{', '.join(map(str, origin['layers']))}; warm-up calls skipped per logged layer "
-          f"{', '.join(map(str, origin['warmup_calls']))}; dropped steps {origin['dropped_steps']}")
-    return 0
+    return import_vllm_logger(args.logs, model, skip_calls=args.skip_calls, drop_incomplete=args.drop_incomplete,
+                              layer_map=args.layer_map, keep_topk=args.with_topk)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_importer(argv, "traces.import_vllm_logger", __doc__, "logs",
+                        "vLLM-MoE-Logger JSONL files, one or more logged layers each", _options, _read,
+                        "trace layers = logged layers {layers}; warm-up calls skipped per logged layer "
+                        "{warmup_calls}; dropped steps {dropped_steps}", nargs="+")
 
 
 if __name__ == "__main__":

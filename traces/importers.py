@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from offload.errors import TideError
-from offload.trace import KIND_DECODE, KIND_NAMES, KIND_PREFILL, Trace, model_header
-from offload.trace_check import make_trace
+from offload.trace import KIND_NAMES, Trace, model_header
+from traces.core import autoregressive_trace, check_topk_fits, count_experts
 
 _ROUTE_TYPES = (None, "route")
 
@@ -90,18 +91,63 @@ def expert_id_array(path: Path, ids: list[list[int]], token_line: np.ndarray, mo
     return arr
 
 
-def check_topk_fits(model: Any) -> None:
-    """Per-token ids are stored as int16 (schema v1)."""
-    if model.num_experts > np.iinfo(np.int16).max + 1:
-        raise TideError(f"model {model.name} has {model.num_experts} experts: too many to keep per-token ids "
-                        "(use keep_topk=False)")
+def row_values(where: str, row: dict[str, Any], keys: Sequence[str], what: str = "row") -> list[Any]:
+    """The row's values of ``keys``; a missing one is a one-line TideError naming it."""
+    for key in keys:
+        if key not in row:
+            raise TideError(f"{where}: {what} lacks field {key!r}")
+    return [row[key] for key in keys]
 
 
-def count_assignments(group: np.ndarray, ids: np.ndarray, groups: int, num_experts: int) -> np.ndarray:
-    """counts[g, e] = token-assignments of expert e in group g (one bincount); ``group``: each token's group,
-    ``ids``: its [tokens, k] expert ids."""
-    flat = group[:, None] * num_experts + ids
-    return np.bincount(flat.ravel(), minlength=groups * num_experts).reshape(groups, num_experts)
+def step_rows(path: Path, types: tuple[str | None, ...],
+              keys: tuple[str, ...]) -> Iterator[tuple[int, str, dict[str, Any], list[Any]]]:
+    """(line, "PATH line N", row, its values of ``keys``) of each row of a routing log whose type is one of
+    ``types`` (others are skipped); the first key, the step, must be an integer >= 0."""
+    for lineno, row in json_objects(path):
+        if row.get("type") in types:
+            where = f"{path} line {lineno}"
+            values = row_values(where, row, keys)
+            index_value(where, keys[0], values[0])
+            yield lineno, where, row, values
+
+
+def index_value(where: str, name: str, v: Any, limit: int = 2**62) -> None:
+    """``v`` must be a JSON integer in [0, limit) (a step, token or call index)."""
+    if not is_int(v) or not 0 <= v < limit:
+        raise TideError(f"{where}: field {name} must be an integer >= 0, got {v!r}")
+
+
+def moe_layer(where: str, layer: Any, layer_offset: int, model: Any) -> int:
+    """MoE layer ``layer - layer_offset`` of log layer ``layer``, which must lie in the model's 0..L-1."""
+    if not is_int(layer):
+        raise TideError(f"{where}: layer must be an integer, got {layer!r}")
+    m, L = layer - layer_offset, model.num_moe_layers
+    if not 0 <= m < L:
+        raise TideError(f"{where}: layer {layer} is MoE layer {m} after layer offset {layer_offset}, outside "
+                        f"model {model.name}'s {L} MoE layers 0..{L - 1}")
+    return m
+
+
+def positions_in_group(group: np.ndarray) -> np.ndarray:
+    """Each element's position among the elements of its group (integer ids >= 0), in order."""
+    order = np.argsort(group, kind="stable")
+    sizes = np.bincount(group)
+    pos = np.empty_like(order)
+    pos[order] = np.arange(order.size) - (np.cumsum(sizes) - sizes)[group[order]]
+    return pos
+
+
+def step_tables(ids: np.ndarray, group: np.ndarray, pos: np.ndarray, tokens: np.ndarray, L: int, E: int,
+                keep_topk: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """counts [S, L, E] of per-token ids [N, k] in groups step * L + layer, and with ``keep_topk`` topk_ids
+    [tokens, L, k]: token ``pos`` of its group is its step's token ``pos`` (``tokens``: per step)."""
+    S = tokens.size
+    counts = count_experts(ids, E, group, S * L).reshape(S, L, E)
+    if not keep_topk:
+        return counts, None
+    topk = np.empty((int(tokens.sum()), L, ids.shape[-1]), dtype=np.int16)
+    topk[(np.cumsum(tokens) - tokens)[group // L] + pos, group % L] = ids
+    return counts, topk
 
 
 def trace_summary(trace: Trace) -> str:
@@ -113,7 +159,7 @@ def trace_summary(trace: Trace) -> str:
             f"top-{trace.top_k}")
 
 
-def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
+def _row_tokens(experts: Any, where: str) -> list[list[int]]:
     """The row's tokens as lists of ids (type checks only, at C speed; values are checked vectorised later)."""
     if type(experts) is list and experts:
         if set(map(type, experts)) == {int}:
@@ -121,7 +167,7 @@ def _row_tokens(experts: Any, lineno: int) -> list[list[int]]:
         if (set(map(type, experts)) == {list} and all(experts)
                 and set(map(type, chain.from_iterable(experts))) == {int}):
             return experts
-    raise TideError(f"line {lineno}: field experts must be a non-empty list of integer expert ids "
+    raise TideError(f"{where}: field experts must be a non-empty list of integer expert ids "
                     "or a non-empty list of such lists")
 
 
@@ -129,7 +175,7 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
                  keep_topk: bool = True, drop_incomplete: bool = False) -> Trace:
     """Read a JSONL decode routing log for ``model`` (a :class:`offload.model_spec.ModelSpec`) into a Trace."""
     path = Path(path)
-    L, k = model.num_moe_layers, model.top_k
+    k = model.top_k
     if keep_topk:
         check_topk_fits(model)
 
@@ -138,32 +184,15 @@ def import_jsonl(path: str | Path, model: Any, *, layer_offset: int = 0, first_i
     ntok: list[int] = []        # per row
     linenos: list[int] = []     # per row
     ids: list[list[int]] = []   # per token
-    for lineno, row in json_objects(path):
-        if row.get("type") not in _ROUTE_TYPES:
-            continue
-        try:
-            for key in ("step", "layer", "experts"):
-                if key not in row:
-                    raise TideError(f"line {lineno}: row lacks field {key!r}")
-            step, layer = row["step"], row["layer"]
-            if not is_int(step) or not 0 <= step < 2**62:
-                raise TideError(f"line {lineno}: field step must be an integer >= 0, got {step!r}")
-            if not is_int(layer):
-                raise TideError(f"line {lineno}: field layer must be an integer, got {layer!r}")
-            moe_layer = layer - layer_offset
-            if not 0 <= moe_layer < L:
-                raise TideError(f"line {lineno}: layer {layer} is MoE layer {moe_layer} after layer offset "
-                                f"{layer_offset}, outside model {model.name}'s {L} MoE layers 0..{L - 1}")
-            tokens = _row_tokens(row["experts"], lineno)
-            lengths = set(map(len, tokens))
-            if lengths != {k}:
-                bad_len = min(lengths - {k})
-                raise TideError(f"line {lineno}: a token routes to {bad_len} experts, model {model.name} "
-                                f"uses top-{k}")
-        except TideError as exc:
-            raise TideError(f"{path} {exc}") from None
+    for lineno, where, _, (step, layer, experts) in step_rows(path, _ROUTE_TYPES, ("step", "layer", "experts")):
+        layer = moe_layer(where, layer, layer_offset, model)
+        tokens = _row_tokens(experts, where)
+        lengths = set(map(len, tokens))
+        if lengths != {k}:
+            raise TideError(f"{where}: a token routes to {min(lengths - {k})} experts, model {model.name} uses "
+                            f"top-{k}")
         steps.append(step)
-        layers.append(moe_layer)
+        layers.append(layer)
         ntok.append(len(tokens))
         linenos.append(lineno)
         ids.extend(tokens)
@@ -193,7 +222,7 @@ def assemble_trace(path: Path, model: Any, rows: RoutingRows, *, fmt: str, layer
     """The trace of parsed rows (module docstring: the trace); shared by the JSONL and per-token importers.
     A step whose MoE layers hold different token counts is incomplete: a one-line TideError naming the step and
     layer, or with ``drop_incomplete`` left out of the trace (``origin.dropped_steps`` counts them)."""
-    L, E, k = model.num_moe_layers, model.num_experts, model.top_k
+    L, E = model.num_moe_layers, model.num_experts
     steps, layers, ntok, linenos, ids = rows.steps, rows.layers, rows.ntok, rows.linenos, rows.ids
     # ---- vectorised checks of the ids ---------------------------------------------------------------
     ntok_a = np.asarray(ntok, dtype=np.int64)
@@ -238,55 +267,56 @@ def assemble_trace(path: Path, model: Any, rows: RoutingRows, *, fmt: str, layer
         S = int(log_steps.size)
         group_row = step_row * L + layer_row
 
-    # ---- counts[s, l, e] in one bincount ------------------------------------------------------------
+    # token j of a step is the j-th token of its (step, layer) group in file order, in every layer
     group_tok = np.repeat(group_row, ntok_a)
-    counts = count_assignments(group_tok, id_arr, S * L, E).reshape(S, L, E)
-
-    topk = None
-    if keep_topk:
-        # Token position within its (step, layer) group, in file order: stable sort by group.
-        order = np.argsort(group_tok, kind="stable")
-        sizes = np.bincount(group_tok, minlength=S * L)
-        starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-        pos = np.empty_like(order)
-        pos[order] = np.arange(order.size) - starts[group_tok[order]]
-        step_start = np.concatenate(([0], np.cumsum(tokens)[:-1]))
-        tok_step, tok_layer = group_tok // L, group_tok % L
-        topk = np.empty((int(tokens.sum()), L, k), dtype=np.int16)
-        topk[step_start[tok_step] + pos, tok_layer] = id_arr
-
-    # ---- step metadata ------------------------------------------------------------------------------
-    kind = np.full(S, KIND_DECODE, dtype=np.uint8)
-    committed = np.ones(S, dtype=np.int64)
-    decode_index = np.arange(S)
-    prompt_length = 0
-    if prefill:
-        kind[0] = KIND_PREFILL
-        committed[0] = 0
-        decode_index = decode_index - 1  # the prefill is block -1, decode steps are blocks 0, 1, ...
-        prompt_length = int(tokens[0])
-    gen_length = int(committed.sum())
-    header = {
-        "version": 1,
-        "model": model_header(model),
-        "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
-                       "gen_length": gen_length, "prompt_length": prompt_length},
-        "origin": {"kind": "imported", "source": str(path), "seed": None, "format": fmt,
-                   "layer_offset": layer_offset, "first_is_prefill": prefill,
-                   "log_steps": [int(log_steps[0]), int(log_steps[-1])], "dropped_steps": dropped,
-                   **(origin or {})},
-    }
-    return make_trace(header, counts, block=decode_index, step_in_block=np.zeros(S), tokens_forwarded=tokens,
-                      context_tokens=context, tokens_committed=committed, kind=kind, topk_ids=topk)
+    counts, topk = step_tables(id_arr, group_tok, positions_in_group(group_tok), tokens, L, E, keep_topk)
+    origin = {"kind": "imported", "source": str(path), "seed": None, "format": fmt, "layer_offset": layer_offset,
+              "first_is_prefill": prefill, "log_steps": [int(log_steps[0]), int(log_steps[-1])],
+              "dropped_steps": dropped, **(origin or {})}
+    return autoregressive_trace(model_header(model), counts, origin, tokens=tokens, context=context, committed=1,
+                                prefill=prefill, topk_ids=topk)
 
 
 # ---- the importers' command lines -------------------------------------------------------------------------------
-def add_import_options(ap: Any, what: str) -> None:
-    """The options the row-per-step importers' CLIs share (``what``: the log's name in the help)."""
+def run_importer(argv: Sequence[str] | None, module: str, doc: str, source: str, source_help: str,
+                 add_options: Callable[[Any], None], read: Callable[[Any, Any], Trace], tail: str,
+                 nargs: str | None = None) -> int:
+    """The body of every importer's command line, given what differs: the source argument, ``add_options``, then
+    ``--out``; ``read(options, parser)`` imports the trace (the parser for usage errors); it is written atomically
+    and summed up in one line ending in ``tail`` formatted with the trace's origin (lists joined by commas)."""
+    from offload.cli import Parser
+    from offload.trace_io import write_trace
+
+    ap = Parser(prog=f"python -m {module}", description=doc.splitlines()[0])
+    ap.add_argument(source, nargs=nargs, help=source_help)
+    add_options(ap)
+    ap.add_argument("--out", required=True, help="trace file to write (.npz)")
+    a = ap.parse_args(argv)
+    trace = read(a, ap)
+    origin = {k: ", ".join(map(str, v)) if isinstance(v, list) else v for k, v in trace.header["origin"].items()}
+    print(f"wrote {write_trace(trace, a.out)}: {trace_summary(trace)}; {tail.format(**origin)}")
+    return 0
+
+
+def run_row_importer(argv: Sequence[str] | None, module: str, doc: str, source: str, source_help: str,
+                     importer: Callable[..., Trace]) -> int:
+    """:func:`run_importer` for a row-per-step importer (:func:`import_jsonl`, ``traces.import_tokens``)."""
+    def read(a: Any, _ap: Any) -> Trace:
+        from offload.model_spec import ModelSpec
+
+        return importer(getattr(a, source), ModelSpec.load(a.model), layer_offset=a.layer_offset,
+                        first_is_prefill=a.first_is_prefill, keep_topk=not a.no_topk_ids,
+                        drop_incomplete=a.drop_incomplete)
+
+    return run_importer(argv, module, doc, source, source_help, partial(_add_row_options, what=source), read,
+                        "dropped {dropped_steps} incomplete step(s)")
+
+
+def _add_row_options(ap: Any, what: str) -> None:
+    """The options of the row-per-step importers (``what``: the log's name in the help)."""
     from offload.cli import add_model
 
     add_model(ap, required=True)
-    ap.add_argument("--out", required=True, help="trace file to write (.npz)")
     ap.add_argument("--layer-offset", type=int, default=0,
                     help=f"subtracted from the {what}'s layer numbers to give MoE layers 0..L-1 "
                          "(e.g. first_k_dense_replace when it numbers all decoder layers)")
@@ -296,18 +326,3 @@ def add_import_options(ap: Any, what: str) -> None:
     ap.add_argument("--drop-incomplete", action="store_true",
                     help="drop the steps where some MoE layer has fewer tokens than another instead of refusing "
                          "(the number dropped is printed)")
-
-
-def import_options(a: Any) -> dict[str, Any]:
-    """The keyword arguments of an importer from :func:`add_import_options`' parsed options."""
-    return dict(layer_offset=a.layer_offset, first_is_prefill=a.first_is_prefill, keep_topk=not a.no_topk_ids,
-                drop_incomplete=a.drop_incomplete)
-
-
-def write_imported(trace: Trace, out: str) -> None:
-    """Write an imported trace and say what it holds and how many incomplete steps were dropped."""
-    from offload.trace_io import write_trace
-
-    path = write_trace(trace, out)
-    print(f"wrote {path}: {trace_summary(trace)}; dropped {trace.header['origin']['dropped_steps']} incomplete "
-          "step(s)")

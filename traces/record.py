@@ -40,10 +40,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from offload.errors import TideError
+from offload.errors import TideError, run_cli
 from offload.model_spec import MODEL_PRESETS, ModelSpec
-from offload.trace import KIND_DECODE, KIND_PREFILL, Trace, model_header
-from offload.trace_check import make_trace
+from offload.trace import Trace, model_header
+from traces.core import autoregressive_trace, count_experts
 
 RECORDABLE = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss")
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.(?:.*\.)?(gate|router)$")
@@ -241,7 +241,7 @@ def record_generate(model: Any, prompt_ids: Sequence[int], max_new_tokens: int, 
 
 
 def _trace(spec: ModelSpec, calls: list[list[np.ndarray]], P: int, new: list[int], source: str | None) -> Trace:
-    L, E, k = spec.num_moe_layers, spec.num_experts, spec.top_k
+    E, k = spec.num_experts, spec.top_k
     n_calls = {len(c) for c in calls}
     if len(n_calls) != 1:
         raise TideError(f"the MoE layers' routers ran a different number of times ({sorted(n_calls)}): the "
@@ -257,22 +257,13 @@ def _trace(spec: ModelSpec, calls: list[list[np.ndarray]], P: int, new: list[int
     if topk.min() < 0 or topk.max() >= E:
         raise TideError("a router chose an expert id outside 0..E-1")
     step = np.concatenate([np.zeros(P, dtype=np.int64), np.arange(1, S)])
-    flat = (step[:, None, None] * L + np.arange(L)[None, :, None]) * E + topk
-    counts = np.bincount(flat.ravel(), minlength=S * L * E).reshape(S, L, E)
     j = np.arange(S)
-    decode = j >= 1
-    header = {
-        "version": 1, "model": model_header(spec),
-        "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
-                       "gen_length": S - 1, "prompt_length": P},
-        "origin": {"kind": "recorded", "seed": None, "recorder": "traces.record", "source": source,
-                   "model_type": spec.model_type, "decoding": "greedy", "new_tokens": len(new),
-                   "output_ids": [int(t) for t in new]},
-    }
-    return make_trace(header, counts, block=j - 1, step_in_block=np.zeros(S),
-                      tokens_forwarded=np.where(decode, 1, P), context_tokens=np.where(decode, P + j, P),
-                      tokens_committed=decode.astype(np.int64), kind=np.where(decode, KIND_DECODE, KIND_PREFILL),
-                      topk_ids=topk)
+    origin = {"kind": "recorded", "seed": None, "recorder": "traces.record", "source": source,
+              "model_type": spec.model_type, "decoding": "greedy", "new_tokens": len(new),
+              "output_ids": [int(t) for t in new]}
+    return autoregressive_trace(model_header(spec), count_experts(topk, E, step, S), origin,
+                                tokens=np.where(j >= 1, 1, P), context=np.where(j >= 1, P + j, P), committed=1,
+                                prefill=True, topk_ids=topk)
 
 
 # ---- loading and the command line -----------------------------------------------------------------------------
@@ -366,6 +357,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from offload.errors import run_cli
-
     run_cli(main)

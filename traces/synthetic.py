@@ -109,7 +109,7 @@ stop: a few seconds on one core.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -122,6 +122,8 @@ from offload.errors import TideError
 from offload.trace import (DIFFUSION_MODES, KIND_COMMIT, KIND_DENOISE, KIND_PREFILL, SCHEMA_VERSION, STEP_FIELDS,
                            Trace, model_header)
 from offload.trace_check import make_trace
+from traces.core import (ar1, check_flag, check_integer, check_number, count_experts, exp_race, k_smallest,
+                         synthetic_origin, zipf_logits)
 
 # Published tokens per denoising forward at default decoding (routing-stats.md).
 TOKENS_PER_FORWARD = {"mini": 2.55, "flash": 3.19}
@@ -198,9 +200,7 @@ class SyntheticConfig:
             raise TideError(f"synthetic mode {self.mode!r} is not one of {', '.join(DIFFUSION_MODES)}")
         for name, minimum in (("block_length", 1), ("gen_length", 1), ("prompt_length", 0), ("steps", 1),
                               ("seed", 0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum:
-                raise TideError(f"synthetic {name} must be an integer >= {minimum}, got {v!r}")
+            check_integer(f"synthetic {name}", getattr(self, name), minimum)
         if self.gen_length > MAX_GEN_LENGTH or self.prompt_length > MAX_GEN_LENGTH:
             raise TideError(f"synthetic gen_length and prompt_length are limited to {MAX_GEN_LENGTH} tokens, "
                             f"LLaDA2.0's context (a trace that long takes about a minute), got "
@@ -212,45 +212,25 @@ class SyntheticConfig:
             # the scheduled minimum alone gives the fewest tokens per forward; a whole block per forward would
             # need infinitely many extra commits, so it is reachable only when the minimum already does it
             lo, hi = self.block_length / min(self.steps, self.block_length), self.block_length
-            _check_range("tokens_per_forward", self.tokens_per_forward, lo, hi)
+            check_number("synthetic tokens_per_forward", self.tokens_per_forward, lo, hi)
             if lo < hi == self.tokens_per_forward:
                 raise TideError(f"synthetic tokens_per_forward must be below block_length {hi} when steps > 1")
-        _check_range("threshold", self.threshold, 0.0, 1.0)
-        _check_range("popularity_skew", self.popularity_skew, 0.0, 10.0)
-        _check_range("block_concentration", self.block_concentration, 1e-4, 1e4)
-        _check_range("temporal_correlation", self.temporal_correlation, 0.0, 1.0)
-        _check_range("commit_correlation", self.commit_correlation, 0.0, 1.0)
-        _check_range("skew_depth", self.skew_depth, 0.0, 1.9)
-        _check_range("concentration_depth", self.concentration_depth, 0.0, 5.0)
-        _check_range("drift_sd", self.drift_sd, 0.0, 5.0)
-        _check_range("drift_correlation", self.drift_correlation, 0.0, 1.0)
-        _check_range("content_share", self.content_share, 0.0, 1.0)
-        _check_range("content_concentration", self.content_concentration, 1e-3, 1e3)
-        _check_range("mask_share", self.mask_share, 0.0, 1.0)
-        v = self.mask_experts
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 4096:
-            raise TideError(f"synthetic mask_experts must be an integer in [1, 4096], got {v!r}")
-        if not isinstance(self.eos_stop, (bool, np.bool_)):
-            raise TideError(f"synthetic eos_stop must be True or False, got {self.eos_stop!r}")
+        for name, lo, hi in _RANGES:
+            check_number(f"synthetic {name}", getattr(self, name), lo, hi)
+        check_integer("synthetic mask_experts", self.mask_experts, 1, 4096)
+        check_flag("synthetic eos_stop", self.eos_stop)
         for name in ("eos_blocks_min", "eos_blocks_max"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 10**6:
-                raise TideError(f"synthetic {name} must be an integer in [1, 1000000], got {v!r}")
+            check_integer(f"synthetic {name}", getattr(self, name), 1, 10**6)
         if self.eos_blocks_min > self.eos_blocks_max:
             raise TideError(f"synthetic eos_blocks_min {self.eos_blocks_min} must be in [1, eos_blocks_max "
                             f"{self.eos_blocks_max}]")
 
-    def params(self) -> dict[str, Any]:
-        """All fields as JSON-ready values (the header's origin.params)."""
-        return {k: (v if isinstance(v, (str, type(None))) else bool(v) if isinstance(v, (bool, np.bool_))
-                    else float(v) if isinstance(v, float) else int(v))
-                for k, v in asdict(self).items()}
 
-
-def _check_range(name: str, v: Any, lo: float, hi: float) -> None:
-    ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
-    if not ok or not lo <= v <= hi:
-        raise TideError(f"synthetic {name} must be a number in [{lo:g}, {hi:g}], got {v!r}")
+# the valid range of each float field but tokens_per_forward (whose range depends on the block and steps)
+_RANGES = (("threshold", 0.0, 1.0), ("popularity_skew", 0.0, 10.0), ("block_concentration", 1e-4, 1e4),
+           ("temporal_correlation", 0.0, 1.0), ("commit_correlation", 0.0, 1.0), ("skew_depth", 0.0, 1.9),
+           ("concentration_depth", 0.0, 5.0), ("drift_sd", 0.0, 5.0), ("drift_correlation", 0.0, 1.0),
+           ("content_share", 0.0, 1.0), ("content_concentration", 1e-3, 1e3), ("mask_share", 0.0, 1.0))
 
 
 def default_tokens_per_forward(model: Any) -> float:
@@ -353,8 +333,7 @@ def depth_profile(num_layers: int, cfg: SyntheticConfig) -> tuple[np.ndarray, np
 
 def expert_popularity(rng: np.random.Generator, num_layers: int, num_experts: int, skew: Any) -> np.ndarray:
     """log p [L, E]: Zipf(skew_l) over a random ranking of the experts of each layer (skew: scalar or [L])."""
-    rank = np.argsort(rng.random((num_layers, num_experts)), axis=1)
-    log_p = -np.reshape(skew, (-1, 1)) * np.log1p(rank.astype(np.float64))
+    log_p = zipf_logits(np.argsort(rng.random((num_layers, num_experts)), axis=1), skew)
     return log_p - logsumexp(log_p, axis=1, keepdims=True)
 
 
@@ -410,17 +389,15 @@ def route(xy: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
     """Top-k expert ids [N, L, k] (int16): the k smallest (X^2 + Y^2) / q per token and layer.
 
     xy: [2, N, L, E] float32 noise; weights: 1/q broadcastable to [N, L, E]."""
-    score = np.square(xy[0])
-    score += np.square(xy[1])
+    score = exp_race(xy[0], xy[1])
     score *= weights
-    return np.argpartition(score, top_k - 1, axis=-1)[..., :top_k].astype(np.int16)
+    return k_smallest(score, top_k).astype(np.int16)
 
 
 def count_ids(ids: np.ndarray, num_experts: int) -> np.ndarray:
-    """Per-layer expert counts [S, L, E] of ids [S, N, L, k] (one bincount over (step, layer, expert))."""
-    S, _, L, _ = ids.shape
-    flat = (np.arange(S)[:, None, None, None] * L + np.arange(L)[None, None, :, None]) * num_experts + ids
-    return np.bincount(flat.ravel(), minlength=S * L * num_experts).reshape(S, L, num_experts)
+    """Per-layer expert counts [S, L, E] of the steps' ids [S, N, L, k]."""
+    S, N = ids.shape[:2]
+    return count_experts(ids.reshape(S * N, *ids.shape[2:]), num_experts, np.repeat(np.arange(S), N), S)
 
 
 @dataclass(frozen=True)
@@ -481,14 +458,11 @@ def popularity_drift(seqs: list[np.random.SeedSequence], shape: tuple[int, int],
                      start: np.ndarray | None = None) -> np.ndarray:
     """u [n, L, E]: Gaussian AR(1) across n chunks, stationary sd ``sd``: u_i = corr u_(i-1) + sd sqrt(1 - corr^2)
     e_i, with u_(-1) = ``start`` (None: u_0 = sd e_0, stationary); e_i from seqs[i], so earlier chunks do not
-    depend on how many follow. A loop over chunks, not tokens."""
-    u = np.empty((len(seqs), *shape))
-    inn = sd * np.sqrt(1.0 - corr * corr)
-    prev = start
-    for i, s in enumerate(seqs):
-        e = _rng(s).standard_normal(shape)
-        u[i] = prev = sd * e if prev is None else corr * prev + inn * e
-    return u
+    depend on how many follow. A loop over chunks, not tokens, for the draws."""
+    e = np.array([_rng(s).standard_normal(shape) for s in seqs]).reshape(-1, *shape)
+    x = sd * np.sqrt(1.0 - corr * corr) * e
+    x[:1] = sd * e[:1] if start is None else corr * start + x[:1]
+    return ar1(x, corr)
 
 
 def eos_blocks(rng: np.random.Generator, cfg: SyntheticConfig) -> tuple[int, int]:
@@ -570,7 +544,7 @@ def _new_rows(with_topk: bool) -> _Rows:
 
 def _rows_prefix_recompute(tl: Timeline, cfg: SyntheticConfig, E: int, rows: _Rows) -> None:
     P, T = cfg.prompt_length, cfg.block_length
-    prefix_counts = count_ids(tl.prompt_ids[None], E)[0]
+    prefix_counts = count_experts(tl.prompt_ids, E)[0]
     prefix_ids = tl.prompt_ids
     for b, blk in enumerate(tl.blocks):
         n = blk.num_steps
@@ -582,7 +556,7 @@ def _rows_prefix_recompute(tl: Timeline, cfg: SyntheticConfig, E: int, rows: _Ro
         rows.add(prefix_counts[None] + count_ids(steps_ids, E), ids, block=b, step_in_block=np.arange(n),
                  tokens_forwarded=ctx, context_tokens=ctx, tokens_committed=blk.committed, kind=KIND_DENOISE)
         final = blk.ids[n]
-        prefix_counts = prefix_counts + count_ids(final[None], E)[0]
+        prefix_counts = prefix_counts + count_experts(final, E)[0]
         if rows.ids is not None:
             prefix_ids = np.concatenate([prefix_ids, final], axis=0)
 
@@ -590,7 +564,7 @@ def _rows_prefix_recompute(tl: Timeline, cfg: SyntheticConfig, E: int, rows: _Ro
 def _rows_block_cache(tl: Timeline, cfg: SyntheticConfig, E: int, rows: _Rows) -> None:
     P, T = cfg.prompt_length, cfg.block_length
     if P > 0:
-        rows.add(count_ids(tl.prompt_ids[None], E), tl.prompt_ids, block=-1, step_in_block=0, tokens_forwarded=P,
+        rows.add(count_experts(tl.prompt_ids, E), tl.prompt_ids, block=-1, step_in_block=0, tokens_forwarded=P,
                  context_tokens=P, tokens_committed=0, kind=KIND_PREFILL)
     last = len(tl.blocks) - 1
     for b, blk in enumerate(tl.blocks):
@@ -613,7 +587,7 @@ def generation_header(model: Any, cfg: SyntheticConfig, output_tokens: int) -> d
         "generation": {"mode": cfg.mode, "block_length": int(cfg.block_length), "steps": int(cfg.steps),
                        "threshold": float(cfg.threshold), "gen_length": int(cfg.gen_length),
                        "prompt_length": int(cfg.prompt_length), "output_tokens": int(output_tokens)},
-        "origin": {"kind": "synthetic", "seed": int(cfg.seed), "generator": "traces.synthetic", "params": cfg.params()},
+        "origin": synthetic_origin("traces.synthetic", cfg),
     }
 
 

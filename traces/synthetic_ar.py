@@ -58,16 +58,16 @@ tokens takes about a second on one core.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
-from scipy.signal import lfilter
 
 from offload.cli import DEFAULT_PROMPT_LENGTH
-from offload.errors import TideError
-from offload.trace import KIND_DECODE, KIND_PREFILL, Trace, model_header
-from offload.trace_check import make_trace
+from offload.errors import TideError, run_cli
+from offload.trace import KIND_DECODE, Trace, model_header
+from traces.core import (ar1, autoregressive_trace, check_flag, check_integer, check_number, check_topk_fits,
+                         count_experts, exp_race, k_smallest, synthetic_origin, zipf_logits)
 
 # Per-family parameters (module docstring: what each is calibrated to).
 AR_DEFAULTS: dict[str, dict[str, float]] = {
@@ -114,25 +114,14 @@ class ARConfig:
     def __post_init__(self) -> None:
         for name, lo, hi in (("prompt_length", 1, MAX_TOKENS), ("gen_length", 1, MAX_TOKENS),
                              ("batch", 1, MAX_BATCH), ("seed", 0, 2**63 - 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
-                raise TideError(f"synthetic AR {name} must be an integer in [{lo}, {hi}], got {v!r}")
+            check_integer(f"synthetic AR {name}", getattr(self, name), lo, hi)
         if self.prompt_length + self.gen_length > MAX_TOKENS:
             raise TideError(f"synthetic AR prompt_length + gen_length must be at most {MAX_TOKENS}, got "
                             f"{self.prompt_length + self.gen_length}")
         for name, lo, hi in (("popularity_skew", 0.0, 10.0), ("drift_sd", 0.0, 10.0),
                              ("drift_correlation", 0.0, 0.9999), ("persistence", 0.0, 0.9999)):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v)
-            if not ok or not lo <= v <= hi:
-                raise TideError(f"synthetic AR {name} must be a number in [{lo}, {hi}], got {v!r}")
-        if not isinstance(self.keep_topk, (bool, np.bool_)):
-            raise TideError(f"synthetic AR keep_topk must be True or False, got {self.keep_topk!r}")
-
-    def params(self) -> dict[str, Any]:
-        """All fields as JSON-ready values (the header's origin.params)."""
-        return {k: bool(v) if isinstance(v, (bool, np.bool_)) else float(v) if isinstance(v, (float, np.floating))
-                else int(v) for k, v in asdict(self).items()}
+            check_number(f"synthetic AR {name}", getattr(self, name), lo, hi)
+        check_flag("synthetic AR keep_topk", self.keep_topk)
 
 
 def default_ar_config(model: Any, **overrides: Any) -> ARConfig:
@@ -151,7 +140,7 @@ def _ar1(rng: np.random.Generator, shape: tuple[int, ...], coef: float) -> np.nd
     if coef == 0.0:
         return z
     z[1:] *= np.float32(np.sqrt(1.0 - coef * coef))
-    return lfilter([1.0], [1.0, -coef], z, axis=0).astype(np.float32, copy=False)
+    return ar1(z, coef).astype(np.float32, copy=False)
 
 
 def route_tokens(num_moe_layers: int, num_experts: int, top_k: int, cfg: ARConfig) -> np.ndarray:
@@ -163,25 +152,18 @@ def route_tokens(num_moe_layers: int, num_experts: int, top_k: int, cfg: ARConfi
     # one child stream per layer: a layer's draws do not depend on how many layers come before it
     for l, seq in enumerate(np.random.SeedSequence(cfg.seed).spawn(L)):
         rng = np.random.default_rng(seq)
-        log_p = (-cfg.popularity_skew * np.log1p(rng.permutation(E))).astype(np.float32)
+        log_p = zipf_logits(rng.permutation(E), cfg.popularity_skew).astype(np.float32)
         score = np.broadcast_to(log_p, (T, B, E)).copy()
         if cfg.drift_sd > 0:
             score += np.float32(cfg.drift_sd) * _ar1(rng, (T, B, E), float(cfg.drift_correlation))
         x = _ar1(rng, (T, B, E), float(cfg.persistence))
         y = _ar1(rng, (T, B, E), float(cfg.persistence))
-        s = 0.5 * (x * x + y * y)
+        s = 0.5 * exp_race(x, y)
         score -= np.log(np.maximum(s, np.float32(1e-30)))  # S = 0 has probability 0; the floor keeps it finite
-        top = np.argpartition(-score, k - 1, axis=-1)[..., :k]
+        top = k_smallest(-score, k)
         order = np.argsort(-np.take_along_axis(score, top, axis=-1), axis=-1)  # descending score: deterministic
         ids[:, :, l] = np.take_along_axis(top, order, axis=-1)
     return ids
-
-
-def _counts(ids: np.ndarray, group: np.ndarray, groups: int, num_experts: int) -> np.ndarray:
-    """counts[g, l, e] from ids [N, L, k] and each token's group g (one bincount)."""
-    N, L, k = ids.shape
-    flat = (group[:, None, None] * L + np.arange(L)[None, :, None]) * num_experts + ids
-    return np.bincount(flat.ravel(), minlength=groups * L * num_experts).reshape(groups, L, num_experts)
 
 
 def synthetic_ar_trace(model: Any, cfg: ARConfig | None = None) -> Trace:
@@ -189,8 +171,8 @@ def synthetic_ar_trace(model: Any, cfg: ARConfig | None = None) -> Trace:
     config_hash); ``cfg`` None: :func:`default_ar_config`."""
     cfg = default_ar_config(model) if cfg is None else cfg
     L, E, k = model.num_moe_layers, model.num_experts, model.top_k
-    if cfg.keep_topk and E > np.iinfo(np.int16).max + 1:
-        raise TideError(f"model {model.name} has {E} experts: too many to keep per-token ids (keep_topk=False)")
+    if cfg.keep_topk:
+        check_topk_fits(model)
     P, G, B = cfg.prompt_length, cfg.gen_length, cfg.batch
     ids = route_tokens(L, E, k, cfg)
     # trace token order: the prefill's tokens sequence by sequence (b, then t), then each decode row's B tokens
@@ -198,24 +180,11 @@ def synthetic_ar_trace(model: Any, cfg: ARConfig | None = None) -> Trace:
     gen = ids[P:].reshape(G * B, L, k)
     tokens = np.concatenate([prompt, gen])
     group = np.concatenate([np.zeros(B * P, dtype=np.int64), np.repeat(np.arange(1, G + 1), B)])
-    counts = _counts(tokens, group, G + 1, E)
-    t = np.arange(G)
-    header = {
-        "version": 1,
-        "model": model_header(model),
-        "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
-                       "gen_length": G * B, "prompt_length": P, "sequences": B},
-        "origin": {"kind": "synthetic", "seed": int(cfg.seed), "generator": "traces.synthetic_ar", "batch": B,
-                   "params": cfg.params()},
-    }
-    return make_trace(
-        header, counts,
-        block=np.concatenate([[-1], t]), step_in_block=np.zeros(G + 1),
-        tokens_forwarded=np.concatenate([[B * P], np.full(G, B)]),
-        context_tokens=np.concatenate([[P], P + t + 1]),
-        tokens_committed=np.concatenate([[0], np.full(G, B)]),
-        kind=np.concatenate([[KIND_PREFILL], np.full(G, KIND_DECODE)]),
-        topk_ids=tokens if cfg.keep_topk else None)
+    origin = synthetic_origin("traces.synthetic_ar", cfg, batch=B)
+    return autoregressive_trace(model_header(model), count_experts(tokens, E, group, G + 1), origin,
+                                tokens=np.concatenate([[B * P], np.full(G, B)]),
+                                context=np.concatenate([[P], P + np.arange(1, G + 1)]), committed=B, prefill=True,
+                                topk_ids=tokens if cfg.keep_topk else None, prompt_length=P, sequences=B)
 
 
 # ---- locality measures --------------------------------------------------------------------------------------
@@ -348,6 +317,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from offload.errors import run_cli
-
     run_cli(main)

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from offload.errors import TideError
+from traces.core import check_integer
 from traces.synthetic import SyntheticConfig, default_config, model_family
 
 _PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
@@ -158,8 +159,7 @@ def draw_quantiles(seed: int, draw: int, dims: int) -> np.ndarray:
 
 
 def _check_draw(draw: Any) -> int:
-    if isinstance(draw, bool) or not isinstance(draw, (int, np.integer)) or draw < 0:
-        raise TideError(f"synthetic draw must be an integer >= 0, got {draw!r}")
+    check_integer("synthetic draw", draw, 0)
     return int(draw)
 
 
@@ -194,8 +194,7 @@ def draw_trace(model: Any, mode: str, seed: int, draw: int, **overrides: Any) ->
     if mode == "autoregressive":
         from traces.synthetic_ar import default_ar_config, synthetic_ar_trace
 
-        if draw < 0:
-            raise TideError(f"synthetic draw must be an integer >= 0, got {draw}")
+        draw = _check_draw(draw)
         keep = {k: v for k, v in overrides.items() if k in ("gen_length", "prompt_length")}
         return synthetic_ar_trace(model, default_ar_config(model, seed=seed + draw, **keep))
     return generate(model, synthetic_draw(model, mode, seed, draw, **overrides))

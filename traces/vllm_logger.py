@@ -55,9 +55,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from offload.errors import TideError
-from offload.trace import KIND_DECODE, KIND_PREFILL, Trace
-from offload.trace_check import make_trace
-from traces.importers import check_topk_fits, count_assignments, expert_id_array, is_int, json_objects
+from offload.trace import Trace
+from traces.core import autoregressive_trace, check_integer, check_topk_fits
+from traces.importers import expert_id_array, index_value, is_int, json_objects, row_values, step_tables
 
 _ROUTE_KEYS = ("token_idx", "layer", "topk_ids", "topk_weights")
 _MAX_INDEX = 2**31  # token_idx and layer numbers beyond this are not a real log
@@ -74,9 +74,7 @@ class RouterShape:
 
     def __post_init__(self) -> None:
         for f, label in (("num_experts", "experts"), ("top_k", "top-k")):
-            v = getattr(self, f)
-            if not is_int(v) or v < 1:
-                raise TideError(f"{label} must be an integer >= 1, got {v!r}")
+            check_integer(label, getattr(self, f), 1)
         if self.top_k > self.num_experts:
             raise TideError(f"top-k {self.top_k} exceeds the {self.num_experts} experts")
 
@@ -112,22 +110,18 @@ def _check_meta(path: Path, lineno: int, row: dict[str, Any], model: Any) -> dic
     return row
 
 
-def _check_route(lineno: int, row: dict[str, Any], model: Any) -> None:
-    """Types of one route row (values of the ids are checked vectorised later); raises without the path."""
-    for key in _ROUTE_KEYS:
-        if key not in row:
-            raise TideError(f"line {lineno}: route row lacks field {key!r}")
-    for key in ("token_idx", "layer"):
-        v = row[key]
-        if not is_int(v) or not 0 <= v < _MAX_INDEX:
-            raise TideError(f"line {lineno}: field {key} must be an integer >= 0, got {v!r}")
-    ids, weights, k = row["topk_ids"], row["topk_weights"], model.top_k
+def _check_route(where: str, row: dict[str, Any], model: Any) -> None:
+    """Types of one route row (values of the ids are checked vectorised later)."""
+    tok, layer, ids, weights = row_values(where, row, _ROUTE_KEYS, "route row")
+    index_value(where, "token_idx", tok, _MAX_INDEX)
+    index_value(where, "layer", layer, _MAX_INDEX)
+    k = model.top_k
     if type(ids) is not list or set(map(type, ids)) != {int}:
-        raise TideError(f"line {lineno}: field topk_ids must be a non-empty list of integer expert ids")
+        raise TideError(f"{where}: field topk_ids must be a non-empty list of integer expert ids")
     if len(ids) != k:
-        raise TideError(f"line {lineno}: a token routes to {len(ids)} experts, model {model.name} uses top-{k}")
+        raise TideError(f"{where}: a token routes to {len(ids)} experts, model {model.name} uses top-{k}")
     if type(weights) is not list or len(weights) != k or not set(map(type, weights)) <= {int, float}:
-        raise TideError(f"line {lineno}: field topk_weights must be a list of {k} numbers")
+        raise TideError(f"{where}: field topk_weights must be a list of {k} numbers")
 
 
 def _read_file(path: Path, model: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -149,10 +143,7 @@ def _read_file(path: Path, model: Any) -> tuple[dict[str, Any], dict[str, np.nda
             if "type" not in row:
                 raise TideError(f"{path} line {lineno}: row lacks field 'type'")
             continue
-        try:
-            _check_route(lineno, row, model)
-        except TideError as exc:
-            raise TideError(f"{path} {exc}") from None
+        _check_route(f"{path} line {lineno}", row, model)
         lines.append(lineno)
         tok.append(row["token_idx"])
         layers.append(row["layer"])
@@ -268,24 +259,17 @@ def _layer_order(logs: list[LayerLog], layer_map: Sequence[int] | None) -> list[
     return [index[x] for x in layer_map]
 
 
-def _step_fields(rows: np.ndarray, kept: np.ndarray) -> dict[str, np.ndarray]:
-    """Schema step fields of the kept calls (module docstring: the prefill, then decode steps)."""
-    tokens = rows[:, kept].max(axis=0)  # equal in every layer for kept calls
-    prefill = kept == 0
+def _context(rows: np.ndarray, kept: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Context of the kept calls (module docstring): the prefill's tokens, then the mean prompt plus the call."""
     # Mean prompt length: prompt boundaries are not logged, but the first decode call has one row per request.
     mean_prompt = math.ceil(rows[:, 0].max() / rows[:, 1].max()) if rows.shape[1] > 1 else 0
-    return {"tokens_forwarded": tokens,
-            "kind": np.where(prefill, KIND_PREFILL, KIND_DECODE),
-            "tokens_committed": np.where(prefill, 0, tokens),
-            "block": np.where(prefill, -1, np.cumsum(~prefill) - 1),
-            "step_in_block": np.zeros(kept.size, dtype=np.int64),
-            "context_tokens": np.where(prefill, tokens, np.maximum(tokens, mean_prompt + kept))}
+    return np.where(kept == 0, tokens, np.maximum(tokens, mean_prompt + kept))
 
 
 def _merge(logs: list[LayerLog], order: list[int], step_of_call: np.ndarray, tokens: np.ndarray, model: Any,
            keep_topk: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """counts [S, L, E] and, with ``keep_topk``, topk_ids [tokens, L, k] of the kept calls."""
-    S, L, E = tokens.size, len(order), model.num_experts
+    L = len(order)
     groups, ids, pos = [], [], []
     for l, i in enumerate(order):
         step = step_of_call[logs[i].call]
@@ -293,14 +277,8 @@ def _merge(logs: list[LayerLog], order: list[int], step_of_call: np.ndarray, tok
         groups.append(step[keep] * L + l)
         ids.append(logs[i].ids[keep])
         pos.append(logs[i].pos[keep])
-    group, id_arr = np.concatenate(groups), np.concatenate(ids)
-    counts = count_assignments(group, id_arr, S * L, E).reshape(S, L, E)
-    if not keep_topk:
-        return counts, None
-    topk = np.empty((int(tokens.sum()), L, model.top_k), dtype=np.int16)
-    step_start = np.cumsum(tokens) - tokens
-    topk[step_start[group // L] + np.concatenate(pos), group % L] = id_arr
-    return counts, topk
+    return step_tables(np.concatenate(ids), np.concatenate(groups), np.concatenate(pos), tokens, L,
+                       model.num_experts, keep_topk)
 
 
 def _model_id(logs: list[LayerLog]) -> str | None:
@@ -342,23 +320,17 @@ def import_vllm_logger(paths: Sequence[str | Path] | str | Path, model: Any, *, 
     kept = np.flatnonzero(keep)
     step_of_call = np.full(keep.size, -1, dtype=np.int64)
     step_of_call[kept] = np.arange(kept.size)
-    fields = _step_fields(rows, kept)
-    counts, topk = _merge(logs, order, step_of_call, fields["tokens_forwarded"], model, keep_topk)
+    tokens = rows[:, kept].max(axis=0)  # equal in every layer for kept calls
+    counts, topk = _merge(logs, order, step_of_call, tokens, model, keep_topk)
 
     L = len(order)
     name = model.name if model.name is not None else (model_id or "unknown")
     config_hash = model.config_hash if getattr(model, "num_moe_layers", None) == L else None
-    prefill_tokens = int(fields["tokens_forwarded"][0]) if kept[0] == 0 else 0
-    header = {
-        "version": 1,
-        "model": {"name": name, "config_hash": config_hash, "num_moe_layers": L,
-                  "num_experts": model.num_experts, "top_k": model.top_k},
-        "generation": {"mode": "autoregressive", "block_length": 1, "steps": 1, "threshold": None,
-                       "gen_length": int(fields["tokens_committed"].sum()), "prompt_length": prefill_tokens},
-        "origin": {"kind": "imported", "seed": None, "format": "vllm-moe-logger",
-                   "source": [str(p) for p in paths], "model_id": model_id,
-                   "layers": [logs[i].layer for i in order], "logged_layers": [g.layer for g in logs],
-                   "warmup_calls": [g.warmup_calls for g in logs], "skip_calls": skip_calls,
-                   "dropped_steps": int(keep.size - kept.size)},
-    }
-    return make_trace(header, counts, topk_ids=topk, **fields)
+    origin = {"kind": "imported", "seed": None, "format": "vllm-moe-logger", "source": [str(p) for p in paths],
+              "model_id": model_id, "layers": [logs[i].layer for i in order], "logged_layers": [g.layer for g in logs],
+              "warmup_calls": [g.warmup_calls for g in logs], "skip_calls": skip_calls,
+              "dropped_steps": int(keep.size - kept.size)}
+    return autoregressive_trace({"name": name, "config_hash": config_hash, "num_moe_layers": L,
+                                 "num_experts": model.num_experts, "top_k": model.top_k}, counts, origin,
+                                tokens=tokens, context=_context(rows, kept, tokens), committed=tokens,
+                                prefill=kept[0] == 0, topk_ids=topk)

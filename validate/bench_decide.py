@@ -1,8 +1,9 @@
 """``decide_us``: each policy's decide() time on this host, per (step, MoE layer) call (numpy only).
 
-Every causal policy but all-gpu (whose KEEP is inside the ``moe_overhead`` table, validate.bench_store) is driven
-by ``offload.policies.drive`` over a routing array generated here with numpy alone (traces.synthetic needs
-scipy, which the GPU machine lacks), and the median wall time of its decide() calls is kept:
+Every causal policy but all-gpu (whose KEEP is inside the ``moe_overhead`` table, validate.bench_store) is stepped
+as the engine and the store step it (``offload.step.Stepper.run``: the same views, residency and prefetches, no
+copies) over a routing array generated here with numpy alone (traces.synthetic needs scipy, which the GPU
+machine lacks), and the median wall time of its decide() calls is kept:
 
   decide_us[policy] = median over the S L calls of perf_counter_ns around policy.decide   (microseconds)
 
@@ -29,9 +30,10 @@ import numpy as np
 
 from offload.model_spec import ModelSpec
 from offload.policies import RUNNABLE, make_policy
-from offload.policies.base import PolicyContext, StepInfo
-from offload.policies.drive import decide_times
+from offload.policies.base import StepInfo
+from offload.step import RunShape, Stepper
 from offload.trace import KIND_DENOISE
+from traces.core import count_experts, k_smallest
 
 BLOCKS, BLOCK_LENGTH, STEPS_PER_BLOCK, PROMPT = 2, 32, 12, 32
 ZIPF_A, NOISE_SIGMA = 1.0, 0.3
@@ -50,11 +52,8 @@ def routing(num_layers: int, num_experts: int, top_k: int, seed: int = 0) -> tup
         for j in range(STEPS_PER_BLOCK):
             logits = logp + NOISE_SIGMA * rng.standard_normal((L, E))
             g = logits[:, None, :] + rng.gumbel(size=(L, T, E))       # [L, T, E]
-            top = np.argpartition(-g, k - 1, axis=-1)[..., :k]          # Gumbel-top-k: k distinct experts a token
-            c = np.zeros((L, E), dtype=np.int64)
-            for l in range(L):
-                c[l] = np.bincount(top[l].reshape(-1), minlength=E)
-            counts.append(c)
+            top = k_smallest(-g, k)                                     # Gumbel-top-k: k distinct experts a token
+            counts.append(count_experts(top.swapaxes(0, 1), E)[0])      # [L, E]
             steps.append(StepInfo(index=len(steps), block=b, step_in_block=j, kind=KIND_DENOISE, tokens_forwarded=T))
     return np.stack(counts), steps
 
@@ -64,13 +63,10 @@ def decide_table(spec: ModelSpec, cost: Any, policies: Sequence[str] = DEFAULT_P
     """Median microseconds per decide() call of each policy (default parameters), see the module docstring."""
     L, E = spec.num_moe_layers, spec.num_experts
     counts, steps = routing(L, E, spec.top_k, seed)
-    budget = np.full(L, max(1, E // 2), dtype=np.int64)
+    shape = RunShape(L, E, spec.top_k, spec.expert_bytes, spec.token_bytes, BLOCK_LENGTH, "prefix-recompute")
     out: dict[str, float] = {}
     for name in policies:
-        policy = make_policy(name)
-        full = budget if policy.needs_budget else np.full(L, E, dtype=np.int64)
-        ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=spec.top_k, budget=full.copy(),
-                            expert_bytes=int(spec.expert_bytes), block_length=BLOCK_LENGTH, mode="prefix-recompute",
-                            cost=cost)
-        out[name] = float(np.median(decide_times(policy, counts, steps, full, ctx)))
+        stepper: Stepper[None] = Stepper(make_policy(name), max(1, E // 2), shape, cost=cost, timed=True)
+        stepper.run(counts, steps)
+        out[name] = float(np.median(stepper.decide_us))
     return out

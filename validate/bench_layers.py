@@ -8,7 +8,7 @@
   embed(n)         word embeddings of n ids + the rotary cos/sin tables (once per forward)
   dense_mlp(n)     x + mlp(post_attention_layernorm(x)) of a dense layer
   moe_dense(n)     the same for a MoE layer with the routed experts left out: router (runtime.router.route),
-                   shared expert, residual; the executor is a stub returning its input
+                   shared expert, residual; the routed experts are a stub returning its input
   lm_head(m)       final norm + lm_head (float32 logits) over m rows, then the sampler of one denoising step
                    (runtime.diffusion.choose over the m rows, the commit write and its count)
   step overhead    seconds per forward of runtime.diffusion.generate itself (the loop, step bookkeeping,
@@ -34,7 +34,7 @@ _THRESHOLD = 0.95  # the runtime's default confidence threshold
 _SETTINGS = GenerationSettings(threshold=_THRESHOLD)  # greedy, as generate's default
 
 
-class _NullExecutor:
+class _NullExperts:
     """Routed experts that cost nothing: the MoE module's own work is timed without them."""
 
     def forward(self, moe_layer: int, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> torch.Tensor:
@@ -90,7 +90,7 @@ def embed_table(clock: Clock, rig: Rig, grid: Sequence[int], held: Sequence[int]
 def mlp_table(name: str, clock: Clock, rig: Rig, grid: Sequence[int], held: Sequence[int]) -> Measured:
     """``dense_mlp`` (the dense layer) or ``moe_dense`` (the MoE layer without its routed experts)."""
     layer = rig.dense_layer if name == "dense_mlp" else rig.moe_layer
-    null = _NullExecutor()
+    null = _NullExperts()
 
     def at(n: float) -> float:
         x = rig.hidden(int(n))

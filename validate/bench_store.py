@@ -12,7 +12,7 @@ policy all-gpu) with its expert kernel replaced by one that returns at once; the
 If the store no longer calls ``runtime.expert_store.grouped_experts`` (the stub is never reached), the
 overhead is taken as T(store.forward) - T(grouped_experts on the same rows) instead and the table says so.
 The decision timed is all-gpu's (keep everything, ~0 us); other policies' decisions are measured on their own
-(validate.bench_decide, the profile's ``decide_us``) and charged by the engine on top of this table.
+(validate.bench_decide, the calibrated executor profile's ``decide_us``) and charged by the engine on top of this table.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ runtime's dtype (float32 on cpu, bfloat16 on cuda): routed experts on the device
 (validate.bench_experts), attention / embeddings / dense MLP / router + shared expert / lm_head + sampler and
 the generation loop's own per-step work (validate.bench_layers), the expert store's per-layer fixed work
 (validate.bench_store), and the copies (validate.bench_copies); then each policy's decide() time
-(validate.bench_decide, the profile's ``decide_us``: numpy, under a second). Each table is checked on held-out points that
-were not used to build it; the errors are printed and stored in the profile (``calibration.holdout``).
+(validate.bench_decide: numpy, under a second), written to the ``tide-moe`` executor profile beside the hardware
+profile (``offload.executor.beside``). Each table is checked on held-out points that were not used to build it;
+the errors are printed and stored in the profile (``calibration.holdout``).
 
 Written as it goes: the profile is rewritten (atomically) after every table, so a run killed by an outer
 time limit leaves everything measured so far (see :class:`Progress`). The tables a profile needs (REQUIRED and
@@ -49,6 +50,7 @@ from offload.errors import TideError, run_cli
 from offload.atomic_io import atomic_write_text
 from offload.cpu_share import CpuMeter, busy_warning, starved
 from offload.cost import RooflineCostModel
+from offload.executor import ExecutorProfile, beside
 from offload.hardware import HardwareProfile
 from validate import bench_copies, bench_decide, bench_experts, bench_layers, bench_store
 from runtime.environment import environment
@@ -143,6 +145,7 @@ class Progress:
       ``out``                a loadable hardware profile, once REQUIRED and the step overhead are measured;
                              ``calibration.complete`` is false until the last write of a run that measured
                              every table it set out to (the informational ones --max-seconds skips aside)
+      ``beside(out)``        the ``tide-moe`` executor profile with the measured decide() times, once measured
       ``partial_path(out)``  before that: the tables so far under format PARTIAL_FORMAT, which
                              HardwareProfile.load refuses with a one-line error naming it
     A file left at ``out`` by an earlier run is removed by this run's first (partial) write: whatever sits at
@@ -160,7 +163,7 @@ class Progress:
     on_save: Callable[[str, Path], None] | None = None  # after every write: (what was measured, path written)
     tables: dict[str, Measured] = field(default_factory=dict)
     step: dict[str, float] | None = None
-    decide: dict[str, float] | None = None  # policy -> us per decide() (the profile's decide_us), once measured
+    decide: dict[str, float] | None = None  # policy -> us per decide() (the executor's decide_us), once measured
     skipped: list[str] = field(default_factory=list)  # informational tables skipped by --max-seconds
     cut: list[str] = field(default_factory=list)  # tables not started because --deadline-seconds had passed
     finished: list[str] = field(default_factory=list)  # measured so far, in order ("step": the step overhead)
@@ -230,7 +233,7 @@ class Progress:
         self._saved("step", self.save())
 
     def run_decide(self, fn: Callable[[], dict[str, float]]) -> None:
-        """Measure the policies' decide() times (not a table: the profile's ``decide_us``); after the required
+        """Measure the policies' decide() times (the executor profile's ``decide_us``); after the required
         tables, since riptide and tide-opt price their choices with the cost model of the profile so far."""
         if not self._may_start("decide", optional=False) or not self.ready():
             return
@@ -244,7 +247,7 @@ class Progress:
     def profile(self, complete: bool = False) -> dict[str, Any]:
         """The hardware profile as of now (only once ready())."""
         return build_profile(self.rig, self.tables, self.step, self.env, self.calibration(complete),
-                             self.duplex_ratio, self.decide)
+                             self.duplex_ratio)
 
     def _saved(self, name: str, path: Path) -> None:
         if self.on_save is not None:
@@ -272,6 +275,11 @@ class Progress:
         if self.ready():
             profile = self.profile(complete)
             atomic_write_text(self.out, json.dumps(profile, indent=1) + "\n")
+            if self.decide:  # decide() time is the executor's: tide-moe with this host's table, beside the profile
+                x = ExecutorProfile.load("tide-moe").to_dict()
+                x["decide_us"] = dict(self.decide)
+                x["sources"]["decide_us"] = f"validate.bench_decide: median us per decide() call on {profile['name']}"
+                atomic_write_text(beside(self.out), json.dumps(x, indent=1) + "\n")
             _unlink(partial_path(self.out))
             return self.out
         missing = [name for name in (*REQUIRED, "step") if name not in self.done()]
@@ -286,6 +294,7 @@ class Progress:
         path = partial_path(self.out)
         atomic_write_text(path, json.dumps(record, indent=1) + "\n")
         _unlink(self.out)
+        _unlink(beside(self.out))
         return path
 
 
@@ -416,7 +425,7 @@ def _report(p: Progress, profile: dict[str, Any], path: Path, complete: bool) ->
          f" - sampler {step['sampler_s'] * 1e6:.1f} us); link shared_duplex={profile['link']['shared_duplex']}"
          + (f"; skipped {', '.join(p.skipped)}" if p.skipped else ""))
     if p.decide:
-        _say("decide() per layer: " + ", ".join(f"{k} {v:.1f} us" for k, v in p.decide.items()))
+        _say("decide() per layer: " + ", ".join(f"{k} {v:.1f} us" for k, v in p.decide.items()) + f" ({beside(path)})")
     if not complete:
         _say(f"INCOMPLETE: --deadline-seconds passed before {', '.join(p.cut)}; calibration.complete is false")
     busy = p.starved_tables()

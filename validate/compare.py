@@ -2,13 +2,14 @@
 
     python -m validate.compare RUN... [--hardware PROFILE.json] [--model M] [--out DIR]
 
-RUN: a ``python -m runtime.bench`` output folder (or its runtime_results.json), or a runtime.generate
-``METRICS.json TRACE.npz`` pair (validate.runs). Each run's trace is replayed under the same policy,
-parameters and budget with the profile calibrated on the same machine (``--hardware``; default: the
-profile.json beside the first run), see validate.replay. Reported (validate.stats): measured against simulated
-tokens/s and per-step time with the signed error, the work counters (which must be equal: any difference
-is flagged as a bug and the exit status is 1), Kendall tau of the policy rankings and whether the best policy
-agrees, errors by policy / mode / step kind, and where the simulated time goes.
+RUN: a ``python -m runtime.bench`` output folder (or its runtime_results.json), or a runtime.generate ``METRICS.json
+TRACE.npz`` pair (validate.runs). Each run's trace is replayed under the same policy, parameters and budget with the
+profile calibrated on the same machine (``--hardware``; default: the profile.json beside the first run) and the
+executor profile calibrated with it (``profile.executor.json`` beside it, with the measured decide() times; else the
+``tide-moe`` preset), see validate.replay. Reported (validate.stats): measured against simulated tokens/s and
+per-step time with the signed error, the work counters (which must be equal: any difference is flagged as a bug and
+the exit status is 1), Kendall tau of the policy rankings and whether the best policy agrees, errors by policy /
+mode / step kind, and where the simulated time goes.
 
 Verdict, first in the console, table.md and report.html (``verdict`` in compare.json): ``counters: equal (N
 runs)`` or which differ; ``timings: compared``, or ``timings: not comparable`` with each reason (:func:`judge`):
@@ -35,6 +36,7 @@ from typing import Any, Sequence
 from offload.cli import Parser
 from offload.cpu_share import STARVED_BELOW, starved
 from offload.errors import TideError, run_cli
+from offload.executor import ExecutorProfile, executor_for
 from offload.hardware import HARDWARE_PRESETS, HardwareProfile
 from offload.model_spec import ModelSpec
 from offload import provenance as results_page
@@ -304,14 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = load_runs(a.runs)
     source, chosen = _profile_path(a, runs)
     profile = HardwareProfile.load(source)
-    ppath = Path(source)
+    xname = executor_for(source)
+    executor = ExecutorProfile.load(xname)
     model = ModelSpec.load(a.model) if a.model else None
-    replays = [replay(r, profile, model) for r in runs]
+    replays = [replay(r, profile, model, executor) for r in runs]
     rows = [run_row(rep) for rep in replays]
     verdict, warnings = judge(profile, source, chosen, runs, rows)
     summary = summarise(rows) if verdict.comparable else counters_only(rows)
-    result = {"verdict": verdict.to_json(), "provenance": provenance(profile, ppath, runs), "profile": profile.name,
-              "summary": summary, "runs": rows, "warnings": warnings}
+    result = {"verdict": verdict.to_json(), "provenance": provenance(profile, Path(source), runs), "profile": profile.name,
+              "executor": xname, "summary": summary, "runs": rows,
+              "warnings": warnings}
     out = Path(a.out) if a.out else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "compare.json", json.dumps(result, indent=1, default=_json_default) + "\n")

@@ -174,11 +174,13 @@ def causal_policies() -> list[tuple[str, dict[str, Any]]]:
 def _store_outputs(spec: ModelSpec, experts: list, name: str, params: dict, budget: int, device: torch.device,
                    dtype: torch.dtype, streams: Any, steps: list, cost: Any) -> tuple[list[torch.Tensor], Any]:
     from runtime.expert_store import ExpertStore
+    from offload.executor import ExecutorProfile
     from offload.policies import StepInfo, make_policy
 
     policy = make_policy(name, **params)
     store = ExpertStore(spec, experts, policy, None if not policy.needs_budget else budget, device, dtype,
-                        stream_slots=4, block_length=32, mode="block-cache", cost=cost, streams=streams)
+                        executor=ExecutorProfile(name="staging-4", staging_slots=4), block_length=32,
+                        mode="block-cache", cost=cost, streams=streams)
     outs = []
     with torch.inference_mode():
         for s, layers in enumerate(steps):

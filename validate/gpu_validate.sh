@@ -6,18 +6,20 @@
 #                                        delays injected on each stream, copy rates, a host expert
 #                                        -> OUT/smoke.json (rewritten after each check)
 #   2. python3 -m validate.calibrate     micro-benchmarks -> OUT/profile.json (LLaDA2.0-mini layers, bf16), written
-#                                        after every table once it is loadable (before that: profile.partial.json)
+#                                        after every table once it is loadable (before that: profile.partial.json),
+#                                        and OUT/profile.executor.json: the tide-moe executor profile with this
+#                                        machine's decide() times, which compare replays with
 #   3. python3 -m runtime.bench          a LLaDA2.0-mini-shaped random-weight model with 4 MoE layers
 #                                        (--num-layers 5), budget 128 of 256 experts per layer, every causal policy
 #                                        (tide-opt and riptide decide from the calibrated profile), both modes
 #                                        -> OUT/runtime_results.json + OUT/runtime_traces.tar (after every run)
 # then, back on a CPU machine with the full dependencies:   python -m validate.compare OUT
 #
-# OUT (default validate/results/gpu-<time>) receives at most 7 files: env.txt, log.txt (every phase's output,
+# OUT (default validate/results/gpu-<time>) receives at most 8 files: env.txt, log.txt (every phase's output,
 # unbuffered), smoke.json, profile.json (or profile.partial.json if calibration was cut before its required
-# tables), runtime_results.json, runtime_traces.tar. Time: one deadline (TIDE_DEADLINE, default 450 s, at most
-# 450) for the whole script; each phase runs under `timeout` with its own limit, shortened to what is left of
-# the deadline, and the phases write as they go, so a phase cut short keeps what it finished.
+# tables), profile.executor.json, runtime_results.json, runtime_traces.tar. Time: one deadline (TIDE_DEADLINE,
+# default 450 s, at most 450) for the whole script; each phase runs under `timeout` with its own limit, shortened
+# to what is left of the deadline, and the phases write as they go, so a phase cut short keeps what it finished.
 # A calibrate phase that fails (a non-zero exit, or a timeout before profile.json was loadable) stops the script
 # there with exit status 1 and an "error: calibrate failed ..." line in log.txt and env.txt: the runtime phase
 # would spend the rest of the deadline on runs that compare cannot replay with this machine's costs.

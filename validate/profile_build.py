@@ -12,7 +12,6 @@ derived from the same tables, for tools that read them (budget checks, roofline 
   link.shared_duplex = device=cpu, or copy_duplex ratio > 1.5 (see validate.bench_copies)
   gpu.memory_gib    = the CUDA device's memory, or the host's on device=cpu
 
-``decide_us`` (once validate.bench_decide ran): median microseconds per decide() call of each policy.
 ``single_device`` is true on device=cpu. ``model`` records the model shape and dtype the tables hold for.
 """
 from __future__ import annotations
@@ -35,8 +34,7 @@ def _rate(num: float, secs: float) -> float:
 
 
 def build_profile(rig: Rig, tables: Mapping[str, Measured], step: Mapping[str, float], env: Mapping[str, Any],
-                  calibration: Mapping[str, Any], duplex_ratio: float | None,
-                  decide_us: Mapping[str, float] | None = None) -> dict[str, Any]:
+                  calibration: Mapping[str, Any], duplex_ratio: float | None) -> dict[str, Any]:
     spec, dev = rig.spec, rig.device
     cuda = dev.type == "cuda"
     h, i = spec.hidden_size, spec.moe_intermediate_size
@@ -73,8 +71,6 @@ def build_profile(rig: Rig, tables: Mapping[str, Measured], step: Mapping[str, f
         "calibration": dict(calibration),
         "environment": dict(env),
     }
-    if decide_us:  # the policies' measured decide() times (validate.bench_decide), once taken
-        d["decide_us"] = {k: float(v) for k, v in decide_us.items()}
     HardwareProfile.from_dict(d, origin="calibrated profile")  # the format's own checks, before anything is written
     return d
 

@@ -1,5 +1,6 @@
 """Replay a measured run in the simulator: same trace, same policy and parameters, same budget, the profile
-calibrated on the machine the run came from.
+calibrated on the machine the run came from and the executor calibrated with it (``offload.executor.beside``;
+None: the ``tide-moe`` preset).
 
 The model spec is rebuilt from the profile's model record (or ``--model``) with the run's number of MoE
 layers and its dtype, and must reproduce the trace's config_hash; the cost model then refuses a profile
@@ -18,6 +19,7 @@ import numpy as np
 from offload.cost import RooflineCostModel
 from sim.engine import simulate
 from offload.errors import TideError
+from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from offload.model_spec import MODEL_PRESETS, ModelSpec
 from offload.policies import make_policy
@@ -61,11 +63,13 @@ def spec_for(run: Run, profile: HardwareProfile, model: ModelSpec | None = None)
     return spec
 
 
-def replay(run: Run, profile: HardwareProfile, model: ModelSpec | None = None) -> Replay:
+def replay(run: Run, profile: HardwareProfile, model: ModelSpec | None = None,
+           executor: ExecutorProfile | None = None) -> Replay:
     spec = spec_for(run, profile, model)
     cost = RooflineCostModel(spec, profile)
     rec = run.record
-    res = simulate(run.trace, make_policy(rec.policy, **rec.params), cost, rec.budget, timeline=True, trace_name=run.name)
+    res = simulate(run.trace, make_policy(rec.policy, **rec.params), cost, rec.budget, timeline=True,
+                   trace_name=run.name, executor=executor)
     tl = res.timeline
     w = np.where(tl.what != _WAIT, tl.end - tl.start, 0.0)
     by_what = {name: float(w[tl.what == i].sum()) for i, name in enumerate(WHAT) if i != _WAIT}

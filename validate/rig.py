@@ -103,7 +103,7 @@ def build_rig(model: str, device: torch.device, dtype: torch.dtype, threads: int
     _init_(net)
     experts = host_experts(spec, dtype, pin=device.type == "cuda")
     store = ExpertStore(spec, [experts], make_policy("all-gpu"), None, device=device, dtype=dtype, threads=threads)
-    net.set_executor(store)
+    net.set_experts(store)
     resident = {n: t.to(device, copy=True) for n, t in experts.items()}
     return Rig(cfg=cfg, full_spec=full.spec, model=net, store=store, host=experts, resident=resident, device=device,
                dtype=dtype)

@@ -1,10 +1,11 @@
 """The policy interface shared by the simulator and the runtime.
 
 A policy decides, for every MoE layer of every forward pass, which routed experts are resident on the GPU.
-Both executors (``sim.engine`` and the runtime's expert store) call it the same way:
+The engine (``sim.engine``) and the runtime's expert store call it the same way:
 
-1. ``initial_placement(ctx)`` once, before timing starts: a bool array [L, E] of experts loaded up front
-   (at most ``ctx.budget[l]`` per layer).
+1. ``bind(ctx)``, then ``initial_placement(ctx)``, once, before timing starts (``offload.step``): every method
+   may read ``self.ctx`` from then on; the placement is a bool array [L, E] of experts loaded up front (at most
+   ``ctx.budget[l]`` per layer).
 2. ``decide(view)`` once per (step, MoE layer), *after that layer's router ran for this step* and *before its
    routed experts run*. The view holds exactly what a real runtime knows at that moment: the step's metadata,
    this layer's token-assignment counts for this step, and the current residency. Nothing about later steps.
@@ -26,8 +27,8 @@ The returned :class:`LayerDecision` says:
   the CPU's);
 - ``budget``: a new budget for this layer (experts), applied after the demotions and before the promotions.
   Per-layer budgets may be re-partitioned this way within the same GPU memory: every layer's budget must stay
-  at least its resident experts and at most E, and all layers' budgets together at most the total the executor
-  was given (``ctx.budget.sum()``); :class:`~offload.policies.residency.Residency` checks it. None: unchanged.
+  at least its resident experts and at most E, and all layers' budgets together at most the total the engine
+  or store was given (``ctx.budget.sum()``); :class:`~offload.policies.residency.Residency` checks it. None: unchanged.
 
 Every active expert (count > 0) that is resident or streamed runs on the GPU; every other active expert runs
 on the CPU, with its token activations copied to the host and the results back.
@@ -131,6 +132,7 @@ class Policy(ABC):
     """Base class; subclasses set ``name`` and implement :meth:`decide`."""
 
     name: ClassVar[str] = "policy"
+    role: ClassVar[str] = "ours"  # its part in a comparison (offload.policies.ROLES): tables read it, not the name
     causal: ClassVar[bool] = True
     needs_budget: ClassVar[bool] = True
     uses_cost: ClassVar[bool] = False  # decides from the cost model (ctx.cost): a hardware profile matters
@@ -139,9 +141,12 @@ class Policy(ABC):
     def __init__(self, **params: Any) -> None:
         self.p = self.Params.build(self.name, **params)
 
+    def bind(self, ctx: PolicyContext) -> None:
+        """The run's context, set by ``offload.step`` before ``initial_placement``: a subclass need not keep it."""
+        self.ctx = ctx
+
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         """Default (as TIDE's code): experts 0..B-1 of every layer."""
-        self.ctx = ctx
         placement = np.zeros((ctx.num_moe_layers, ctx.num_experts), dtype=bool)
         for layer, b in enumerate(ctx.budget):
             placement[layer, : int(b)] = True
@@ -162,6 +167,11 @@ class Policy(ABC):
     def report(self) -> dict[str, Any]:
         """What the policy decided that a result should show (tide-opt: the chosen tau); none by default."""
         return {}
+
+    @property
+    def refresh_interval(self) -> int | None:
+        """Steps between refreshes as records show it (``SimRecord.tau``; tide, tide-opt); None: no single one."""
+        return None
 
     def label(self) -> str:
         """``name(k=v, ...)``: the policy syntax every CLI reads back (``offload.policies.spec``)."""

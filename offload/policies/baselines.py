@@ -23,10 +23,10 @@ from offload.policies.params import PolicyParams, check_int, knob
 
 class AllGpu(Policy):
     name = "all-gpu"
+    role = "ceiling"
     needs_budget = False
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
-        self.ctx = ctx
         return np.ones((ctx.num_moe_layers, ctx.num_experts), dtype=bool)
 
     def decide(self, view: LayerView) -> LayerDecision:
@@ -43,6 +43,7 @@ class CpuRoute(Policy):
     """Experts 0..B-1 of every layer, never moved (TIDE's released initial placement)."""
 
     name = "cpu-route"
+    role = "baseline"
 
     def decide(self, view: LayerView) -> LayerDecision:
         return KEEP
@@ -62,6 +63,7 @@ class Static(Policy):
     """The baseline a user tries first: place each layer's busiest experts of a short profiling prefix once."""
 
     name = "static"
+    role = "fixed"
     Params = StaticParams
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
@@ -86,6 +88,7 @@ class Static(Policy):
 
 class FetchLru(Policy):
     name = "fetch-lru"
+    role = "baseline"
 
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         placement = super().initial_placement(ctx)

@@ -98,13 +98,13 @@ class Oracle(Policy):
     """Clairvoyant upper bound for a budget and machine (see the module docstring)."""
 
     name = "oracle"
+    role = "clairvoyant"
     causal = False
     Params = OracleParams
     uses_cost = True
 
     # ---- set-up --------------------------------------------------------------------------------------------
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
-        self.ctx = ctx
         tr, cost = ctx.trace, ctx.cost
         if tr is None or cost is None:
             raise TideError("policy oracle needs the whole trace and a cost model (simulator only)")

@@ -1,8 +1,8 @@
 """Residency bookkeeping shared by the simulator and the runtime: which experts are on the GPU, and the
 counters of what moved.
 
-Both executors apply a policy's :class:`~offload.policies.base.LayerDecision` through :meth:`Residency.apply`, so a
-policy is checked and counted identically wherever it runs:
+The engine and the store apply a policy's :class:`~offload.policies.base.LayerDecision` through
+:meth:`Residency.apply`, so a policy is checked and counted identically wherever it runs:
 
   promotions = |promote| + |stream| (+ prefetched promotions), demotions = |demote| + |stream|
   h2d weight bytes = promotions x expert_bytes
@@ -10,7 +10,7 @@ policy is checked and counted identically wherever it runs:
 Invariants asserted on every apply: demoted experts were resident, promoted and streamed ones were not, and a
 layer never holds more experts than its budget (unless the policy declares ``needs_budget = False``).
 
-Per-layer budgets start as the executor's ``budget`` [L]; a decision may set a new budget for its own layer
+Per-layer budgets start as the engine's or store's ``budget`` [L]; a decision may set a new budget for its own layer
 (``LayerDecision.budget``), applied between its demotions and its promotions, provided
   resident[l] <= new budget <= E   and   sum over layers of the budgets <= total = sum(initial budget),
 so a policy can move GPU memory between layers but never use more of it than it was given.
@@ -81,9 +81,9 @@ class Residency:
         return demote, promote, stream
 
     def prefetch(self, pf: Prefetch) -> tuple[int, np.ndarray, np.ndarray]:
-        """Apply one prefetch (its demote, then its promote, into layer ``pf.layer``) as both executors do once a
-        layer's experts have run; returns (layer, demote, promote). A layer outside [0, L) is a TideError: numpy
-        would otherwise wrap a negative one onto another layer."""
+        """Apply one prefetch (its demote, then its promote, into layer ``pf.layer``) as the engine and the store
+        do once a layer's experts have run; returns (layer, demote, promote). A layer outside [0, L) is a
+        TideError: numpy would otherwise wrap a negative one onto another layer."""
         layer, L = int(pf.layer), self.resident.shape[0]
         if not 0 <= layer < L:
             raise TideError(f"policy {self.policy.name} prefetched into MoE layer {layer} of {L}")

@@ -25,7 +25,7 @@ pure functions in :mod:`offload.policies.riptide_plan`.
    decay ``ema``); evicting an inactive expert v costs H_v save(round(ema_v)). Off: TIDE's target (top-B by
    count, all promoted).
 4. ``prefetch`` -- promotions that fit this step's asynchronous window W go as a ``Prefetch`` of this same layer,
-   issued by the executor once the layer's experts have run and landing before its next step: predicted from
+   issued by the engine or store once the layer's experts have run and landing before its next step: predicted from
    this step's routing, the layer's most recent one at any point before its next router runs; and issued at the
    earliest point that touches no slot the layer still reads (an earlier issue would also queue the weights
    ahead of the layer's own activation copies on the one H2D engine). W = link_share x (estimated step time)
@@ -103,6 +103,7 @@ class RiptideParams(PolicyParams):
 
 class Riptide(Policy):
     name = "riptide"
+    role = "ours"
     Params = RiptideParams
     uses_cost = True
 

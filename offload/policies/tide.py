@@ -34,11 +34,16 @@ class TideParams(PolicyParams):
 
 class Tide(Policy):
     name = "tide"
+    role = "refresh"
     Params = TideParams
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.tau = self.p.tau  # tide-opt replaces it with the tau it solves for
+
+    @property
+    def refresh_interval(self) -> int | None:
+        return int(self.p.tau)
 
     def is_refresh(self, view: LayerView) -> bool:
         step = view.step

@@ -197,6 +197,7 @@ class TideOpt(Tide):
     """TIDE whose tau (one, or one per layer) is solved for after the first generated block."""
 
     name = "tide-opt"
+    role = "paper"
 
     Params = TideOptParams
     uses_cost = True
@@ -277,6 +278,10 @@ class TideOpt(Tide):
                         "predicted_block_s": predicted}
         self._obs = {}
         return self.chosen_tau
+
+    @property
+    def refresh_interval(self) -> int | None:
+        return self.chosen_tau if isinstance(self.chosen_tau, int) else None  # a list: one tau per layer
 
     def report(self) -> dict[str, Any]:
         """What the solver chose (empty before the first block ended)."""

@@ -8,6 +8,7 @@ maximum residency. Events and wall time are not kept (the engine's speed work ch
 
     python tests/golden/grid.py           rewrite tests/golden/rows.json (only for a named, deliberate change)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,12 @@ import numpy as np
 
 HERE = Path(__file__).parent
 ROWS = HERE / "rows.json"
-MODELS = (("llada2-tiny", ("prefix-recompute", "block-cache")), ("llada2.0-mini", ("prefix-recompute", "block-cache")),
-          ("llada2.0-flash", ("prefix-recompute", "block-cache")), ("mixtral-8x7b", ("autoregressive",)))
+MODELS = (
+    ("llada2-tiny", ("prefix-recompute", "block-cache")),
+    ("llada2.0-mini", ("prefix-recompute", "block-cache")),
+    ("llada2.0-flash", ("prefix-recompute", "block-cache")),
+    ("mixtral-8x7b", ("autoregressive",)),
+)
 POLICIES = ("all-gpu", "cpu-route", "static", "fetch-lru", "tide", "tide-opt", "oracle", "riptide")
 EXECUTORS = ("tide-moe", "tide-reference")
 HARDWARE = "h100-pcie5"
@@ -33,8 +38,10 @@ def trace_of(model: Any, mode: str) -> Any:
 
     if mode == "autoregressive":
         return synthetic_ar_trace(model, default_ar_config(model, gen_length=24, prompt_length=16, seed=0))
-    return generate(model, default_config(model, mode, gen_length=64, block_length=16, prompt_length=16, steps=8,
-                                          seed=0, eos_stop=False))
+    return generate(
+        model,
+        default_config(model, mode, gen_length=64, block_length=16, prompt_length=16, steps=8, seed=0, eos_stop=False),
+    )
 
 
 def cases() -> Iterator[tuple[str, str, str, str, bool, int]]:
@@ -55,28 +62,27 @@ def key(c: tuple) -> str:
     return f"{name}|{mode}|{policy}|{executor}|{'serial' if serial else 'overlap'}|B{budget}"
 
 
-def row(result: Any) -> dict[str, Any]:
+def row(result: Any, mandatory_gpu_s: float) -> dict[str, Any]:
     st = np.asarray(result.step_times_s, dtype=np.float64)
-    return {"sim_time_s": result.sim_time_s, "step_times_s": st.tolist(),
-            "busy_s": {k: float(v) for k, v in result.busy_s.items()},
-            "counters": {k: int(v) for k, v in asdict(result.counters).items()},
-            "mandatory_gpu_s": float(_floor(result)), "max_resident": np.asarray(result.max_resident).tolist(),
-            "tau": result.tau, "steps": int(result.steps)}
-
-
-def _floor(result: Any) -> float:
-    for name in ("mandatory_gpu_s", "lower_bound_s"):  # the record's mandatory-GPU floor, under either name
-        if hasattr(result, name):
-            return getattr(result, name)
-    raise AttributeError("no mandatory-GPU floor on the result")
+    return {
+        "sim_time_s": result.sim_time_s,
+        "step_times_s": st.tolist(),
+        "busy_s": {k: float(v) for k, v in result.busy_s.items()},
+        "counters": {k: int(v) for k, v in asdict(result.counters).items()},
+        "mandatory_gpu_s": float(mandatory_gpu_s),
+        "max_resident": np.asarray(result.max_resident).tolist(),
+        "tau": result.tau,
+        "steps": int(result.steps),
+    }
 
 
 def compute(select: Any = None) -> dict[str, dict[str, Any]]:
     from offload.cost import RooflineCostModel
+    from offload.executor import ExecutorProfile
     from offload.hardware import HardwareProfile
     from offload.model_spec import ModelSpec
     from offload.policies import make_policy
-    from sim.engine import simulate
+    from sim.engine import mandatory_gpu_time, simulate
 
     hw = HardwareProfile.load(HARDWARE)
     out: dict[str, dict[str, Any]] = {}
@@ -90,7 +96,7 @@ def compute(select: Any = None) -> dict[str, dict[str, Any]]:
             traces[(name, mode)] = trace_of(model, mode)
         cost = RooflineCostModel(model, hw)
         r = simulate(traces[(name, mode)], make_policy(policy), cost, budget, serial=serial, executor=executor)
-        out[key(c)] = row(r)
+        out[key(c)] = row(r, mandatory_gpu_time(traces[(name, mode)], cost, ExecutorProfile.load(executor)))
     return out
 
 
@@ -107,9 +113,11 @@ def trace_digest(name: str, mode: str) -> str:
 def main() -> int:
     from offload.atomic_io import atomic_write_text
 
-    doc = {"about": __doc__.split("\n\n")[0],
-           "traces": {f"{n}|{m}": trace_digest(n, m) for n, modes in MODELS for m in modes},
-           "rows": compute()}
+    doc = {
+        "about": __doc__.split("\n\n")[0],
+        "traces": {f"{n}|{m}": trace_digest(n, m) for n, modes in MODELS for m in modes},
+        "rows": compute(),
+    }
     atomic_write_text(ROWS, json.dumps(doc, indent=0, sort_keys=True) + "\n")
     print(f"wrote {len(doc['rows'])} rows to {ROWS}")
     return 0

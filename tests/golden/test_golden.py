@@ -1,6 +1,7 @@
 """Every simulated time and counter of the golden grid (tests/golden/grid.py) as recorded in rows.json: a refactor
 of the engine, the stepper or the policies reproduces them to a relative 1e-9 and the counters exactly. A deliberate
 change regenerates rows.json in the same commit (python tests/golden/grid.py) and says why."""
+
 from __future__ import annotations
 
 import json

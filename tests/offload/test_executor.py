@@ -196,3 +196,15 @@ def test_presets_give_a_host_dram_figure_with_its_source():
         hw = HardwareProfile.load(name)
         assert hw.host is not None and hw.host.dram_gbps > 0
         assert any(s.startswith("host.dram_gbps:") and "range" in s for s in hw.sources)
+
+
+def test_executor_for_prefers_named_then_calibrated_then_default(tmp_path):
+    from offload.executor import DEFAULT_EXECUTOR, beside, executor_for
+
+    hw = tmp_path / "profile.json"
+    hw.write_text("{}")
+    assert executor_for(hw) == DEFAULT_EXECUTOR  # no executor profile calibrated with it
+    assert executor_for("h100-pcie5") == DEFAULT_EXECUTOR  # a preset name
+    beside(hw).write_text("{}")
+    assert executor_for(hw) == str(tmp_path / "profile.executor.json")
+    assert executor_for(hw, "tide-reference") == "tide-reference"

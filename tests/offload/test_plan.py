@@ -17,7 +17,7 @@ EXPERT_BYTES, TOKEN_BYTES = 100, 8
 
 
 def apply_and_plan(resident_before, counts, dec):
-    """What both executors do: Residency.apply (the one validation), then the plan of the applied decision."""
+    """What the engine and the store both do: Residency.apply (the one validation), then the applied decision's plan."""
     resident_before = np.asarray(resident_before, dtype=bool)
     E = resident_before.size
     res = Residency(make_policy("fetch-lru"), resident_before[None, :], np.array([E]))
@@ -25,7 +25,7 @@ def apply_and_plan(resident_before, counts, dec):
     row = res.resident[0]
     before = row.copy()
     plan = plan_layer(row, *moved, np.asarray(counts), dec, EXPERT_BYTES, TOKEN_BYTES)
-    np.testing.assert_array_equal(row, before)  # the executor's live residency is only read
+    np.testing.assert_array_equal(row, before)  # the engine's or store's live residency is only read
     return plan, res
 
 

@@ -18,7 +18,7 @@ COUNTERS = Counters(h2d_bytes=1300, d2h_bytes=300, h2d_weight_bytes=1000, promot
                     cpu_assignments=30, gpu_assignments=90)
 SIM = SimRecord(policy="tide", params={"tau": 4}, trace="block-cache", mode="block-cache", tau=4, budget=128,
                 causal=True, policy_report={}, generated_tokens=1024, sim_time_s=2.0, counters=COUNTERS,
-                busy_s={"gpu": 1.5, "cpu": 0.5, "h2d": 0.25, "d2h": 0.0}, lower_bound_s=1.0, step_time_mean_s=0.01,
+                busy_s={"gpu": 1.5, "cpu": 0.5, "h2d": 0.25, "d2h": 0.0}, step_time_mean_s=0.01,
                 step_time_p50_s=0.009, steps=200, events=4000, wall_s=0.5, tags={"point": "p", "fractions": [0.5]})
 RUN = RunRecord(policy="riptide", params={"prefetch": False}, mode="prefix-recompute", model="llada2-tiny",
                 random_weights=True, device="cpu", dtype="float32", budget=8,
@@ -74,6 +74,12 @@ def test_sim_record_keeps_unknown_keys_as_tags():
     """A study's grid coordinates are the task's tags, written inline: reading gives them back as tags."""
     back = from_json(SimRecord, {**to_json(SIM), "capped": True})
     assert back.tags == {**SIM.tags, "capped": True} and dataclasses.replace(back, tags=SIM.tags) == SIM
+
+
+def test_sim_record_written_with_the_retired_lower_bound_still_loads():
+    """Rows written while records carried lower_bound_s (the mandatory GPU work, now sim.engine's
+    mandatory_gpu_time) load without it, and it does not become a tag."""
+    assert from_json(SimRecord, {**to_json(SIM), "lower_bound_s": 1.0}) == SIM
 
 
 @pytest.mark.parametrize("key,value,expected", [

@@ -15,6 +15,7 @@ from runtime.expert_store import ExpertStore, check_budget_fits
 from runtime.kernels import expert_mlp, grouped_experts
 from offload.cost import ConstantCostModel
 from offload.errors import TideError
+from offload.executor import ExecutorProfile
 from offload.model_spec import ModelSpec
 from offload.policies import (POLICIES, LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo,
     make_policy)
@@ -83,10 +84,15 @@ def policy_cost(policy: Policy) -> Any:
     return RIPTIDE_COST if policy.name in ("riptide", "tide-opt") else None
 
 
-def run_store(policy: Policy, budget: Any, stream_slots: int = 3, device: str = "cpu", dtype=torch.float32,
+def staged(slots: int) -> ExecutorProfile:
+    """An executor profile with ``slots`` staging slots: all the store takes from one."""
+    return ExecutorProfile(name=f"staging-{slots}", staging_slots=slots)
+
+
+def run_store(policy: Policy, budget: Any, staging_slots: int = 3, device: str = "cpu", dtype=torch.float32,
               experts=None, inputs=None) -> tuple[ExpertStore, list[torch.Tensor], np.ndarray]:
     store = ExpertStore(SPEC, experts or EXPERTS, policy, budget, torch.device(device), dtype,
-                        stream_slots=stream_slots, block_length=BLOCK_LENGTH, mode="block-cache",
+                        executor=staged(staging_slots), block_length=BLOCK_LENGTH, mode="block-cache",
                         cost=policy_cost(policy))
     outs, counts = [], []
     for info, layers in inputs or INPUTS:
@@ -112,7 +118,7 @@ class PrefetchStreamPolicy(Policy):
 
     def decide(self, view: LayerView) -> LayerDecision:
         layer, counts, res = view.layer, view.counts, view.resident
-        assert np.array_equal(res, self.res[layer]), "executor residency diverged from the policy's decisions"
+        assert np.array_equal(res, self.res[layer]), "store residency diverged from the policy's decisions"
         B = int(self.ctx.budget[layer])
         self.last[layer] = counts
         missing = np.flatnonzero((counts > 0) & ~res)
@@ -225,11 +231,11 @@ def test_lossless(reference, name, params, budget):
         assert m.cpu_assignments > 0 or m.promotions > 0
 
 
-@pytest.mark.parametrize("stream_slots", [1, 2, 8])
-def test_lossless_streaming_chunks(reference, stream_slots):
-    store, outs, _ = run_store(make_policy("fetch-lru"), 1, stream_slots=stream_slots)
+@pytest.mark.parametrize("staging_slots", [1, 2, 8])
+def test_lossless_streaming_chunks(reference, staging_slots):
+    store, outs, _ = run_store(make_policy("fetch-lru"), 1, staging_slots=staging_slots)
     m = store.counters()
-    # one slot per layer: almost everything is streamed, in chunks of stream_slots // 2 (or 1), all on the GPU
+    # one slot per layer: almost everything is streamed, in chunks of staging_slots // 2 (or 1), all on the GPU
     assert m.cpu_assignments == 0 and m.promotions > 3 * len(SCHEDULE) * L
     assert all(torch.equal(g, w) for g, w in zip(outs, reference))
 
@@ -254,7 +260,7 @@ def test_reference_matches_dense_moe():
 def test_counters_match_simulator(name, params, budget):
     store, _, counts = run_store(build(name, params), budget)
     sim = replay(counts, build(name, params), budget)
-    assert store.counters() == sim.counters  # every counter, the same record type on both executors
+    assert store.counters() == sim.counters  # every counter, the same record type on both sides
     assert store.counters().hit_ratio == sim.counters.hit_ratio
     assert np.array_equal(store.max_resident, sim.max_resident)
     assert np.array_equal(store.budget, sim.layer_budget)
@@ -287,7 +293,7 @@ def test_riptide_repartitions_by_marginal_benefit_losslessly():
 def test_riptide_without_a_cost_model_uses_the_proxy(reference):
     """A runtime given no calibrated cost model: riptide prices work with its byte proxy, still lossless."""
     store = ExpertStore(SPEC, EXPERTS, make_policy("riptide"), 8, torch.device("cpu"), torch.float32,
-                        stream_slots=3, block_length=BLOCK_LENGTH, mode="block-cache")
+                        executor=staged(3), block_length=BLOCK_LENGTH, mode="block-cache")
     assert type(store.policy.tab.cost).__name__ == "ProxyCost"
     outs = []
     for info, layers in INPUTS:
@@ -367,6 +373,8 @@ def test_bad_inputs_refused():
         ExpertStore(SPEC, bad, make_policy("tide"), 8, torch.device("cpu"), torch.float32)
     with pytest.raises(TideError, match="budget"):
         ExpertStore(SPEC, EXPERTS, make_policy("tide"), 0, torch.device("cpu"), torch.float32)
+    with pytest.raises(TideError, match="^executor staging-0: the store streams experts through staging slots"):
+        ExpertStore(SPEC, EXPERTS, make_policy("tide"), 8, torch.device("cpu"), torch.float32, executor=staged(0))
     store = ExpertStore(SPEC, EXPERTS, make_policy("tide"), 8, torch.device("cpu"), torch.float32)
     x, ids, w = INPUTS[1][1][0]
     with pytest.raises(TideError, match="begin_step"):

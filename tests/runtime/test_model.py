@@ -1,4 +1,4 @@
-"""The PyTorch LLaDA2-MoE (runtime/model.py) and the all-resident reference executor, on the tiny preset."""
+"""The PyTorch LLaDA2-MoE (runtime/model.py) and the all-resident reference experts, on the tiny preset."""
 from __future__ import annotations
 
 import pytest
@@ -152,7 +152,7 @@ def test_logits_rows(model):
     assert model(ids, pos, logits_rows=slice(3, 3)).shape == (0, 512)
 
 
-def test_reference_executor_matches_loop_and_routing_is_spread(cfg, weights):
+def test_reference_experts_match_loop_and_routing_is_spread(cfg, weights):
     non_expert, experts = weights
     record: list = []
     loop_model = LLaDA2MoE.from_state(cfg, non_expert, LoopExperts(experts, record))
@@ -164,11 +164,11 @@ def test_reference_executor_matches_loop_and_routing_is_spread(cfg, weights):
         assert topk.unique().numel() >= cfg.spec.num_experts // 2
 
 
-def test_missing_executor_and_bad_inputs(cfg, weights):
+def test_missing_experts_and_bad_inputs(cfg, weights):
     m = LLaDA2MoE.from_state(cfg, weights[0])
-    with pytest.raises(RuntimeError, match="executor"):
+    with pytest.raises(RuntimeError, match="no routed experts"):
         m(_tokens(4), torch.arange(4))
-    m.set_executor(LocalExperts(weights[1]))
+    m.set_experts(LocalExperts(weights[1]))
     with pytest.raises(ValueError, match="attn_mask"):
         m(_tokens(4), torch.arange(4), torch.ones(4, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="write_cache"):

@@ -40,9 +40,9 @@ class SelfPrefetchPolicy(Policy):
         return LayerDecision(prefetch=(Prefetch(layer=view.layer, promote=fresh, demote=used),), overlap_cpu=True)
 
 
-def run(policy: Policy, budget: Any, streams: Any, steps: int | None = None, stream_slots: int = 3
+def run(policy: Policy, budget: Any, streams: Any, steps: int | None = None, staging_slots: int = 3
         ) -> tuple[ExpertStore, list[torch.Tensor]]:
-    store = ExpertStore(SPEC, cases.EXPERTS, policy, budget, "cpu", torch.float32, stream_slots=stream_slots,
+    store = ExpertStore(SPEC, cases.EXPERTS, policy, budget, "cpu", torch.float32, executor=cases.staged(staging_slots),
                         block_length=cases.BLOCK_LENGTH, mode="block-cache", cost=cases.policy_cost(policy),
                         streams=streams)
     outs = []
@@ -111,7 +111,7 @@ def test_lossless_with_delays_on_every_stream(reference, name, params):
 
 # ---- each wait is needed: drop it, delay the stream it waits for, and the outputs go wrong ---------------------
 SLOW = 0.03
-# wait -> (policy, budget, stream_slots, delays that open the race it closes)
+# wait -> (policy, budget, staging_slots, delays that open the race it closes)
 SCENARIOS: dict[str, tuple[Any, int | None, int, Delays]] = {
     "host-after-counts": (lambda: make_policy("all-gpu"), None, 3, Delays(compute=SLOW)),
     "copy-after-compute": (SelfPrefetchPolicy, 8, 3, Delays(compute=SLOW)),
@@ -137,10 +137,10 @@ def test_missing_wait_gives_wrong_outputs(reference, why):
     make, budget, slots, delays = SCENARIOS[why]
     steps = 3
     # the same scenario with every wait in place is exact: the race, not the scenario, breaks it
-    _, ok = run(make(), budget, ThreadStreams(delays), steps=steps, stream_slots=slots)
+    _, ok = run(make(), budget, ThreadStreams(delays), steps=steps, staging_slots=slots)
     assert all(torch.equal(g, w) for g, w in zip(ok, reference))
     try:
-        _, bad = run(make(), budget, ThreadStreams(delays, skip=frozenset({why})), steps=steps, stream_slots=slots)
+        _, bad = run(make(), budget, ThreadStreams(delays, skip=frozenset({why})), steps=steps, staging_slots=slots)
     except Exception:  # noqa: BLE001 - garbage counts or rows may also fail loudly: detected either way
         return
     assert not all(torch.equal(g, w) for g, w in zip(bad, reference)), f"dropping '{why}' went unnoticed"
@@ -237,7 +237,7 @@ def test_cuda_delays_change_nothing(name, params):
     def outputs(streams: Any) -> tuple[list[torch.Tensor], Counters]:
         policy = cases.build(name, params)
         experts = [{n: t.to(torch.bfloat16) for n, t in d.items()} for d in cases.EXPERTS]
-        store = ExpertStore(SPEC, experts, policy, 8, dev, torch.bfloat16, stream_slots=3,
+        store = ExpertStore(SPEC, experts, policy, 8, dev, torch.bfloat16, executor=cases.staged(3),
                             block_length=cases.BLOCK_LENGTH, mode="block-cache", cost=cases.policy_cost(policy),
                             streams=streams)
         outs = []

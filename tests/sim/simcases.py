@@ -39,7 +39,7 @@ def sim_row(trace: str, policy: str, tps: float, tau: int | None = None, budget:
         counters=Counters(h2d_bytes=3_000_000_000, d2h_bytes=1_000_000_000, h2d_weight_bytes=2_000_000_000,
                           promotions=120, demotions=100, cpu_assignments=1000 - gpu, gpu_assignments=gpu),
         busy_s={"gpu": 0.6 * sim_time, "cpu": 0.3 * sim_time, "h2d": 0.2 * sim_time, "d2h": 0.1 * sim_time},
-        lower_bound_s=0.1 * sim_time, step_time_mean_s=0.01, step_time_p50_s=0.01, steps=100, events=5000,
+        step_time_mean_s=0.01, step_time_p50_s=0.01, steps=100, events=5000,
         wall_s=0.2, tags=tags)
 
 

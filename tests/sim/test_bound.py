@@ -2,7 +2,7 @@
 
 Hand-computed optima with the constant cost model, every registered policy at or above the bound on a grid of
 small traces (modes, budgets, cost models, serial, shared duplex, DRAM), monotone in the budget, tight where
-an executor can reach it, and the certified value equal to the LP's.
+a simulated run can reach it, and the certified value equal to the LP's.
 """
 from __future__ import annotations
 

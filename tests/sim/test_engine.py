@@ -54,7 +54,7 @@ def test_invariants(name, params, budget):
     assert r.counters.gpu_assignments + r.counters.cpu_assignments == int(trace.counts.sum())
     for res in RESOURCES:
         assert r.busy_s[res] <= r.sim_time_s * (1 + 1e-12)
-    assert r.sim_time_s >= r.lower_bound_s * (1 - 1e-12)
+    assert r.sim_time_s >= mandatory_gpu_time(trace, COST) * (1 - 1e-12)
     tl = r.timeline
     assert r.sim_time_s == pytest.approx(tl.end.max())  # makespan = last completion
     assert r.step_times_s.sum() == pytest.approx(r.sim_time_s)

@@ -108,15 +108,6 @@ def test_host_thread_charges_sync_and_decide():
     assert r2.busy_s["host"] == pytest.approx(4 * 0.1)
 
 
-def test_measure_decide_times_every_call():
-    from sim.decide_time import measure_decide
-
-    trace = tiny_trace([[[1, 1, 0, 0], [0, 1, 1, 0]]] * 3)
-    d = measure_decide(trace, make_policy("tide", tau=2), ConstantCostModel(), 2)
-    assert d.policy == "tide" and d.calls == 6 and 0 <= d.median_us <= d.p90_us
-    assert d.mean_us > 0
-
-
 def test_only_the_memory_bound_share_of_cpu_work_slows():
     """The CPU reads at 200 B/s while memory-bound: its 1 s batch of 100 B is half memory-bound (f = 0.5, peak
     200). D = 100 with the promotion's 100 B/s: 50 B/s each; the copy runs at 0.5 (ends at 4.0), the CPU at

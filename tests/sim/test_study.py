@@ -166,3 +166,29 @@ def test_an_autoregressive_study(tmp_path):
     assert h["mode"] == "autoregressive" and h["draws"] == 2 and h["budget"] == 32
     assert h["static"] is not None and h["tide_best_tau"] and h["recommended"] in ("cpu-route", "static", "tide best",
                                                                                     "tide(tau=1)", "tide(tau=8)")
+
+
+def test_generation_length_and_trace_files_are_study_axes(tmp_path):
+    """A list of gen_length is an axis of the grid; recorded trace files replace the synthetic draws (those of one
+    mode are its draws); a study of files refuses the synthetic options."""
+    spec = {"name": "gens", "models": ["llada2-tiny"], "hardware": ["h100-pcie5"], "budgets": [16],
+            "modes": ["block-cache"], "policies": ["cpu-route", "static"], "tau": [1], "gen_length": [32, 64],
+            "seed": 0, "seeds": 2}
+    (tmp_path / "gens.json").write_text(json.dumps(spec))
+    assert main(["--study", str(tmp_path / "gens.json"), "--quiet", "--no-report", "--jobs", "1",
+                 "--out", str(tmp_path / "g")]) == 0
+    lines = json.loads((tmp_path / "g" / "headline.json").read_text())
+    assert [h["mode"] for h in lines] == ["block-cache, 32 tokens", "block-cache, 64 tokens"]
+    assert all(h["draws"] == 2 and h["budget"] == 16 for h in lines)
+    files = sorted(str(p) for p in (tmp_path / "g" / "traces").glob("block-cache-32-draw*.npz"))
+    spec = {k: spec[k] for k in ("models", "hardware", "budgets", "policies", "tau")}
+    (tmp_path / "files.json").write_text(json.dumps({**spec, "name": "files", "traces": files}))
+    assert main(["--study", str(tmp_path / "files.json"), "--quiet", "--no-report", "--jobs", "1",
+                 "--out", str(tmp_path / "f")]) == 0
+    (h,) = json.loads((tmp_path / "f" / "headline.json").read_text())
+    assert h["mode"] == "block-cache" and h["draws"] == 2 and h["static"] == lines[0]["static"]
+    with pytest.raises(TideError, match="replays trace files: --seeds would be ignored"):
+        main(["--study", str(tmp_path / "files.json"), "--seeds", "2"])
+    (tmp_path / "bad.json").write_text(json.dumps({**spec, "name": "bad", "traces": files, "seed": 1}))
+    with pytest.raises(TideError, match="takes the rest from the traces: seed would be ignored"):
+        load_study(str(tmp_path / "bad.json"))

@@ -21,8 +21,7 @@ from simcases import tiny_trace
 from offload.cost import ConstantCostModel
 from sim.engine import simulate
 from offload.policies import POLICIES, TAU_POLICIES, make_policy
-from offload.policies.base import LayerView, PolicyContext, StepInfo
-from offload.policies.residency import Residency
+from offload.step import RunShape, Stepper, trace_steps
 from offload.policies.tide_opt import TideOpt, block_objective, solve_tau
 
 BLOCK_LENGTH = 8
@@ -108,17 +107,9 @@ def test_per_layer_gives_one_tau_per_layer():
 
 
 def drive(policy, trace, budget, cost):
-    """Run a policy as the runtime does (no engine): residency applied per decision, ctx.trace None."""
-    L, E = trace.num_moe_layers, trace.num_experts
-    ctx = PolicyContext(num_moe_layers=L, num_experts=E, top_k=trace.top_k, budget=np.full(L, budget),
-                        expert_bytes=100, block_length=BLOCK_LENGTH, mode=trace.mode, cost=cost)
-    res = Residency(policy, policy.initial_placement(ctx), ctx.budget)
-    for s in range(trace.num_steps):
-        info = StepInfo(index=s, block=int(trace.block[s]), step_in_block=int(trace.step_in_block[s]),
-                        kind=int(trace.kind[s]), tokens_forwarded=int(trace.tokens_forwarded[s]))
-        for layer in range(L):
-            res.apply(layer, policy.decide(LayerView(step=info, layer=layer, counts=trace.counts[s, layer],
-                                                      resident=res.view(layer))))
+    """Run a policy as the runtime does (no engine): the stepper without copies, ctx.trace None."""
+    shape = RunShape(trace.num_moe_layers, trace.num_experts, trace.top_k, 100, 1, BLOCK_LENGTH, trace.mode)
+    Stepper(policy, budget, shape, cost=cost).run(trace.counts, trace_steps(trace))
     return policy
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 
 from runtime import generate as runtime_generate
+from offload.executor import ExecutorProfile
 from offload.hardware import HardwareProfile
 from validate import compare
 from offload.results import Counters
@@ -26,7 +27,8 @@ from offload.results import Counters
 COUNTERS = [f.name for f in fields(Counters)]
 
 
-PROMISED = ["env.txt", "log.txt", "profile.json", "runtime_results.json", "runtime_traces.tar", "smoke.json"]
+PROMISED = ["env.txt", "log.txt", "profile.executor.json", "profile.json", "runtime_results.json", "runtime_traces.tar",
+            "smoke.json"]
 CAUSAL = ("all-gpu", "cpu-route", "static", "fetch-lru", "tide(tau=1)", "tide(tau=4)", "tide-opt", "riptide")
 
 
@@ -96,10 +98,15 @@ def test_profile_is_calibrated_from_micro_benchmarks(gpu_script_cpu):
     assert "micro-benchmarks only" in hw.calibration["method"]
     cal = hw.calibration  # a finished run: complete, every table listed, the host flush recorded
     assert cal["complete"] is True and not cal["deadline_cut"]
-    assert set(cal["tables_done"]) == set(hw.tables) | {"step", "decide"}  # decide: the profile's decide_us
-    # measured without scipy (the GPU script's environment): every causal policy but all-gpu, in microseconds
-    assert set(hw.decide_us) == {"cpu-route", "static", "fetch-lru", "tide", "tide-opt", "riptide"}
-    assert all(v > 0 for v in hw.decide_us.values()) and hw.decide_us["riptide"] > hw.decide_us["cpu-route"]
+    assert set(cal["tables_done"]) == set(hw.tables) | {"step", "decide"}  # decide: the executor's decide_us
+    # measured without scipy (the GPU script's environment): every causal policy but all-gpu, in microseconds, in
+    # the tide-moe executor profile written beside the hardware profile
+    x = ExecutorProfile.load(gpu_script_cpu / "profile.executor.json")
+    assert x.to_dict() | {"decide_us": {}, "sources": {}, "description": ""} == \
+        ExecutorProfile.load("tide-moe").to_dict() | {"decide_us": {}, "sources": {}, "description": ""}
+    assert set(x.decide_us) == {"cpu-route", "static", "fetch-lru", "tide", "tide-opt", "riptide"}
+    assert all(v > 0 for v in x.decide_us.values()) and x.decide_us["riptide"] > x.decide_us["cpu-route"]
+    assert "validate.bench_decide" in x.sources["decide_us"]
     assert cal["timing"]["host_flush_bytes"] > 0 and cal["timing"]["device_flush_bytes"] == 0  # one flush on cpu
     holdout = hw.calibration["holdout"]
     for name in ("gpu_expert", "attention", "moe_overhead", "copy_h2d"):
@@ -142,6 +149,9 @@ def test_compare_counters_equal_and_sane(gpu_script_cpu, tmp_path, capsys):
     assert "Kendall tau" in out and "counters" in out
     res = json.loads((tmp_path / "compare.json").read_text())
     assert len(res["runs"]) == 2 * len(CAUSAL)
+    # replayed with the calibrated executor beside the profile: its measured decide() times are charged
+    assert res["executor"] == str(tmp_path / "unstarved" / "profile.executor.json")
+    assert all(r["simulated_by_what_s"]["decide"] > 0 for r in res["runs"] if not r["label"].startswith("all-gpu"))
     for row in res["runs"]:
         assert not row["counter_mismatch"], row["run"]
         assert list(row["counters"]) == COUNTERS  # every counter of the record is compared

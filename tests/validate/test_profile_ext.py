@@ -120,8 +120,8 @@ def test_cost_model_formulas(h100, tiny):
     assert cm.gpu_experts(counts) == pytest.approx(7e-5 + 1e-5 + 2e-5)
     assert cm.cpu_experts(counts) == pytest.approx(3e-5 + 1e-4 + 2e-4)
     assert cm.gpu_experts(np.zeros_like(counts)) == 0 and cm.cpu_experts(np.zeros_like(counts)) == 0
-    # single device: activation copies cost nothing; weight copies keep their price
-    assert cm.serial and cm.act_d2h(4096) == 0 and cm.act_h2d(4096) == 0 and cm.h2d(4096) > 0
+    # single device: serial (the engine moves no activations there); weight copies keep their price
+    assert cm.serial and cm.h2d(4096) > 0
     # without the table, the scalar per-layer overhead is charged
     d = _ext(h100, tiny)
     del d["tables"]["moe_overhead"]
