@@ -13,7 +13,7 @@ from runtime.checkpoint import INDEX_FILE, ExpertWeights, load_checkpoint, split
 from runtime.config import RuntimeConfig
 from runtime.model import LLaDA2MoE, block_causal_mask
 from runtime.random_weights import random_state, random_weights
-from runtime.reference_experts import LocalExperts
+from reference_experts import LocalExperts
 from offload.errors import TideError
 
 SEED = 3

@@ -9,7 +9,7 @@ from runtime.checkpoint_layout import checkpoint_shapes, non_expert_shapes
 from runtime.config import RuntimeConfig
 from runtime.model import LLaDA2MoE, apply_rotary, block_causal_mask, rotary_cos_sin
 from runtime.random_weights import random_state, random_weights
-from runtime.reference_experts import LocalExperts
+from reference_experts import LocalExperts
 
 SEED = 7
 

@@ -8,6 +8,7 @@ Tokens are grouped by expert (one stable sort of the T*k assignments) and each u
 its tokens; the weighted results are accumulated in float32 with index_add_ and cast to x's dtype. It is the
 correctness reference for the expert store and the "everything fits" baseline.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,25 +22,27 @@ class LocalExperts:
 
     def __init__(self, experts: ExpertWeights, device=None, dtype: torch.dtype | None = None) -> None:
         dtype = dtype or experts.dtype
-        self.layers = tuple(LayerExperts(*(t.to(device=device, dtype=dtype) for t in (l.gate, l.up, l.down)))
-                            for l in experts.layers)
+        self.layers = tuple(
+            LayerExperts(*(t.to(device=device, dtype=dtype) for t in (l.gate, l.up, l.down))) for l in experts.layers
+        )
 
-    def forward(self, moe_layer: int, x: torch.Tensor, topk_ids: torch.Tensor,
-                topk_weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, moe_layer: int, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor
+    ) -> torch.Tensor:
         lx = self.layers[moe_layer]
         T, k = topk_ids.shape
         out = torch.zeros(T, x.shape[1], dtype=torch.float32, device=x.device)
         if T == 0:
             return out.to(x.dtype)
         flat = topk_ids.reshape(-1)
-        order = torch.argsort(flat, stable=True)              # assignments grouped by expert, token order kept
+        order = torch.argsort(flat, stable=True)  # assignments grouped by expert, token order kept
         counts = torch.bincount(flat, minlength=lx.gate.shape[0]).tolist()  # one host sync per layer
         w = topk_weights.reshape(-1).float()
         start = 0
         for e, n in enumerate(counts):
             if n == 0:
                 continue
-            sel = order[start:start + n]
+            sel = order[start : start + n]
             start += n
             tok = sel // k
             xe = x[tok]
