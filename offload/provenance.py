@@ -1,6 +1,6 @@
 """Published results pages: a table in docs/ is written by the command that measured it, never typed.
 
-``--publish PATH`` on a measuring command (``sim.explore``, ``sim.paper_repro``, ``sim.synthetic_check``,
+``--publish PATH`` on a measuring command (``sim.explore``, ``sim.synthetic_check``,
 ``validate.compare``, ``benchmarks/first_hour.py``) writes PATH as a markdown page: a title, the provenance
 below, then the command's own table. Rerunning the command refreshes the page.
 

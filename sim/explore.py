@@ -388,14 +388,10 @@ def run_setting(a: argparse.Namespace, began: provenance.Start) -> int:
     return 0
 
 
-def run(a: argparse.Namespace, began: provenance.Start) -> int:
-    """Run parsed options (``sim.paper_repro`` passes its own, with the provenance of its command line)."""
+def main(argv: Sequence[str] | None = None) -> int:
+    a, began = parse_args(argv), provenance.start("python -m sim.explore", argv)
     _check_args(a)
     return run_study(a, began) if a.study else run_setting(a, began)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv), provenance.start("python -m sim.explore", argv))
 
 
 if __name__ == "__main__":
