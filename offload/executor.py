@@ -39,9 +39,9 @@ the engine did before executors existed (batched pinned copies, overlap, grouped
 host sync are part of the calibrated ``moe_overhead`` table, whose store runs the all-gpu policy: its decision
 is KEEP, about 0). decide() time lives here only (``decide_s``): the ``tide-moe`` preset charges 0, and
 ``validate.calibrate`` writes ``tide-moe`` with the measured table (``validate.bench_decide``) beside the hardware
-profile it calibrates (:func:`beside`), which replays of calibrated runs use. Keys are not checked against the
-policy registry: a key naming no policy is never looked up (a misspelt one leaves its policy at
-``decide_default_us``). A bad value is a one-line TideError naming the field and its allowed range.
+profile it calibrates (:func:`beside`), which replays of calibrated runs use. Its keys are checked against the
+policy registry where a run starts (``offload.step``: this module cannot import the policies, which price with
+``offload.cost``, which imports it). A bad value is a one-line TideError naming the field and its allowed range.
 """
 from __future__ import annotations
 

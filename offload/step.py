@@ -34,6 +34,7 @@ import numpy as np
 from offload.errors import TideError
 from offload.executor import ExecutorProfile
 from offload.plan import LayerPlan, PlanTotals, plan_layer
+from offload.policies import POLICIES
 from offload.policies.base import LayerDecision, LayerView, Policy, PolicyContext, Prefetch, StepInfo
 from offload.policies.residency import MoveCounters, Residency
 from offload.results import Counters
@@ -99,6 +100,9 @@ class Stepper(Generic[H]):
         log: PlanLog | None = None,
     ) -> None:
         L, E = shape.num_moe_layers, shape.num_experts
+        unknown = sorted(set(executor.decide_us) - set(POLICIES)) if executor is not None else []
+        if unknown:  # a misspelt name would leave its policy at decide_default_us without a word
+            raise TideError(f"executor {executor.name}: decide_us names unknown policy {', '.join(unknown)}")
         self.policy, self.shape, self.log = policy, shape, log
         self.budget = layer_budget(policy, budget, L, E)  # as given: the residency's copy follows re-partitions
         ctx = PolicyContext(

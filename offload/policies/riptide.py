@@ -107,6 +107,10 @@ class Riptide(Policy):
     Params = RiptideParams
     uses_cost = True
 
+    @property
+    def refresh_interval(self) -> int | None:
+        return int(self.p.tau) if self.p.drift is None else None  # periodic only without the drift trigger
+
     def initial_placement(self, ctx: PolicyContext) -> np.ndarray:
         placement = super().initial_placement(ctx)
         L, E = ctx.num_moe_layers, ctx.num_experts

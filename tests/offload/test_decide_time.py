@@ -55,8 +55,17 @@ def test_decide_s_is_the_table_else_the_default():
     moe, ref = ExecutorProfile.load("tide-moe"), ExecutorProfile.load("tide-reference")
     assert moe.decide_s("riptide") == 0.0 and _measured(riptide=120.0).decide_s("riptide") == pytest.approx(120e-6)
     assert ref.decide_s("riptide") == pytest.approx(99e-6)  # the released code keeps its own table
-    x = ExecutorProfile.from_dict({"name": "x", "decide_default_us": 7.0, "decide_us": {"no-such-policy": 3.0}})
-    assert x.decide_s("tide") == pytest.approx(7e-6)  # a name no policy has is accepted and never charged
+    x = ExecutorProfile.from_dict({"name": "x", "decide_default_us": 7.0, "decide_us": {"riptide": 3.0}})
+    assert x.decide_s("tide") == pytest.approx(7e-6)  # a policy the table does not name: the default
+
+
+def test_a_decide_us_naming_no_policy_is_refused_where_a_run_starts():
+    from offload.step import RunShape, Stepper
+
+    x = ExecutorProfile.from_dict({"name": "x", "decide_us": {"tide": 3.0, "tid-opt": 3.0}})
+    shape = RunShape(TINY.num_moe_layers, TINY.num_experts, TINY.top_k, TINY.expert_bytes, TINY.token_bytes)
+    with pytest.raises(TideError, match=r"^executor x: decide_us names unknown policy tid-opt$"):
+        Stepper(make_policy("tide"), 8, shape, executor=x)
 
 
 # ---- a prefetch's target layer --------------------------------------------------------------------------------

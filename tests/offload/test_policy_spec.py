@@ -80,3 +80,13 @@ def test_numpy_values_become_plain_python():
     np = pytest.importorskip("numpy")
     p = make_policy("tide", tau=np.int64(3))
     assert type(p.p.tau) is int and p.label() == "tide(tau=3)"
+
+
+def test_refresh_interval_is_what_records_show_as_tau():
+    from offload.policies import make_policy
+
+    assert make_policy("tide", tau=3).refresh_interval == 3
+    assert make_policy("tide-opt").refresh_interval is None  # nothing chosen before the first block ends
+    assert make_policy("riptide", drift=None, tau=6).refresh_interval == 6  # periodic refreshes
+    assert make_policy("riptide").refresh_interval is None  # refreshes on drift
+    assert make_policy("static").refresh_interval is None
