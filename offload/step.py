@@ -100,8 +100,9 @@ class Stepper(Generic[H]):
         log: PlanLog | None = None,
     ) -> None:
         L, E = shape.num_moe_layers, shape.num_experts
-        unknown = sorted(set(executor.decide_us) - set(POLICIES)) if executor is not None else []
-        if unknown:  # a misspelt name would leave its policy at decide_default_us without a word
+        # a name neither registered nor this run's policy: misspelt, it would leave its policy at the default
+        unknown = sorted(set(executor.decide_us) - set(POLICIES) - {policy.name}) if executor is not None else []
+        if unknown:
             raise TideError(f"executor {executor.name}: decide_us names unknown policy {', '.join(unknown)}")
         self.policy, self.shape, self.log = policy, shape, log
         self.budget = layer_budget(policy, budget, L, E)  # as given: the residency's copy follows re-partitions
