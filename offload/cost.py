@@ -194,28 +194,34 @@ class RooflineCostModel:
         # per-expert time by token count, tabulated once: the engine calls this per layer, so indexing a table
         # beats re-evaluating the roofline on every call
         counts = np.asarray(counts).astype(np.int64, copy=False)  # token counts are integers by definition
-        cache = self._cache
-        top = int(counts.max(initial=0))
-        lut = cache.get(which)
-        if lut is None or lut.size <= top:
-            size = max(1024, 2 * top + 1)
-            lut = (self.gpu_expert_each if which == "gpu" else self.cpu_expert_each)(np.arange(size))
-            cache[which] = lut
+        lut = self._cache.get(which)
+        if lut is not None:
+            try:  # the common case: every count inside the table (counts are >= 0, so none wraps around)
+                return lut[counts]
+            except IndexError:
+                pass
+        size = max(1024, 2 * int(counts.max(initial=0)) + 1)
+        lut = (self.gpu_expert_each if which == "gpu" else self.cpu_expert_each)(np.arange(size))
+        self._cache[which] = lut
         return lut[counts]
 
     def _call(self, table_name: str, default_s: float) -> float:
-        table = self.hw.tables.get(table_name)
-        return table.call if table is not None and table.call is not None else default_s
+        key = ("call", table_name)  # looked up per layer: the table and the profile do not change
+        call = self._cache.get(key)
+        if call is None:
+            table = self.hw.tables.get(table_name)
+            call = self._cache[key] = table.call if table is not None and table.call is not None else default_s
+        return call
 
     def gpu_experts(self, counts: np.ndarray) -> np.ndarray:
         counts = np.asarray(counts)
         call = self._call("gpu_expert", _LAUNCH["experts"] * self.hw.gpu.kernel_overhead_us * 1e-6)
-        return self._lut("gpu", counts).sum(axis=-1) + np.any(counts > 0, axis=-1) * call
+        return self._lut("gpu", counts).sum(axis=-1) + (counts > 0).any(axis=-1) * call
 
     def cpu_experts(self, counts: np.ndarray) -> np.ndarray:
         counts = np.asarray(counts)
         call = self._call("cpu_expert", 0.0)
-        return self._lut("cpu", counts).sum(axis=-1) + np.any(counts > 0, axis=-1) * call
+        return self._lut("cpu", counts).sum(axis=-1) + (counts > 0).any(axis=-1) * call
 
     def _copy(self, nbytes: Any, table_name: str, gbps: float) -> np.ndarray:
         nbytes = np.asarray(nbytes, dtype=np.float64)
@@ -325,6 +331,9 @@ class ExecutorCost:
     cost: CostModel
     executor: ExecutorProfile
     pinned: np.ndarray
+    # copy prices by (direction, pinned experts, pageable experts), or by size for a batch of activations: a
+    # copy's price depends on nothing else, and a run prices the same few sizes hundreds of thousands of times
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def of(cls, cost: CostModel, executor: ExecutorProfile, num_moe_layers: int, num_experts: int) -> "ExecutorCost":
@@ -358,13 +367,21 @@ class ExecutorCost:
     # ---- experts ------------------------------------------------------------------------------------
     def gpu_experts(self, counts: np.ndarray) -> float:
         counts = np.asarray(counts)
-        over = self.executor.gpu_expert_overhead_us * 1e-6 * int(np.count_nonzero(counts))
-        return float(self.cost.gpu_experts(counts)) + over
+        us = self.executor.gpu_expert_overhead_us  # 0 for most executors: no count to take (t + 0.0 is t)
+        return float(self.cost.gpu_experts(counts)) + (us * 1e-6 * int(np.count_nonzero(counts)) if us else 0.0)
+
+    def gpu_experts_rows(self, counts: np.ndarray) -> np.ndarray:
+        """:meth:`gpu_experts` of each row of ``counts`` [n, E] in one call: the same operations per row (numpy
+        sums a contiguous row pairwise whether alone or in a matrix), so each equals its own call to the bit."""
+        counts = np.asarray(counts)
+        t = np.asarray(self.cost.gpu_experts(counts), dtype=np.float64)
+        us = self.executor.gpu_expert_overhead_us
+        return t + us * 1e-6 * np.count_nonzero(counts, axis=-1) if us else t
 
     def cpu_experts(self, counts: np.ndarray) -> float:
         counts = np.asarray(counts)
-        over = self.executor.cpu_expert_overhead_us * 1e-6 * int(np.count_nonzero(counts))
-        return float(self.cost.cpu_experts(counts)) + over
+        us = self.executor.cpu_expert_overhead_us
+        return float(self.cost.cpu_experts(counts)) + (us * 1e-6 * int(np.count_nonzero(counts)) if us else 0.0)
 
     def cpu_dram_bytes(self, counts: np.ndarray) -> float:
         """Host DRAM bytes a CPU batch moves: each active expert's weights once, each assignment's row in and out."""
@@ -376,9 +393,19 @@ class ExecutorCost:
         """(seconds, host DRAM bytes) of copying experts ``ids`` of ``layer`` one way."""
         if ids.size == 0:
             return 0.0, 0.0
+        every = self._memo.get("pinned")
+        if every is None:  # all pinned (or none): the count needs no gather per copy
+            every = self._memo["pinned"] = 1 if self.pinned.all() else 0 if not self.pinned.any() else -1
+        n = int(ids.size)
+        pin = n if every == 1 else 0 if every == 0 else int(self.pinned[layer, ids].sum())
+        key = (direction, pin, n - pin)
+        out = self._memo.get(key)
+        if out is None:
+            out = self._memo[key] = self._price(*key)
+        return out
+
+    def _price(self, direction: str, pin: int, page: int) -> tuple[float, float]:
         b = int(self.cost.expert_bytes)
-        pin = int(self.pinned[layer, ids].sum())
-        page = int(ids.size) - pin
         g = self.executor.copy_granularity
         pinned_t, pageable_t = self._copy_fns(direction)
         if g == "batched":  # one copy per memory kind (the pinned share and the pageable one)
@@ -407,8 +434,11 @@ class ExecutorCost:
         pageable = self.executor.pageable
         fn = self._copy_fns(direction)[pageable]  # (pinned, pageable)[True]: the pageable rate
         total = float(counts.sum()) * tb
-        if self.executor.act_copies == "batched":
-            t = float(fn(total))
+        if self.executor.act_copies == "batched":  # priced by its size alone: memoised like the weights
+            key = ("act", direction, total)
+            t = self._memo.get(key)
+            if t is None:
+                t = self._memo[key] = float(fn(total))
         else:
             t = float(np.sum(fn(counts[counts > 0] * tb)))
         return t, total * (3.0 if pageable else 1.0)

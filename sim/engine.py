@@ -29,7 +29,8 @@ One forward pass s (times from the cost model, see ``offload.cost``; X the execu
     staged streams (X.staging_slots = S >= 1; chunk C = S // 2, or S with S = 1; H = 2 halves, 1 with S = 1):
       chunk j: H2D copy of its C experts (queued behind the promotions; from j >= H after the GPU finished chunk
       j - H, whose staging half it reuses), then GPU gpu_experts(chunk j) once it landed: the copy of chunk j + 1
-      overlaps the compute of chunk j, as runtime/expert_store.py does it
+      overlaps the compute of chunk j, as runtime/expert_store.py does it. With no other copy or CPU job in flight
+      (and no timeline asked for) this recurrence is computed in one go, each instant as the events would give it
     CPU path, without overlap_cpu: only now, after the GPU experts. The layer ends when both are done.
     H2D: each prefetch batch                           asynchronous: later GPU use waits for its arrival
 
@@ -142,9 +143,11 @@ class _Run:
         self.log: list[tuple[int, float, float, int, int, int]] | None = [] if timeline else None
         self.step_end = np.zeros(trace.num_steps)
         self.last_completion = 0.0
+        self.aux: list[simpy.Process] = []  # prefetch and CPU-path processes not yet known to be over
 
     # ---- primitives -----------------------------------------------------------------------------------
     def _record(self, res: str, start: float, end: float, step: int, layer: int, what: str) -> None:
+        # called per work item (about a million in a long replay): the log only when a timeline is asked for
         self.busy[res] += end - start
         if end > self.last_completion:
             self.last_completion = end
@@ -153,26 +156,30 @@ class _Run:
 
     def gpu(self, dt: float, step: int, layer: int, what: str) -> simpy.Timeout:
         # only the main process issues GPU work, so the stream needs no queue: a timeout is exact
-        now = self.env.now
+        env = self.env
+        now = env.now
         self._record("gpu", now, now + dt, step, layer, what)
-        return self.env.timeout(dt)
+        return env.timeout(dt)
 
     def use(self, res: simpy.Resource, name: str, dt: float, step: int, layer: int, what: str,
             dram_bytes: float = 0.0, dram_peak: float | None = None) -> Iterator[Any]:
+        env = self.env
         with res.request() as req:
             yield req
-            start = self.env.now
-            if self.dram is not None and dram_bytes > 0 and dt > 0:
+            start = env.now
+            if dram_bytes > 0 and dt > 0 and self.dram is not None:
                 yield from self.dram.run(dt, dram_bytes, dram_peak)  # slower while other jobs read host DRAM
             else:
-                yield self.env.timeout(dt)
-            self._record(name, start, self.env.now, step, layer, what)
+                yield env.timeout(dt)
+            self._record(name, start, env.now, step, layer, what)
 
     # ---- policy decisions -------------------------------------------------------------------------------
     def _prefetch(self, step: int, layer: int, demote: np.ndarray, promote: np.ndarray) -> simpy.Process | None:
         """Issue one prefetch's copies (asynchronous): the stepper's ``issue``."""
         if promote.size or (self.x.demote_d2h and demote.size):
-            return self.env.process(self._prefetch_copies(step, layer, demote, promote))
+            proc = self.env.process(self._prefetch_copies(step, layer, demote, promote))
+            self.aux.append(proc)
+            return proc
         return None
 
     def _prefetch_copies(self, step: int, layer: int, demote: np.ndarray, promote: np.ndarray) -> Iterator[Any]:
@@ -198,10 +205,11 @@ class _Run:
     def main(self) -> Iterator[Any]:
         tr = self.trace
         L = tr.num_moe_layers
+        fixed, pre = self.step_fixed.tolist(), self.pre.tolist()  # Python floats: no 0-d array per item
         for s, info in enumerate(trace_steps(tr)):
-            yield self.gpu(float(self.step_fixed[s]), s, -1, "dense")
+            yield self.gpu(fixed[s], s, -1, "dense")
             for layer in range(L):
-                yield self.gpu(float(self.pre[s]), s, layer, "dense")
+                yield self.gpu(pre[s], s, layer, "dense")
                 yield from self.layer(info, layer)
             self.step_end[s] = self.env.now
 
@@ -223,18 +231,22 @@ class _Run:
         cpu_proc = None
         if p.cpu_assignments and p.overlap_cpu and not self.serial:
             cpu_proc = self.env.process(self.cpu_path(p, s, layer))  # the CPU works while the weights are copied
+            self.aux.append(cpu_proc)
         staged = bool(st.chunks)
+        # alone: no other process can touch the copy engines or host DRAM before this layer's GPU experts are done
+        # (only this process starts others), so its staging is priced in closed form (_staged_closed)
+        alone = staged and not self.serial and self.log is None and self._alone()
         blocking = p.promote if staged else np.concatenate([p.promote, p.stream])
         stage = None
         if blocking.size:
             t0 = self.env.now
             dt, vb = self.xc.weights_h2d(layer, blocking)
             weights = self.use(self.h2d, "h2d", dt, s, layer, "weights_h2d", vb)
-            if staged and not self.serial:  # the chunks queue on the copy engine right behind the promotions
+            if staged and not self.serial and not alone:  # the chunks queue on the copy engine behind the promotions
                 stage = self._stage(st.chunks, s, layer)
             yield from weights
             self._record_wait(t0, s, layer)
-        elif staged and not self.serial:
+        elif staged and not self.serial and not alone:
             stage = self._stage(st.chunks, s, layer)
         waits = self.stepper.arrivals(layer, p, _processed)
         if waits:
@@ -242,8 +254,17 @@ class _Run:
             yield self.env.all_of(waits)
             self._record_wait(t0, s, layer)
         if staged:
-            yield self.gpu(self.xc.gpu_experts(np.where(p.resident_mask, p.gpu_counts, 0)), s, layer, "experts_gpu")
-            yield from self._staged_compute(p, s, layer, st.chunks, stage)
+            times = self._staged_times(p, st.chunks)
+            resident = self.gpu(float(times[0]), s, layer, "experts_gpu")  # recorded first, as before
+            end = self._staged_closed(self.env.now + float(times[0]), times[1:].tolist(), s, layer,
+                                      st.chunks) if alone else None
+            if alone and end is None:  # the clock would miss the end in one step: the chain, from now (alone)
+                stage = self._stage(st.chunks, s, layer)
+            yield resident
+            if end is not None:
+                yield self.env.timeout(end - self.env.now)
+            else:
+                yield from self._staged_compute(times[1:].tolist(), s, layer, st.chunks, stage)
         else:
             yield self.gpu(self.xc.gpu_experts(p.gpu_counts), s, layer, "experts_gpu")
         t0 = self.env.now
@@ -278,30 +299,62 @@ class _Run:
         self.env.process(chain())
         return ev
 
-    def _staged_compute(self, p: LayerPlan, step: int, layer: int, chunks: tuple[np.ndarray, ...],
+    def _staged_compute(self, times: list[float], step: int, layer: int, chunks: tuple[np.ndarray, ...],
                         ev: list[list[simpy.Event]] | None) -> Iterator[Any]:
         if ev is None:  # serial: each chunk copied, then computed, one after the other
-            for ids in chunks:
+            for ids, dt_gpu in zip(chunks, times):
                 t0 = self.env.now
                 dt, vb = self.xc.weights_h2d(layer, ids)
                 yield from self.use(self.h2d, "h2d", dt, step, layer, "weights_h2d", vb)
                 self._record_wait(t0, step, layer)
-                yield self.gpu(self.xc.gpu_experts(self._chunk_counts(p, ids)), step, layer, "experts_gpu")
+                yield self.gpu(dt_gpu, step, layer, "experts_gpu")
             return
-        for j, ids in enumerate(chunks):
-            copied, computed = ev[j]
+        for (copied, computed), dt_gpu in zip(ev, times):
             if not copied.processed:
                 t0 = self.env.now
                 yield copied
                 self._record_wait(t0, step, layer)
-            yield self.gpu(self.xc.gpu_experts(self._chunk_counts(p, ids)), step, layer, "experts_gpu")
+            yield self.gpu(dt_gpu, step, layer, "experts_gpu")
             computed.succeed()
 
-    @staticmethod
-    def _chunk_counts(p: LayerPlan, ids: np.ndarray) -> np.ndarray:
-        out = np.zeros_like(p.gpu_counts)
-        out[ids] = p.gpu_counts[ids]
-        return out
+    def _alone(self) -> bool:
+        self.aux = [proc for proc in self.aux if not proc.processed]
+        return not self.aux
+
+    def _staged_closed(self, g_res: float, times: list[float], step: int, layer: int,
+                       chunks: tuple[np.ndarray, ...]) -> float | None:
+        """The staging of a layer that runs alone, from now (its promotions copied; the resident experts end at
+        ``g_res``), timed as _stage and _staged_compute would: copy j starts when copy j - 1 ends and the
+        compute of chunk j - halves is over, compute j when copy j and compute j - 1 are; every instant as
+        SimPy's clock gets it (start + duration; the DRAM law's loop for a copy). Records the work and returns
+        the last compute's end, or None (nothing recorded) where g_res + (end - g_res) would not land on it."""
+        halves, dram = self.x.stage_buffers, self.dram
+        g = g_res
+        c = self.env.now  # the copy engine is free from now: the promotions' copy just ended
+        copies, comps = [], []
+        for j, ids in enumerate(chunks):  # a few chunks per layer: the recurrence, not experts
+            start = c if j < halves else max(c, comps[j - halves][1])
+            dt, vb = self.xc.weights_h2d(layer, ids)
+            c = dram.alone_end(start, dt, vb) if dram is not None and vb > 0 and dt > 0 else start + dt
+            copies.append((start, c))
+            g0 = max(g, c)
+            g = g0 + times[j]
+            comps.append((g0, g))
+        if g_res + (g - g_res) != g:
+            return None
+        for (a, b), (x, y) in zip(copies, comps):
+            self._record("h2d", a, b, step, layer, "weights_h2d")
+            self._record("gpu", x, y, step, layer, "experts_gpu")
+        return g
+
+    def _staged_times(self, p: LayerPlan, chunks: tuple[np.ndarray, ...]) -> np.ndarray:
+        """GPU seconds of a staged layer's resident experts, then of each chunk, priced in one vectorised call: row
+        0 holds the resident counts, row 1 + j chunk j's (zeros elsewhere, as priced one at a time before)."""
+        rows = np.zeros((1 + len(chunks), p.gpu_counts.size), dtype=p.gpu_counts.dtype)
+        rows[0] = np.where(p.resident_mask, p.gpu_counts, 0)
+        stream = p.stream  # the chunks are its consecutive slices, all of chunks[0]'s size but the last
+        rows[1 + np.arange(stream.size) // chunks[0].size, stream] = p.gpu_counts[stream]
+        return self.xc.gpu_experts_rows(rows)
 
     def _record_wait(self, t0: float, step: int, layer: int) -> None:
         # the GPU stream idles while waiting: logged for the timeline, not counted as busy

@@ -48,12 +48,14 @@ from sim import spread
 from sim.study import (Point, Replay, TraceKey, grid_points, headline, make_traces, markdown_table, policy_grid,
                        study_table, study_tasks)
 from sim.study_spec import MAX_SEEDS, TABLES, StudySpec, check_seeds, load_study
-from sim.sweep import run_task, run_tasks
+from sim.sweep import Task, run_task, run_tasks, task_row
 
 # options a run would not use: refused rather than silently ignored
 SYNTHETIC_FLAGS = ("modes", "gen_length", "block_length", "prompt_length", "tokens_per_forward", "seed", "seeds")
 NOT_IN_STUDY = ("model", "hardware", "trace", "modes", "block_length", "prompt_length", "tokens_per_forward",
                 "gpu_experts_per_layer", "gpu_memory_gb", "timeline")
+# a sweep estimated to take longer than this says so before it starts (how many runs, about how long)
+ESTIMATE_ABOVE_S = 30.0
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -263,7 +265,7 @@ def _run_executor(a: argparse.Namespace, study: StudySpec, points: list[Point], 
     print(f"study {study.name} (executor {executor.name}): {len(points)} grid points x "
           f"{len(tasks) // len(points) // runs} trace draws x {runs} policy runs = {len(tasks)} runs"
           + (f" on Ray ({a.ray})" if a.ray else ""))
-    rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
+    rows = run_sweep(tasks, a, f"{len(tasks)} runs")
     lines = headline(rows)
     table = markdown_table(lines)
     config = _config(study, executor, traces, points=[p.label for p in points])
@@ -281,6 +283,51 @@ def _run_executor(a: argparse.Namespace, study: StudySpec, points: list[Point], 
     print(f"{len(rows)} runs in {time.perf_counter() - t0:.1f} s; results in {out}/ ({', '.join(written)})"
           + (f"; rows also in {a.json}" if a.json else ""))
     return rows
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as a person reads it: '45 s', '1 min 10 s', '2 h 5 min'."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def _samples(tasks: Sequence[Task]) -> dict[str, int]:
+    """Per model, the index of the first task of the policy with the most runs (a tau-swept one, usually): the
+    run timed to estimate the sweep. One per model, since a model's layers and experts set the cost of a run."""
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.policy] = counts.get(t.policy, 0) + 1
+    common = max(counts, key=lambda p: counts[p])
+    first: dict[str, int] = {}
+    for i, t in enumerate(tasks):
+        if t.policy == common:
+            first.setdefault(t.model["name"], i)
+    return first
+
+
+def run_sweep(tasks: Sequence[Task], a: argparse.Namespace, count: str) -> list[SimRecord]:
+    """``run_tasks`` on the options' workers, with a line before a long sweep: one run per model is timed here
+    first (its row kept, not rerun), the sweep's time estimated from it, and ``count`` (how many runs) with that
+    estimate printed when it exceeds ``ESTIMATE_ABOVE_S``. Not on Ray, whose workers are not known here."""
+    if a.ray or len(tasks) < 2:
+        return run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
+    done: dict[int, SimRecord] = {}
+    per_model: dict[str, float] = {}
+    for model, i in _samples(tasks).items():
+        t0 = time.perf_counter()
+        done[i] = task_row(tasks[i])
+        per_model[model] = time.perf_counter() - t0
+    rest = [t for i, t in enumerate(tasks) if i not in done]
+    workers = max(1, min(a.jobs or os.cpu_count() or 1, len(rest)))
+    estimate = sum(per_model[t.model["name"]] for t in rest) / workers
+    if estimate > ESTIMATE_ABOVE_S:
+        print(f"{count}, est. {duration(estimate)} on {workers} worker{'s' * (workers > 1)}", flush=True)
+    rows = iter(run_tasks(rest, workers=a.jobs, progress=not a.quiet))
+    return [done[i] if i in done else next(rows) for i in range(len(tasks))]
 
 
 def run_study(a: argparse.Namespace, began: provenance.Start) -> int:
@@ -329,7 +376,7 @@ def run_setting(a: argparse.Namespace, began: provenance.Start) -> int:
     points = grid_points(study, traces)
     x = None if a.executor is None else ExecutorProfile.load(a.executor).to_dict()  # None: the default executor
     tasks = study_tasks(study, points, traces, x, per_trace=True)
-    rows = run_tasks(tasks, workers=a.jobs, progress=not a.quiet, ray_address=a.ray)
+    rows = run_sweep(tasks, a, f"about {len(tasks)} runs")
     all_fit = fits(model, hw, np.full(model.num_moe_layers, model.num_experts))
     config = _config(study, ExecutorProfile.load(a.executor), traces, model=model.summary(), hardware=hw.to_dict(),
                      budget={"experts_per_layer": int(budget.max()), "fits_gpu": fits(model, hw, budget),

@@ -18,18 +18,35 @@ from typing import Any, Iterator
 
 import numpy as np
 import simpy
+from simpy.events import PENDING
 
 
 def waterfill(total: float, demands: np.ndarray) -> np.ndarray:
     """Max-min fair shares of ``total`` among ``demands`` (same unit): in ascending order of demand each gets
     min(demand, what is left / users left), so no one gets more than it asks and the rest is split evenly."""
-    d = np.asarray(demands, dtype=np.float64)
-    rates = np.zeros_like(d)
-    left = float(total)
-    for k, i in enumerate(np.argsort(d, kind="stable")):
-        rates[i] = min(d[i], left / (d.size - k))
+    return np.array(_waterfill(float(total), np.asarray(demands, dtype=np.float64).tolist()), dtype=np.float64)
+
+
+def _waterfill(total: float, demands: list[float]) -> list[float]:
+    # on Python floats: the engine reshares a handful of jobs hundreds of thousands of times, where numpy's
+    # per-call overhead dominates; the same IEEE operations in the same order, so the same shares to the bit
+    n = len(demands)
+    rates = [0.0] * n
+    left = total
+    for k, i in enumerate(sorted(range(n), key=demands.__getitem__)):  # sorted is stable, like argsort "stable"
+        rates[i] = min(demands[i], left / (n - k))
         left -= rates[i]
     return rates
+
+
+class _Wake(simpy.Event):
+    """``env.any_of`` of a timeout and a job's ``changed`` as the engine uses it (its value unread): the first of
+    them to be processed schedules this event, as AnyOf schedules itself, so the event queue is the same, entry
+    for entry; it saves AnyOf's condition value and callback bookkeeping, which the DRAM law pays per copy."""
+
+    def fire(self, _event: simpy.Event) -> None:
+        if self._value is PENDING:
+            self.succeed()
 
 
 @dataclass(eq=False)
@@ -57,14 +74,30 @@ class HostDram:
         self.t = self.env.now
 
     def _reshare(self) -> None:
-        if self.jobs:
-            rates = waterfill(self.bw, np.array([j.demand for j in self.jobs]))
-            for j, r in zip(self.jobs, rates):
-                # the memory-bound share slows by r / peak, the rest (compute, overheads) does not
-                j.speed = 1.0 if r >= j.demand else 1.0 / ((1.0 - j.frac) + j.frac * j.demand / float(r))
-        for j in self.jobs:  # wake every job so it reschedules its end at the new speed
-            old, j.changed = j.changed, self.env.event()
+        jobs = self.jobs
+        rates = _waterfill(self.bw, [j.demand for j in jobs]) if jobs else []
+        for j, r in zip(jobs, rates):
+            # the memory-bound share slows by r / peak, the rest (compute, overheads) does not
+            j.speed = 1.0 if r >= j.demand else 1.0 / ((1.0 - j.frac) + j.frac * j.demand / r)
+        event = self.env.event
+        for j in jobs:  # wake every job so it reschedules its end at the new speed
+            old, j.changed = j.changed, event()
             old.succeed()
+
+    def alone_end(self, start: float, dt: float, nbytes: float) -> float:
+        """When a copy (all memory-bound) that :meth:`run` starts at ``start`` ends if no other job runs meanwhile:
+        run's loop on the same floats, the clock advancing as SimPy's does (now + delay), so the same instant."""
+        peak = nbytes / dt
+        r = _waterfill(self.bw, [peak])[0]  # one job: min(peak, D)
+        speed = 1.0 if r >= peak else 1.0 / (peak / r)  # _reshare's speed with frac = 1: (0 + 1 x peak / r) is exact
+        left, t, tol = dt, start, 1e-9 * dt
+        while True:
+            now = t + max(left, 0.0) / speed
+            if now - t > 0:
+                left -= (now - t) * speed
+            t = now
+            if left <= tol or now + left / speed <= now:
+                return now
 
     def run(self, dt: float, nbytes: float, peak: float | None = None) -> Iterator[Any]:
         """Do ``dt`` seconds of nominal work that moves ``nbytes`` through DRAM, at the speed the shares allow;
@@ -77,8 +110,13 @@ class HostDram:
         self.jobs.append(job)
         self._reshare()
         tol = 1e-9 * dt
+        timeout = env.timeout
         while True:
-            yield env.any_of([env.timeout(max(job.left, 0.0) / job.speed), job.changed])
+            # either the end at this speed or a reshare wakes the job (an any_of without the Condition's value)
+            wake = _Wake(env)
+            timeout(max(job.left, 0.0) / job.speed).callbacks.append(wake.fire)
+            job.changed.callbacks.append(wake.fire)
+            yield wake
             self._advance()
             # done, or so nearly that the clock could not move by the rest (float rounding would loop forever)
             if job.left <= tol or env.now + job.left / job.speed <= env.now:

@@ -62,6 +62,14 @@ SIM_SPEED = [
     (["--repeat", "0"], "--repeat"),
     (["--repeat", "x"], "--repeat"),
     (["--seed", "-1"], "--seed"),
+    (["--models", "llada2-tiny", "no-such-model"], "unknown model"),
+    (["--policies", "nope"], "unknown policy"),
+    (["--policies", "tide(tau=0)"], "tau"),
+    (["--executors", "nope"], "unknown executor"),
+    (["--repeats", "0"], "--repeats"),
+    (["--jobs", "0"], "--jobs"),
+    (["--publish", "{dir}"], "is a directory"),
+    (["--quick", "--paper"], "--quick"),
 ]
 
 RIPTIDE_GRID = [

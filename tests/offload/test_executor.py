@@ -177,6 +177,21 @@ def test_pageable_rate_from_the_hardware_profile():
     assert xc.pinned.sum() == 2**30 // spec.expert_bytes
 
 
+def test_batched_and_memoised_prices_equal_one_at_a_time_to_the_bit():
+    # the engine prices a staged layer's chunks as rows of one matrix, and each copy size once: same floats
+    spec = ModelSpec.load("llada2-tiny")
+    cost = RooflineCostModel(spec, HardwareProfile.load("h100-pcie5"))
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, 40, (6, spec.num_experts)) * (rng.random((6, spec.num_experts)) < 0.2)
+    for us in (0.0, 7.0):
+        xc = _xc(cost, L=1, E=spec.num_experts, gpu_expert_overhead_us=us)
+        assert xc.gpu_experts_rows(rows).tolist() == [xc.gpu_experts(r) for r in rows]
+    xc, fresh = _xc(cost, L=1, E=spec.num_experts), _xc(cost, L=1, E=spec.num_experts)
+    for ids in ([0, 1], [2, 3], [0, 1, 2]):
+        assert xc.weights_h2d(0, np.array(ids)) == xc.weights_h2d(0, np.array(ids))  # the second from the memo
+        assert xc.weights_h2d(0, np.array(ids)) == fresh._price("h2d", len(ids), 0)
+
+
 @pytest.mark.parametrize("host,needle", [
     ({"dram_gbps": 0}, "host.dram_gbps must be a positive number or null"),
     ({"pinned_gib": -1}, "host.pinned_gib must be a non-negative number or null"),

@@ -121,6 +121,20 @@ def test_streamed_experts_through_staging_halves(slots, expected):
         assert np.all(tl.start[sel][order][1:] >= tl.end[sel][order][:-1] - 1e-12)
 
 
+@pytest.mark.parametrize("policy,slots", [("fetch-lru", 8), ("fetch-lru", 2), ("fetch-lru", 1), ("tide", 8),
+                                          ("riptide", 8)])
+def test_staging_alone_in_closed_form_times_as_the_event_chain(mini, policy, slots):
+    """A staged layer with no other copy or CPU job in flight is timed in closed form (sim.engine
+    _staged_closed); a timeline run keeps the per-chunk event chain: the same instants to the bit."""
+    cost, trace = mini
+    x = ExecutorProfile.from_dict({**ExecutorProfile.load("tide-moe").to_dict(), "staging_slots": slots})
+    fast, chain = (simulate(trace, make_policy(policy), cost, 8, executor=x, timeline=t) for t in (False, True))
+    assert fast.sim_time_s == chain.sim_time_s and fast.busy_s == chain.busy_s
+    assert np.array_equal(fast.step_times_s, chain.step_times_s) and fast.counters == chain.counters
+    if policy == "fetch-lru":  # streams every miss, nothing else in flight: every layer alone
+        assert fast.events < chain.events
+
+
 def test_staging_in_serial_mode_is_copy_then_compute():
     # serial, chunks of 1: resident 2-2.1, then (copy 1 + compute 0.1) x 3 = 5.4
     r = simulate(tiny_trace([[[1, 1, 1, 1]]]), make_policy("fetch-lru"), COST, 1, serial=True,

@@ -188,3 +188,46 @@ def test_unbounded_or_silent_requests_are_refused_up_front(args, match):
     with pytest.raises(TideError, match=match) as exc:
         main([*args, "--quiet", "--no-report", "--out", "/nonexistent/never-written"])
     assert "\n" not in str(exc.value)
+
+
+def test_a_long_sweep_says_how_many_runs_and_about_how_long(tmp_path, capsys, monkeypatch):
+    """Above ESTIMATE_ABOVE_S the run count and an estimate come before the sweep; below it, nothing more."""
+    import re
+
+    import sim.explore as explore
+
+    args = [*SMALL, "--modes", "block-cache", "--no-report", "--jobs", "1"]
+    main([*args, "--out", str(tmp_path / "quiet"), "--json", str(tmp_path / "a.json")])
+    assert ", est. " not in capsys.readouterr().out
+    monkeypatch.setattr(explore, "ESTIMATE_ABOVE_S", 0.0)
+    main([*args, "--out", str(tmp_path / "told"), "--json", str(tmp_path / "b.json")])
+    lines = capsys.readouterr().out.splitlines()
+    runs = len(POLICIES) + len(TAU_POLICIES)
+    said = [line for line in lines if ", est. " in line]
+    assert len(said) == 1 and re.fullmatch(rf"about {runs} runs, est\. \d+ s on 1 worker", said[0]), said
+    # the timed run's row is kept in its place: the same rows as the run that printed nothing
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert [(r["policy"], r["tau"], r["sim_time_s"]) for r in a] == [(r["policy"], r["tau"], r["sim_time_s"]) for r in b]
+
+
+def test_duration_reads_like_a_person_would_say_it():
+    from sim.explore import duration
+
+    assert [duration(s) for s in (0.4, 45, 70, 3725)] == ["0 s", "45 s", "1 min 10 s", "1 h 2 min"]
+
+
+def test_a_long_study_says_about_how_long_after_its_run_count(tmp_path, capsys, monkeypatch):
+    import sim.explore as explore
+
+    spec = {"name": "tiny", "models": ["llada2-tiny"], "hardware": ["h100-pcie5"], "fractions": [0.5],
+            "modes": ["block-cache"], "policies": ["cpu-route", "tide"], "tau": [1, 2], "gen_length": 32,
+            "seed": 1}
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(spec))
+    monkeypatch.setattr(explore, "ESTIMATE_ABOVE_S", 0.0)
+    assert main(["--study", str(path), "--quiet", "--no-report", "--jobs", "1", "--out", str(tmp_path / "o")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("study tiny"))
+    assert lines[at].endswith("= 3 runs") and lines[at + 1].startswith("3 runs, est. ")
+    rows = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert [r["label"] for r in rows] == ["cpu-route", "tide(tau=1)", "tide(tau=2)"]  # the timed run in its place
