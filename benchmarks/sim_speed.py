@@ -247,33 +247,15 @@ def time_default_study(jobs: int) -> tuple[float, int, float]:
     return wall, int(found[-1][0]), float(found[-1][1])
 
 
-def _full_length_traces(study: Any, out: Path) -> dict[Any, list[Any]]:
-    """``sim.study.make_traces`` of ``study`` with EOS stop off: every draw generates all its tokens."""
-    from offload.trace_io import write_trace
-    from sim.study import Replay as StudyReplay
-    from traces.synthetic_draws import draw_trace
-
-    paths: dict[Any, list[Any]] = {}
-    for m in study.models:
-        spec = ModelSpec.load(m)
-        for mode in study.modes:
-            for draw in range(study.seeds):
-                trace = draw_trace(spec, mode, study.seed, draw, gen_length=study.gen_length[0], eos_stop=False)
-                name = f"{spec.name}-{mode}-draw{draw}"
-                path = str(write_trace(trace, out / f"{name}.npz"))
-                paths.setdefault((m, mode, None), []).append(StudyReplay(name, path, draw))
-    return paths
-
-
 def time_paper_study(study: Any, jobs: int) -> tuple[float, int]:
     """``study``'s grid over draws of its one gen_length without EOS stop (module docstring, 3): (wall s, runs)."""
-    from sim.study import grid_points, headline, study_tasks
+    from sim.study import grid_points, headline, make_traces, study_tasks
     from sim.sweep import run_tasks
 
     t0 = time.perf_counter()
     runs = 0
     with tempfile.TemporaryDirectory(prefix="tide-sim-speed-") as tmp:
-        traces = _full_length_traces(study, Path(tmp))
+        traces = make_traces(replace(study, eos_stop=False), Path(tmp))
         points = grid_points(study, traces)
         for x in map(ExecutorProfile.load, study.executors):
             rows = run_tasks(study_tasks(study, points, traces, x.to_dict()), workers=jobs, progress=False)

@@ -130,7 +130,7 @@ def make_traces(study: StudySpec, out: Path) -> dict[TraceKey, list[Replay]]:
         return _trace_files(study, out)
     from traces.synthetic_draws import draw_trace
 
-    given = {k: getattr(study, k) for k in ("block_length", "prompt_length", "tokens_per_forward")}
+    given = {k: getattr(study, k) for k in ("block_length", "prompt_length", "tokens_per_forward", "eos_stop")}
     overrides = {k: v for k, v in given.items() if v is not None}
     paths: dict[TraceKey, list[Replay]] = {}
     for m in study.models:

@@ -116,6 +116,7 @@ class StudySpec:
     block_length: int | None = None
     prompt_length: int | None = None
     tokens_per_forward: float | None = None
+    eos_stop: bool | None = None  # False: every draw generates all its tokens (sim_speed.py)
     table: str = "headline"
 
     def to_dict(self) -> dict[str, Any]:

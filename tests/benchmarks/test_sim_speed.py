@@ -3,36 +3,22 @@ paper study's grid over full-length draws (run on a small study)."""
 
 from __future__ import annotations
 
-import importlib
-import os
-import sys
 from dataclasses import replace
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytest.importorskip("simpy", exc_type=ImportError)  # absent on the GPU machine: skip, not a collection error
 
-ROOT = Path(__file__).resolve().parents[2]
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 TINY = ["--no-pin", "--models", "llada2-tiny", "--policies", "tide(tau=4)", "all-gpu", "--executors", "tide-moe"]
 
 
 @pytest.fixture()
 def sim_speed() -> ModuleType:
     """benchmarks.sim_speed from the checkout, with the thread variables it sets on import restored."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    saved = {v: os.environ.get(v) for v in _THREAD_VARS}
-    try:
-        return importlib.import_module("benchmarks.sim_speed")
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+    from test_benchmark_cli import _bench
+
+    return _bench("sim_speed")
 
 
 def test_quick_run_prints_and_publishes_the_replay_table(sim_speed, tmp_path, capsys):
@@ -87,8 +73,10 @@ def test_paper_study_grid_replays_full_length_draws(sim_speed, tmp_path):
         seeds=1,
         gen_length=(64,),
     )
-    traces = sim_speed._full_length_traces(small, tmp_path)
     from offload.trace_io import read_trace
+    from sim.study import make_traces
+
+    traces = make_traces(replace(small, eos_stop=False), tmp_path)  # what time_paper_study replays
 
     (replay,) = traces[("llada2-tiny", "block-cache", None)]
     assert read_trace(replay.path).generated_tokens == 64  # no EOS stop: every block generated
